@@ -1,0 +1,41 @@
+# The two quick-start commands are `make demo` and `make test`; each sets everything up itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster
+# One thread per process: on small shared machines more threads stall torch badly.
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test ui gpu-runtime clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	# torch and torchvision are pinned together in pyproject.toml; pip installs them in one go.
+	$(PY) -m pip install --quiet --editable '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: install
+	$(PY) -m idglow.cli demo
+
+test: install
+	$(PY) -m pytest
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# GPU machines: onnxruntime and onnxruntime-gpu install the same module, so swap one for the other.
+gpu-runtime: install
+	$(PY) -m pip uninstall --yes onnxruntime
+	$(PY) -m pip install --quiet onnxruntime-gpu==1.31.1
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""Metrics (FaceSim, aesthetic, CLIP consistency), the benchmark protocol, tables and plots."""

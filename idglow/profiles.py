@@ -1,0 +1,118 @@
+"""Profiles: one set of settings per way of running the pipeline.
+
+``demo`` (the default) runs everything on a laptop CPU from a generated dataset in the official
+CelebA-HQ layout; ``real`` reads the real CelebA-HQ and local weights. Environment variables
+override the locations (documented in docs/configuration.md):
+
+- ``IDGLOW_PROFILE``: ``demo`` or ``real``.
+- ``IDGLOW_STORAGE_ROOT``: where every artifact is written (default ``./var/storage/<profile>``).
+- ``IDGLOW_CELEBAHQ_ROOT``: the CelebA-HQ root (required by ``real``; the demo generates its
+  own under the storage root when unset).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from idglow.data.demo_celebahq import DemoDatasetSpec
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every setting a stage reads; each field is documented in docs/configuration.md."""
+
+    name: str
+    storage_root: Path
+    celebahq_root: Path | None
+    generate_demo_data: bool
+    demo_dataset: DemoDatasetSpec
+    image_size: int
+    seed: int
+    ingest_workers: int
+    benchmark_groups_of_two: int
+    benchmark_groups_of_three: int
+    benchmark_partitions: tuple[str, ...]
+    training_partitions: tuple[str, ...]
+    training_groups_of_two: int
+    training_groups_of_three: int
+    min_portraits_per_training_identity: int
+
+    @property
+    def benchmark_identities(self) -> int:
+        return 2 * self.benchmark_groups_of_two + 3 * self.benchmark_groups_of_three
+
+    @property
+    def celebahq_source(self) -> Path:
+        """The CelebA-HQ root this profile reads."""
+        if self.celebahq_root is not None:
+            return self.celebahq_root
+        if self.generate_demo_data:
+            return self.storage_root / "sources" / "celebahq_demo"
+        raise ProfileError(
+            f"profile {self.name!r} needs IDGLOW_CELEBAHQ_ROOT: the folder holding CelebA-HQ-img/ and the "
+            "annotation files (see docs/data.md); nothing is ever downloaded"
+        )
+
+
+class ProfileError(ValueError):
+    """A profile is unknown or misses a setting it needs."""
+
+
+def _demo(storage_root: Path) -> Profile:
+    spec = DemoDatasetSpec()
+    return Profile(
+        name="demo",
+        storage_root=storage_root,
+        celebahq_root=None,
+        generate_demo_data=True,
+        demo_dataset=spec,
+        image_size=spec.size,
+        seed=0,
+        ingest_workers=1,
+        benchmark_groups_of_two=2,
+        benchmark_groups_of_three=2,
+        benchmark_partitions=("test",),
+        training_partitions=("train", "val"),
+        training_groups_of_two=8,
+        training_groups_of_three=6,
+        min_portraits_per_training_identity=2,
+    )
+
+
+def _real(storage_root: Path) -> Profile:
+    return Profile(
+        name="real",
+        storage_root=storage_root,
+        celebahq_root=None,
+        generate_demo_data=False,
+        demo_dataset=DemoDatasetSpec(),
+        image_size=1024,
+        seed=0,
+        ingest_workers=min(os.cpu_count() or 1, 8),
+        benchmark_groups_of_two=50,
+        benchmark_groups_of_three=50,
+        benchmark_partitions=("test",),
+        training_partitions=("train", "val"),
+        training_groups_of_two=3000,
+        training_groups_of_three=3000,
+        min_portraits_per_training_identity=2,
+    )
+
+
+PROFILES = {"demo": _demo, "real": _real}
+
+
+def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) -> Profile:
+    """The named profile (or ``IDGLOW_PROFILE``, default ``demo``) with environment overrides."""
+    env = os.environ if env is None else env
+    name = name or env.get("IDGLOW_PROFILE", "demo")
+    if name not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    storage_root = Path(env.get("IDGLOW_STORAGE_ROOT") or Path.cwd() / "var" / "storage" / name).absolute()
+    profile = PROFILES[name](storage_root)
+    if env.get("IDGLOW_CELEBAHQ_ROOT"):
+        profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
+    return profile

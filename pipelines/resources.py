@@ -1,0 +1,12 @@
+"""Resources per profile: the same assets, configured for the demo laptop or the GPU cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from assets.resources import IdglowSettings
+from idglow.profiles import Profile
+
+
+def resources_for(profile: Profile) -> dict[str, Any]:
+    return {"settings": IdglowSettings.from_profile(profile)}

@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests run on one thread and never reach a model or data hub."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from idglow.data.celebahq import ingest_celebahq  # noqa: E402
+from idglow.data.demo_celebahq import DemoDataset, write_demo_celebahq  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
+    """The demo profile's dataset (40 identities x 4 images at 256 px plus broken records)."""
+    return write_demo_celebahq(tmp_path_factory.mktemp("celebahq") / "root")
+
+
+@pytest.fixture(scope="session")
+def demo_ingest(demo_dataset: DemoDataset):
+    return ingest_celebahq(demo_dataset.root, expected_size=demo_dataset.spec.size, progress=False)
+
+
+@pytest.fixture
+def storage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh storage root for the demo profile, set through the environment as a user would."""
+    root = tmp_path / "storage"
+    monkeypatch.setenv("IDGLOW_PROFILE", "demo")
+    monkeypatch.setenv("IDGLOW_STORAGE_ROOT", str(root))
+    monkeypatch.delenv("IDGLOW_CELEBAHQ_ROOT", raising=False)
+    return root

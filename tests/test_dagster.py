@@ -1,0 +1,158 @@
+"""The code location: loads and validates, materialises real assets on a test instance, blocks
+on an overlapping split, and serves the UI's GraphQL API."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from assets.groups import benchmark_groups, identity_splits_are_disjoint, training_groups
+from assets.resources import IdglowSettings
+from idglow.profiles import load_profile
+from pipelines.definitions import build_definitions
+
+REPO = Path(__file__).resolve().parent.parent
+FOUNDATION_ASSETS = {"celebahq_images", "identity_splits", "benchmark_groups", "training_groups"}
+
+
+def test_definitions_load_and_validate(storage_env):
+    defs = build_definitions(load_profile())
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert FOUNDATION_ASSETS <= keys
+    check_keys = defs.resolve_asset_graph().asset_check_keys
+    assert dg.AssetCheckKey(dg.AssetKey("identity_splits"), "identity_splits_are_disjoint") in check_keys
+    assert defs.resolve_job_def("materialize_everything") is not None
+    assert defs.resources["settings"].storage_root == str(storage_env)
+
+
+def test_workspace_module_builds_the_demo_profile():
+    import pipelines.definitions as module
+
+    assert module.defs.resources["settings"].profile == os.environ.get("IDGLOW_PROFILE", "demo")
+
+
+def _materializations(result) -> dict[str, dg.AssetMaterialization]:
+    return {
+        event.asset_key.to_user_string(): event.event_specific_data.materialization
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def test_foundation_assets_materialise_on_a_test_instance(storage_env):
+    defs = build_definitions(load_profile())
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("ingest_and_groups").execute_in_process(instance=instance)
+        assert result.success
+        materialized = _materializations(result)
+        assert set(materialized) == FOUNDATION_ASSETS
+        catalog_meta = materialized["celebahq_images"].metadata
+        assert catalog_meta["count_catalog"].value == 160
+        assert catalog_meta["count_catalog"].value + catalog_meta["count_quarantine"].value == catalog_meta["count_inputs"].value
+        assert Path(catalog_meta["catalog_uri"].value).is_file()
+        assert materialized["benchmark_groups"].metadata["groups_of_2"].value == 2
+        assert materialized["benchmark_groups"].metadata["groups_of_3"].value == 2
+        assert materialized["training_groups"].metadata["dagster/row_count"].value == 14
+        for materialization in materialized.values():
+            assert materialization.tags["dagster/data_version"]
+        evaluations = result.get_asset_check_evaluations()
+        assert [e.passed for e in evaluations] == [True]
+
+        # Rerunning on unchanged data gives the same data versions: the content decides.
+        again = _materializations(defs.resolve_job_def("ingest_and_groups").execute_in_process(instance=instance))
+    for name in FOUNDATION_ASSETS:
+        assert again[name].tags["dagster/data_version"] == materialized[name].tags["dagster/data_version"]
+    assert (storage_env / "sources" / "celebahq_demo" / "CelebA-HQ-img").is_dir()
+
+
+def test_overlapping_split_fails_the_check_and_blocks_downstream(storage_env):
+    @dg.asset(name="identity_splits", group_name="identities")
+    def overlapping_splits(settings: IdglowSettings) -> dg.MaterializeResult:
+        frame = pd.DataFrame({
+            "identity": [1, 1, 2], "split": ["train", "benchmark", "train"],
+            "n_images": [2, 2, 2], "partitions": ["test", "test", "train"],
+        })
+        settings.paths.identity_splits.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(settings.paths.identity_splits)
+        return dg.MaterializeResult()
+
+    settings = IdglowSettings.from_profile(load_profile())
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [overlapping_splits, identity_splits_are_disjoint, benchmark_groups, training_groups],
+            resources={"settings": settings},
+            instance=instance,
+            raise_on_error=False,
+        )
+    evaluation = result.get_asset_check_evaluations()[0]
+    assert not evaluation.passed
+    assert evaluation.metadata["overlapping_identities"].value == 1
+    assert set(_materializations(result)) == {"identity_splits"}
+    assert not result.success
+    started = {event.step_key for event in result.all_events if event.event_type_value == "STEP_START"}
+    assert not started & {"benchmark_groups", "training_groups"}
+    assert not settings.paths.benchmark_groups.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.mark.slow
+def test_webserver_serves_the_asset_graph(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "IDGLOW_PROFILE": "demo",
+        "IDGLOW_STORAGE_ROOT": str(tmp_path / "storage"),
+    }
+    webserver = Path(sys.executable).parent / "dagster-webserver"
+    process = subprocess.Popen(
+        [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        keys: set[str] = set()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not FOUNDATION_ASSETS <= keys:
+            assert process.poll() is None, "dagster-webserver exited early"
+            try:
+                answer = _graphql(port, "{ assetNodes { assetKey { path } } }")
+                keys = {"/".join(node["assetKey"]["path"]) for node in answer["data"]["assetNodes"]}
+            except OSError:
+                pass
+            time.sleep(1)
+        assert FOUNDATION_ASSETS <= keys
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode is not None

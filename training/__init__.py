@@ -1,0 +1,1 @@
+"""SFT and DPO: losses, timestep modulation, loops, checkpoints. Runs without Dagster."""
