@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from idglow.models.hub import ModelHub
 from idglow.paths import ArtifactPaths
 from idglow.profiles import Profile, load_profile
 
@@ -63,3 +64,19 @@ class IdglowSettings(dg.ConfigurableResource):
     @property
     def paths(self) -> ArtifactPaths:
         return ArtifactPaths(Path(self.storage_root))
+
+
+class ModelHubResource(dg.ConfigurableResource):
+    """Every model component for the active profile, loaded once per process (docs/models.md)."""
+
+    profile: str = "demo"
+    models_dir: str
+    device: str | None = None  # "cuda", "cpu", or unset for CUDA when available
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> ModelHubResource:
+        return cls(profile=profile.name, models_dir=str(profile.models_dir), seed=profile.seed)
+
+    def hub(self) -> ModelHub:
+        return ModelHub(self.profile, Path(self.models_dir), device=self.device, seed=self.seed)

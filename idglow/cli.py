@@ -13,6 +13,8 @@ import typer
 app = typer.Typer(help="IdGlow: identity-preserving group photo generation, as a pipeline.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Read source datasets into catalogs.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 @ingest_app.command("celebahq")
@@ -41,6 +43,47 @@ def ingest_celebahq_command(
     for reason, n in result.quarantine["reason"].value_counts().items():
         typer.echo(f"  quarantined {n:>6}  {reason}")
     typer.echo(f"wrote {out / 'catalog.parquet'} and {out / 'quarantine.parquet'}")
+
+
+@models_app.command("check")
+def models_check_command(
+    profile: str = typer.Option("real", help="demo (tiny twins) or real (local weights)."),
+    models_dir: Path = typer.Option(..., help="The models directory (layout in docs/models.md)."),
+    verify_hashes: bool = typer.Option(False, help="Also compare SHA-256 where it is known (reads whole files)."),
+) -> None:
+    """List each component's files as present or missing; exit 1 when anything is missing."""
+    from idglow.models.registry import COMPONENTS_BY_PROFILE, check_models
+
+    if profile not in COMPONENTS_BY_PROFILE:
+        typer.echo(f"error: unknown profile {profile!r}; choose one of {sorted(COMPONENTS_BY_PROFILE)}", err=True)
+        raise typer.Exit(2)
+    statuses = check_models(profile, models_dir, verify_hashes=verify_hashes)
+    for status in statuses:
+        mark = "present" if status.ok else ("HASH MISMATCH" if status.present else "MISSING")
+        line = f"{mark:<13} {status.role:<13} {status.path}"
+        if status.expected_sha256:
+            line += f"  sha256 {status.expected_sha256}"
+        typer.echo(line)
+    missing = [s for s in statuses if not s.ok]
+    if missing:
+        components = COMPONENTS_BY_PROFILE[profile]
+        for role in dict.fromkeys(s.role for s in missing):
+            typer.echo(f"  {role}: get it from {components[role].source} (licence: {components[role].license})")
+        typer.echo(f"{len(missing)} of {len(statuses)} files missing or wrong", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"all {len(statuses)} files present")
+
+
+@models_app.command("build")
+def models_build_command(
+    models_dir: Path = typer.Option(..., help="Where to write the tiny twins."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes)."""
+    from idglow.models.tiny import ensure_tiny_models
+
+    built = ensure_tiny_models(models_dir, seed=seed)
+    typer.echo(f"built: {', '.join(built) or 'nothing (all present)'} in {models_dir}")
 
 
 @app.command("demo-data")

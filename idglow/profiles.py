@@ -8,6 +8,9 @@ override the locations (documented in docs/configuration.md):
 - ``IDGLOW_STORAGE_ROOT``: where every artifact is written (default ``./var/storage/<profile>``).
 - ``IDGLOW_CELEBAHQ_ROOT``: the CelebA-HQ root (required by ``real``; the demo generates its
   own under the storage root when unset).
+- ``IDGLOW_MODELS_DIR``: the models directory (docs/models.md). The demo builds its tiny twins
+  there on first use (default ``./var/models/demo``); the real profile reads local weights from
+  it (default ``./models``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Profile:
 
     name: str
     storage_root: Path
+    models_dir: Path
     celebahq_root: Path | None
     generate_demo_data: bool
     demo_dataset: DemoDatasetSpec
@@ -66,6 +70,7 @@ def _demo(storage_root: Path) -> Profile:
     return Profile(
         name="demo",
         storage_root=storage_root,
+        models_dir=Path.cwd() / "var" / "models" / "demo",
         celebahq_root=None,
         generate_demo_data=True,
         demo_dataset=spec,
@@ -86,6 +91,7 @@ def _real(storage_root: Path) -> Profile:
     return Profile(
         name="real",
         storage_root=storage_root,
+        models_dir=Path.cwd() / "models",
         celebahq_root=None,
         generate_demo_data=False,
         demo_dataset=DemoDatasetSpec(),
@@ -113,6 +119,8 @@ def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) 
         raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     storage_root = Path(env.get("IDGLOW_STORAGE_ROOT") or Path.cwd() / "var" / "storage" / name).absolute()
     profile = PROFILES[name](storage_root)
+    if env.get("IDGLOW_MODELS_DIR"):
+        profile = replace(profile, models_dir=Path(env["IDGLOW_MODELS_DIR"]).absolute())
     if env.get("IDGLOW_CELEBAHQ_ROOT"):
         profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
     return profile

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from assets.resources import IdglowSettings
+from assets.resources import IdglowSettings, ModelHubResource
 from idglow.profiles import Profile
 
 
 def resources_for(profile: Profile) -> dict[str, Any]:
-    return {"settings": IdglowSettings.from_profile(profile)}
+    return {
+        "settings": IdglowSettings.from_profile(profile),
+        "models": ModelHubResource.from_profile(profile),
+    }

@@ -32,3 +32,23 @@ def storage_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("IDGLOW_STORAGE_ROOT", str(root))
     monkeypatch.delenv("IDGLOW_CELEBAHQ_ROOT", raising=False)
     return root
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir() -> Path:
+    """The demo's tiny twins, shared with `make demo` (built once per machine, then reused)."""
+    from idglow.models.tiny import ensure_tiny_models
+
+    folder = Path(os.environ.get("IDGLOW_TEST_MODELS_DIR", REPO / "var" / "models" / "demo"))
+    ensure_tiny_models(folder, seed=0, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hub(tiny_models_dir: Path):
+    from idglow.models.hub import ModelHub
+
+    return ModelHub("demo", tiny_models_dir, device="cpu")

@@ -74,6 +74,21 @@ def test_foundation_assets_materialise_on_a_test_instance(storage_env):
     assert (storage_env / "sources" / "celebahq_demo" / "CelebA-HQ-img").is_dir()
 
 
+def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir, monkeypatch):
+    monkeypatch.setenv("IDGLOW_MODELS_DIR", str(tiny_models_dir))
+    defs = build_definitions(load_profile())
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("materialize_everything").execute_in_process(instance=instance)
+    assert result.success
+    weights = _materializations(result)["model_weights"].metadata
+    assert weights["models_uri"].value == str(tiny_models_dir)
+    assert set(weights["fingerprints"].value) == {"generator", "prompt_model", "clip", "aesthetic", "face_pack"}
+    timings = weights["timings_s"].value
+    assert timings["generated_width"] == 64
+    assert timings["faces_found_in_portrait"] == 1
+    assert timings["torch_face_grad_abs_sum"] > 0
+
+
 def test_overlapping_split_fails_the_check_and_blocks_downstream(storage_env):
     @dg.asset(name="identity_splits", group_name="identities")
     def overlapping_splits(settings: IdglowSettings) -> dg.MaterializeResult:

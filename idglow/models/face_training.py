@@ -1,0 +1,299 @@
+"""Train the tiny face models on procedural faces whose boxes, landmarks and identities are known.
+
+A randomly initialised recogniser is not identity-aware and a random detector finds nothing, so
+the demo's tiny insightface pack is trained for a few seconds on scenes drawn by
+``idglow.data.faces`` (fresh random identities, never the demo dataset's), then exported in
+insightface's ONNX layouts. Everything is seeded and runs on one thread, so the pack is
+byte-for-byte reproducible on a machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from insightface.utils import face_align
+from PIL import Image
+from tqdm.auto import tqdm
+
+from idglow.data.faces import FaceTruth, background, draw_face, render_portrait, sample_style
+from idglow.models.face_nets import (
+    ANCHORS,
+    STRIDES,
+    TinyArcFace,
+    TinyGenderAge,
+    TinySCRFD,
+    export_onnx,
+    scrfd_output_names,
+)
+
+DETECTOR_FILE = "det_tiny_scrfd.onnx"
+RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
+GENDERAGE_FILE = "genderage_tiny.onnx"
+RECIPE_VERSION = 1
+CANVAS = 256
+
+
+@dataclass(frozen=True)
+class FaceTrainingConfig:
+    seed: int = 0
+    detector_input: int = 128
+    detector_scenes: int = 1600
+    detector_epochs: int = 8
+    recognizer_identities: int = 400
+    renders_per_identity: int = 6
+    recognizer_epochs: int = 10
+    embedding_size: int = 64
+    genderage_samples: int = 600
+    genderage_epochs: int = 3
+
+
+# ------------------------------------------------------------------------ scenes
+
+
+def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3) -> tuple[np.ndarray, list[FaceTruth]]:
+    """An RGB image with one to ``max_faces`` non-overlapping faces of random new identities."""
+    if rng.random() < 0.3:
+        image, truth = render_portrait(sample_style(rng), size, rng)
+        return np.asarray(image), [truth]
+    image = background(size, rng)
+    truths: list[FaceTruth] = []
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(int(rng.integers(1, max_faces + 1))):
+        for _attempt in range(12):
+            half_width = float(math.exp(rng.uniform(math.log(size * 0.04), math.log(size * 0.26))))
+            margin = half_width * 1.5
+            if margin * 2 >= size:
+                continue
+            cx, cy = rng.uniform(margin, size - margin, size=2)
+            if all(math.hypot(cx - x, cy - y) > (half_width + w) * 1.6 for x, y, w in placed):
+                placed.append((cx, cy, half_width))
+                truths.append(draw_face(
+                    image, sample_style(rng), (float(cx), float(cy)), half_width,
+                    angle_deg=float(rng.uniform(-10, 10)), smile=float(rng.uniform(-0.3, 1)),
+                    light=float(rng.uniform(0.85, 1.12)),
+                ))
+                break
+    return np.asarray(image), truths
+
+
+# ---------------------------------------------------------------------- detector
+
+
+def _detector_targets(truths: list[FaceTruth], scale: float, input_size: int) -> list[np.ndarray]:
+    """Per stride, an (H, W, 16) array: score, 4 distances, 10 keypoint offsets, positive mask."""
+    levels = [np.zeros((input_size // s, input_size // s, 16), dtype=np.float32) for s in STRIDES]
+    sizes = np.full((len(STRIDES), input_size, input_size), np.inf)
+    for truth in truths:
+        x1, y1, x2, y2 = (c * scale for c in truth.bbox)
+        w, h = x2 - x1, y2 - y1
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        extent = max(w, h)
+        level = 0 if extent < 28 else 1 if extent < 56 else 2
+        stride = STRIDES[level]
+        grid = input_size // stride
+        kps = np.asarray(truth.landmarks, dtype=np.float32) * scale
+        rx, ry = max(0.22 * w, stride * 0.5), max(0.22 * h, stride * 0.5)
+        nearest = (int(np.clip(round(cx / stride), 0, grid - 1)), int(np.clip(round(cy / stride), 0, grid - 1)))
+        for gy in range(grid):
+            for gx in range(grid):
+                ax, ay = gx * stride, gy * stride
+                inside = abs(ax - cx) <= rx and abs(ay - cy) <= ry
+                if not inside and (gx, gy) != nearest:
+                    continue
+                if sizes[level, gy, gx] <= extent:
+                    continue
+                sizes[level, gy, gx] = extent
+                cell = levels[level][gy, gx]
+                cell[0] = 1.0
+                cell[1:5] = np.array([ax - x1, ay - y1, x2 - ax, y2 - ay]) / stride
+                cell[5:15] = ((kps - np.array([ax, ay])) / stride).reshape(-1)
+                cell[15] = 1.0
+    return levels
+
+
+def _to_input(image: np.ndarray, std: float) -> torch.Tensor:
+    return torch.from_numpy((image.astype(np.float32) - 127.5) / std).permute(2, 0, 1)
+
+
+def train_detector(config: FaceTrainingConfig, progress: bool = True) -> TinySCRFD:
+    rng = np.random.default_rng([config.seed, 1])
+    size = config.detector_input
+    scale = size / CANVAS
+    inputs, targets = [], [[] for _ in STRIDES]
+    for _ in range(config.detector_scenes):
+        image, truths = draw_scene(rng)
+        small = cv2.resize(image, (size, size))
+        inputs.append(_to_input(small, 128.0))
+        for level, target in enumerate(_detector_targets(truths, scale, size)):
+            targets[level].append(torch.from_numpy(target))
+    x_all = torch.stack(inputs)
+    t_all = [torch.stack(t) for t in targets]
+
+    torch.manual_seed(config.seed)
+    model = TinySCRFD(size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    batch = 32
+    steps = config.detector_epochs * math.ceil(len(x_all) / batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    bar = tqdm(total=steps, desc="training tiny face detector", disable=not progress)
+    for _ in range(config.detector_epochs):
+        order = torch.randperm(len(x_all), generator=generator)
+        for start in range(0, len(order), batch):
+            index = order[start:start + batch]
+            loss = _detector_loss(model.raw(x_all[index]), [t[index] for t in t_all])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+def _detector_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    score_loss, box_loss, kps_loss, positives = 0.0, 0.0, 0.0, 0.0
+    for out, target in zip(outputs, targets, strict=True):
+        target = target.unsqueeze(3).expand(-1, -1, -1, ANCHORS, -1)
+        logits = out[..., 0]
+        label = target[..., 0]
+        prob = torch.sigmoid(logits)
+        ce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        p_t = prob * label + (1 - prob) * (1 - label)
+        alpha = 0.25 * label + 0.75 * (1 - label)
+        score_loss = score_loss + (alpha * (1 - p_t) ** 2 * ce).sum()
+        mask = target[..., 15] > 0
+        positives = positives + mask.sum()
+        if mask.any():
+            box_loss = box_loss + F.smooth_l1_loss(out[..., 1:5][mask], target[..., 1:5][mask], reduction="sum", beta=0.1)
+            kps_loss = kps_loss + F.smooth_l1_loss(out[..., 5:15][mask], target[..., 5:15][mask], reduction="sum", beta=0.1)
+    n = torch.clamp(torch.as_tensor(positives, dtype=torch.float32), min=1.0)
+    return (score_loss + box_loss / 4 + kps_loss / 10) / n
+
+
+# -------------------------------------------------------------------- recogniser
+
+
+def aligned_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """insightface's own alignment (similarity transform to the ArcFace template)."""
+    return face_align.norm_crop(image, landmark=np.asarray(landmarks, dtype=np.float32), image_size=size)
+
+
+def _identity_crops(config: FaceTrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([config.seed, 2])
+    crops, labels = [], []
+    for label in range(config.recognizer_identities):
+        style = sample_style(rng)
+        for _ in range(config.renders_per_identity):
+            image, truth = render_portrait(style, CANVAS, rng)
+            landmarks = np.asarray(truth.landmarks) + rng.normal(0, 1.2, size=(5, 2))
+            crops.append(_to_input(aligned_crop(np.asarray(image), landmarks), 127.5))
+            labels.append(label)
+    return torch.stack(crops), torch.tensor(labels)
+
+
+def train_recognizer(config: FaceTrainingConfig, progress: bool = True) -> TinyArcFace:
+    """Metric learning with a CosFace margin over random procedural identities."""
+    x_all, y_all = _identity_crops(config)
+    torch.manual_seed(config.seed)
+    model = TinyArcFace(config.embedding_size)
+    classes = torch.nn.Parameter(torch.randn(config.recognizer_identities, config.embedding_size) * 0.01)
+    optimizer = torch.optim.AdamW([*model.parameters(), classes], lr=3e-3, weight_decay=5e-4)
+    batch, scale, margin = 64, 16.0, 0.25
+    steps = config.recognizer_epochs * math.ceil(len(x_all) / batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    bar = tqdm(total=steps, desc="training tiny face recogniser", disable=not progress)
+    for _ in range(config.recognizer_epochs):
+        order = torch.randperm(len(x_all), generator=generator)
+        for start in range(0, len(order), batch):
+            index = order[start:start + batch]
+            embeddings = F.normalize(model(x_all[index]))
+            cosine = embeddings @ F.normalize(classes).T
+            one_hot = F.one_hot(y_all[index], config.recognizer_identities).float()
+            loss = F.cross_entropy(scale * (cosine - margin * one_hot), y_all[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+# -------------------------------------------------------------------- gender/age
+
+
+def _attribute_crop(image: np.ndarray, bbox: tuple[float, float, float, float], size: int = 96) -> np.ndarray:
+    """The crop insightface's attribute model sees: centred on the box, 1.5x its longer side."""
+    w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    center = ((bbox[2] + bbox[0]) / 2, (bbox[3] + bbox[1]) / 2)
+    crop, _ = face_align.transform(image, center, size, size / (max(w, h) * 1.5), 0)
+    return crop
+
+
+def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGenderAge:
+    """Gender from the drawn style; the age output is trained towards a constant 0.3 (30 years),
+    since procedural faces carry no age: the demo's age numbers are plumbing, not estimates."""
+    rng = np.random.default_rng([config.seed, 3])
+    crops, genders = [], []
+    for _ in range(config.genderage_samples):
+        style = sample_style(rng)
+        image, truth = render_portrait(style, CANVAS, rng)
+        crops.append(_to_input(_attribute_crop(np.asarray(image), truth.bbox), 128.0))
+        genders.append(int(style.male))
+    x_all, y_all = torch.stack(crops), torch.tensor(genders)
+    torch.manual_seed(config.seed)
+    model = TinyGenderAge()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    batch = 64
+    for _ in tqdm(range(config.genderage_epochs), desc="training tiny gender/age", disable=not progress):
+        order = torch.randperm(len(x_all), generator=generator)
+        for start in range(0, len(order), batch):
+            index = order[start:start + batch]
+            out = model(x_all[index])
+            loss = F.cross_entropy(out[:, :2], y_all[index]) + F.mse_loss(out[:, 2], torch.full((len(index),), 0.3))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+# ------------------------------------------------------------------------- pack
+
+
+def write_tiny_face_pack(folder: Path, config: FaceTrainingConfig = FaceTrainingConfig(), progress: bool = True) -> Path:
+    """Train the three tiny models and export them as an insightface pack folder."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        detector = train_detector(config, progress)
+        recognizer = train_recognizer(config, progress)
+        genderage = train_genderage(config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    size = config.detector_input
+    export_onnx(detector, torch.zeros(1, 3, size, size), folder / DETECTOR_FILE, scrfd_output_names())
+    export_onnx(recognizer, torch.zeros(1, 3, 112, 112), folder / RECOGNIZER_FILE, ["embedding"])
+    export_onnx(genderage, torch.zeros(1, 3, 96, 96), folder / GENDERAGE_FILE, ["fc1"])
+    (folder / "training.json").write_text(json.dumps({"recipe_version": RECIPE_VERSION, **config.__dict__}, indent=2))
+    return folder
+
+
+def pil_to_bgr(image: Image.Image) -> np.ndarray:
+    """insightface takes OpenCV's BGR channel order."""
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])

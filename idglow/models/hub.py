@@ -1,0 +1,175 @@
+"""One loader for every model component, for both profiles.
+
+``ModelHub(profile, models_dir)`` returns the generator pipeline, the prompt model, CLIP, the
+aesthetic MLP, insightface's ``FaceAnalysis`` and the differentiable torch face encoder. The demo
+profile's tiny twins are built on first use (``ensure_tiny_models``) and then loaded through
+exactly the calls the real weights go through. Each component loads once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+
+from idglow.models.aesthetic import AestheticPredictor, load_aesthetic  # noqa: E402
+from idglow.models.clip import ClipModel, load_clip  # noqa: E402
+from idglow.models.registry import (  # noqa: E402
+    AESTHETIC,
+    CLIP,
+    COMPONENTS_BY_PROFILE,
+    FACE_PACK,
+    GENERATOR,
+    PROMPT_MODEL,
+    MissingModelFile,
+    require_component,
+)
+
+_CACHE: dict[tuple, object] = {}
+_LOCK = threading.RLock()
+
+# The demo patches diffusers' reference sizes (about 1 MP for the VAE, 384^2 for the text
+# encoder) down to these, or a 64^2 tiny generation spends seconds resizing its references.
+DEMO_VAE_IMAGE_PIXELS = 64 * 64
+DEMO_CONDITION_IMAGE_PIXELS = 56 * 56
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def onnx_providers() -> list[str]:
+    """onnxruntime's CUDA provider when onnxruntime-gpu is installed, else the CPU."""
+    available = onnxruntime.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+
+
+def set_pipeline_reference_sizes(vae_pixels: int, condition_pixels: int) -> None:
+    """Set the pixel budgets QwenImageEditPlus resizes reference images to (module constants)."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
+
+    module.VAE_IMAGE_SIZE = vae_pixels
+    module.CONDITION_IMAGE_SIZE = condition_pixels
+
+
+@dataclass
+class ModelHub:
+    """Loads each component of ``profile`` from ``models_dir`` (see docs/models.md)."""
+
+    profile: str
+    models_dir: Path
+    device: torch.device | None = None
+    seed: int = 0
+    build_missing_twins: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profile not in COMPONENTS_BY_PROFILE:
+            raise ValueError(f"unknown profile {self.profile!r}; choose one of {sorted(COMPONENTS_BY_PROFILE)}")
+        self.models_dir = Path(self.models_dir)
+        self.device = torch.device(self.device) if self.device is not None else default_device()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.profile == "demo"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """bf16 for the diffusion and VLM models on CUDA, fp32 on the CPU."""
+        return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+
+    def prepare(self, progress: bool = True) -> list[str]:
+        """Build any missing tiny twin (demo profile); returns the roles built."""
+        if not self.is_tiny:
+            return []
+        from idglow.models.tiny import ensure_tiny_models
+
+        return ensure_tiny_models(self.models_dir, seed=self.seed, progress=progress)
+
+    def path(self, role: str) -> Path:
+        if self.is_tiny and self.build_missing_twins:
+            try:
+                return require_component(self.profile, role, self.models_dir)
+            except MissingModelFile:
+                self.prepare()
+        return require_component(self.profile, role, self.models_dir)
+
+    def _cached(self, role: str, load, variant: str = ""):
+        key = (self.profile, str(self.models_dir), role, variant, str(self.device))
+        with _LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = load(self.path(role))
+            return _CACHE[key]
+
+    # --------------------------------------------------------------- components
+
+    def generator(self):
+        """``QwenImageEditPlusPipeline`` on the hub's device and dtype."""
+        from diffusers import QwenImageEditPlusPipeline
+
+        if self.is_tiny:
+            set_pipeline_reference_sizes(DEMO_VAE_IMAGE_PIXELS, DEMO_CONDITION_IMAGE_PIXELS)
+
+        def load(path: Path):
+            pipeline = QwenImageEditPlusPipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+            pipeline.set_progress_bar_config(disable=True)
+            return pipeline.to(self.device)
+
+        return self._cached(GENERATOR, load)
+
+    def prompt_model(self):
+        """(model, processor) of the vision-language prompt writer."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        def load(path: Path):
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            return model.to(self.device).eval(), processor
+
+        return self._cached(PROMPT_MODEL, load)
+
+    def clip(self) -> ClipModel:
+        component = COMPONENTS_BY_PROFILE[self.profile][CLIP]
+
+        def load(path: Path) -> ClipModel:
+            config_dir = path.parent if self.is_tiny else None
+            return load_clip(component.loader_name, path, self.device, config_dir)
+
+        return self._cached(CLIP, load)
+
+    def aesthetic(self) -> AestheticPredictor:
+        return self._cached(AESTHETIC, lambda path: load_aesthetic(path, self.device))
+
+    def face_analysis(self, det_thresh: float = 0.5, det_size: int = 640):
+        """insightface's ``FaceAnalysis`` over the profile's pack folder, prepared."""
+        from insightface.app import FaceAnalysis
+
+        def load(path: Path):
+            providers = onnx_providers()
+            app = FaceAnalysis(name=str(path), providers=providers)
+            app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=det_thresh, det_size=(det_size, det_size))
+            return app
+
+        return self._cached(FACE_PACK, load)
+
+    def face_encoder(self) -> torch.nn.Module:
+        """The pack's recogniser as a frozen torch module (onnx2torch), for the training ID loss."""
+        from onnx2torch import convert
+
+        def load(path: Path) -> torch.nn.Module:
+            module = convert(str(self.recognizer_file()))
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+            return module.to(self.device).eval()
+
+        return self._cached(FACE_PACK, load, variant="torch encoder")
+
+    def recognizer_file(self) -> Path:
+        return Path(self.face_analysis().models["recognition"].model_file)

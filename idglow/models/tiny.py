@@ -1,0 +1,73 @@
+"""Build the demo profile's tiny twins once, in the real libraries' on-disk formats.
+
+Each component is written to a temporary folder and renamed into place, with a stamp of the
+recipe and seed; an existing component with the same stamp is reused, so the face models are
+trained once per machine and a killed build resumes with what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from idglow.models.aesthetic import write_tiny_aesthetic
+from idglow.models.clip import TINY_CLIP_CONFIG, write_tiny_clip
+from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
+from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS
+from idglow.models.tiny_generator import write_tiny_generator
+from idglow.models.tiny_qwen_vl import write_tiny_vl
+
+RECIPE_VERSION = 1
+STAMP_FILE = ".idglow-stamp.json"
+
+
+def _component_folder(models_dir: Path, role: str) -> Path:
+    """The folder a component lives in (its file's parent for single-file components)."""
+    component = TINY_COMPONENTS[role]
+    path = models_dir / component.path
+    return path if not path.suffix else path.parent
+
+
+def _build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
+    """Run ``build`` into a staging folder and rename it to ``folder``; skip if already stamped."""
+    stamp_path = folder / STAMP_FILE
+    if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        return False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        build(staging)
+        (staging / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return True
+
+
+def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -> list[str]:
+    """Make sure every tiny component exists for ``seed``; returns the roles that were built."""
+    face_config = FaceTrainingConfig(seed=seed)
+    builders: dict[str, Callable[[Path], object]] = {
+        GENERATOR: lambda d: write_tiny_generator(d, seed),
+        PROMPT_MODEL: lambda d: write_tiny_vl(d, seed + 10),
+        CLIP: lambda d: write_tiny_clip(d, seed + 20),
+        AESTHETIC: lambda d: write_tiny_aesthetic(
+            d / Path(TINY_COMPONENTS[AESTHETIC].path).name, TINY_CLIP_CONFIG["embed_dim"], seed + 30
+        ),
+        FACE_PACK: lambda d: write_tiny_face_pack(d, face_config, progress),
+    }
+    built = []
+    for role, build in builders.items():
+        stamp = {"recipe": RECIPE_VERSION, "seed": seed, "role": role}
+        if role == FACE_PACK:
+            stamp["face_training"] = face_config.__dict__
+        if _build_atomically(_component_folder(models_dir, role), stamp, build):
+            built.append(role)
+    return built
