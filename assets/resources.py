@@ -29,6 +29,9 @@ class IdglowSettings(dg.ConfigurableResource):
     benchmark_groups_of_three: int = 50
     training_groups_of_two: int = 3000
     training_groups_of_three: int = 3000
+    candidates_per_job: int = 4
+    generation_model_version: str = "base"
+    review_mode: str = "human"
 
     @classmethod
     def from_profile(cls, profile: Profile) -> IdglowSettings:
@@ -43,6 +46,9 @@ class IdglowSettings(dg.ConfigurableResource):
             benchmark_groups_of_three=profile.benchmark_groups_of_three,
             training_groups_of_two=profile.training_groups_of_two,
             training_groups_of_three=profile.training_groups_of_three,
+            candidates_per_job=profile.candidates_per_job,
+            generation_model_version=profile.generation_model_version,
+            review_mode=profile.review_mode,
         )
 
     def resolved(self) -> Profile:
@@ -59,6 +65,9 @@ class IdglowSettings(dg.ConfigurableResource):
             benchmark_groups_of_three=self.benchmark_groups_of_three,
             training_groups_of_two=self.training_groups_of_two,
             training_groups_of_three=self.training_groups_of_three,
+            candidates_per_job=self.candidates_per_job,
+            generation_model_version=self.generation_model_version,
+            review_mode=self.review_mode,
         )
 
     @property

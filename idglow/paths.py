@@ -36,3 +36,7 @@ class ArtifactPaths:
     @property
     def training_groups(self) -> Path:
         return self.asset_dir("training_groups") / "groups.parquet"
+
+    def table(self, asset_name: str) -> Path:
+        """The main Parquet table of an asset."""
+        return self.asset_dir(asset_name) / f"{asset_name}.parquet"

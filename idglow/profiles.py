@@ -43,6 +43,20 @@ class Profile:
     training_groups_of_two: int
     training_groups_of_three: int
     min_portraits_per_training_identity: int
+    # preference data (docs/configuration.md)
+    candidates_per_job: int = 2
+    generation_size: int = 64
+    generation_steps: int = 4
+    true_cfg_scale: float = 1.0
+    generation_model_version: str = "base"
+    dynamic_prompts: bool = True
+    prompt_token_budget: int = 512
+    demo_group_photos: int = 6
+    group_photos_manifest: Path | None = None
+    sft_min_identity: float = 0.3
+    sft_min_aesthetic: float = float("-inf")
+    shard_max_bytes: int = 512 * 1024 * 1024
+    review_mode: str = "auto"
 
     @property
     def benchmark_identities(self) -> int:
@@ -105,6 +119,13 @@ def _real(storage_root: Path) -> Profile:
         training_groups_of_two=3000,
         training_groups_of_three=3000,
         min_portraits_per_training_identity=2,
+        candidates_per_job=4,
+        generation_size=1024,
+        generation_steps=40,
+        true_cfg_scale=4.0,
+        demo_group_photos=0,
+        sft_min_aesthetic=5.0,
+        review_mode="human",
     )
 
 
@@ -121,6 +142,8 @@ def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) 
     profile = PROFILES[name](storage_root)
     if env.get("IDGLOW_MODELS_DIR"):
         profile = replace(profile, models_dir=Path(env["IDGLOW_MODELS_DIR"]).absolute())
+    if env.get("IDGLOW_GROUP_PHOTOS_MANIFEST"):
+        profile = replace(profile, group_photos_manifest=Path(env["IDGLOW_GROUP_PHOTOS_MANIFEST"]).absolute())
     if env.get("IDGLOW_CELEBAHQ_ROOT"):
         profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
     return profile

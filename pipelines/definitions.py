@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import groups, ingest, models
+from assets import groups, ingest, models, preference
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
-ASSET_MODULES = (ingest, groups, models)
+ASSET_MODULES = (ingest, groups, models, preference)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",

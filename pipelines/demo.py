@@ -13,7 +13,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.preference import generation_rounds
 from idglow.storage import write_text_atomic
+
+DEMO_ROUND = "round-000"
 
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
@@ -47,8 +50,9 @@ def run_demo() -> DemoRun:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(generation_rounds.name, [DEMO_ROUND])
         job = defs.resolve_job_def("materialize_everything")
-        result = job.execute_in_process(instance=instance)
+        result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
     seconds = time.perf_counter() - started
 
     storage_root = Path(defs.resources["settings"].storage_root)

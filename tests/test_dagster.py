@@ -75,18 +75,43 @@ def test_foundation_assets_materialise_on_a_test_instance(storage_env):
 
 
 def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir, monkeypatch):
+    from assets.preference import generation_rounds
+
     monkeypatch.setenv("IDGLOW_MODELS_DIR", str(tiny_models_dir))
     defs = build_definitions(load_profile())
     with dg.DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def("materialize_everything").execute_in_process(instance=instance)
-    assert result.success
-    weights = _materializations(result)["model_weights"].metadata
-    assert weights["models_uri"].value == str(tiny_models_dir)
-    assert set(weights["fingerprints"].value) == {"generator", "prompt_model", "clip", "aesthetic", "face_pack"}
-    timings = weights["timings_s"].value
-    assert timings["generated_width"] == 64
-    assert timings["faces_found_in_portrait"] == 1
-    assert timings["torch_face_grad_abs_sum"] > 0
+        instance.add_dynamic_partitions(generation_rounds.name, ["round-000"])
+        result = defs.resolve_job_def("materialize_everything").execute_in_process(instance=instance, partition_key="round-000")
+        assert result.success
+        materialized = _materializations(result)
+        weights = materialized["model_weights"].metadata
+        assert weights["models_uri"].value == str(tiny_models_dir)
+        assert set(weights["fingerprints"].value) == {"generator", "prompt_model", "clip", "aesthetic", "face_pack"}
+        timings = weights["timings_s"].value
+        assert timings["generated_width"] == 64
+        assert timings["faces_found_in_portrait"] == 1
+        assert timings["torch_face_grad_abs_sum"] > 0
+
+        prompts = materialized["prompts"].metadata
+        assert 0.0 <= prompts["dynamic_fallback_rate"].value <= 1.0
+        candidates = materialized["candidate_images"].metadata
+        assert candidates["generated_now"].value == candidates["dagster/row_count"].value > 0
+        pairs = materialized["preference_pairs"].metadata
+        assert all(pairs[f"pairs_{s}"].value > 0 for s in
+                   ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed"))
+        filtered = materialized["auto_filtered_pairs"].metadata
+        assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
+        assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        dpo = materialized["dpo_shards"].metadata
+        assert dpo["samples"].value == filtered["kept"].value
+        assert materialized["sft_shards"].metadata["samples"].value >= 6
+
+        # A rerun of the same round generates nothing new.
+        again = _materializations(defs.resolve_job_def("materialize_everything").execute_in_process(
+            instance=instance, partition_key="round-000", asset_selection=[dg.AssetKey("candidate_images")],
+        ))
+        assert again["candidate_images"].metadata["generated_now"].value == 0
+        assert again["candidate_images"].metadata["skipped_existing"].value == candidates["dagster/row_count"].value
 
 
 def test_overlapping_split_fails_the_check_and_blocks_downstream(storage_env):

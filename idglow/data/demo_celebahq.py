@@ -84,6 +84,11 @@ def write_demo_celebahq(root: str | os.PathLike[str], spec: DemoDatasetSpec = De
     return _dataset_from_manifest(root, manifest)
 
 
+def identity_style(identity: int, seed: int) -> FaceStyle:
+    """The look of a demo identity: the same for every portrait and group photo of that person."""
+    return sample_style(np.random.default_rng([seed, identity]))
+
+
 def _dataset_from_manifest(root: Path, manifest: dict) -> DemoDataset:
     return DemoDataset(
         root=root,
@@ -148,7 +153,7 @@ def _write(staging: Path, spec: DemoDatasetSpec) -> dict:
     truth_rows: list[dict] = []
     counter = 0
     for person in range(spec.identities):
-        style = sample_style(np.random.default_rng([spec.seed, int(identity_numbers[person])]))
+        style = identity_style(int(identity_numbers[person]), spec.seed)
         young = bool(rng.random() < 0.7)
         for _ in range(spec.images_per_identity):
             hq_idx = int(hq_order[counter])

@@ -221,3 +221,20 @@ def render_portrait(
         light=float(rng.uniform(0.88, 1.1)),
     )
     return image, truth
+
+
+def render_group(styles: list[FaceStyle], size: int, rng: np.random.Generator) -> tuple[Image.Image, list[FaceTruth]]:
+    """People side by side with their shoulders, as in a group photo."""
+    image = background(size, rng)
+    draw = ImageDraw.Draw(image)
+    n = len(styles)
+    half_width = size * 0.34 / n
+    truths = []
+    for i, style in enumerate(styles):
+        cx = size * (i + 0.5) / n + rng.uniform(-0.03, 0.03) * size
+        cy = size * 0.45 + rng.uniform(-0.04, 0.04) * size
+        shirt = tuple(int(c) for c in rng.integers(20, 235, size=3))
+        draw.ellipse([cx - half_width * 1.7, cy + half_width * 1.3, cx + half_width * 1.7, cy + half_width * 4.5], fill=shirt)
+        truths.append(draw_face(image, style, (cx, cy), half_width, angle_deg=float(rng.uniform(-6, 6)),
+                                smile=float(rng.uniform(0.2, 1.0)), light=float(rng.uniform(0.92, 1.05))))
+    return image, truths

@@ -22,7 +22,7 @@ from insightface.utils import face_align
 from PIL import Image
 from tqdm.auto import tqdm
 
-from idglow.data.faces import FaceTruth, background, draw_face, render_portrait, sample_style
+from idglow.data.faces import FaceTruth, background, draw_face, render_group, render_portrait, sample_style
 from idglow.models.face_nets import (
     ANCHORS,
     STRIDES,
@@ -36,7 +36,7 @@ from idglow.models.face_nets import (
 DETECTOR_FILE = "det_tiny_scrfd.onnx"
 RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
 GENDERAGE_FILE = "genderage_tiny.onnx"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 CANVAS = 256
 
 
@@ -44,8 +44,8 @@ CANVAS = 256
 class FaceTrainingConfig:
     seed: int = 0
     detector_input: int = 128
-    detector_scenes: int = 1600
-    detector_epochs: int = 8
+    detector_scenes: int = 2000
+    detector_epochs: int = 12
     recognizer_identities: int = 400
     renders_per_identity: int = 6
     recognizer_epochs: int = 10
@@ -59,9 +59,13 @@ class FaceTrainingConfig:
 
 def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3) -> tuple[np.ndarray, list[FaceTruth]]:
     """An RGB image with one to ``max_faces`` non-overlapping faces of random new identities."""
-    if rng.random() < 0.3:
+    kind = rng.random()
+    if kind < 0.25:
         image, truth = render_portrait(sample_style(rng), size, rng)
         return np.asarray(image), [truth]
+    if kind < 0.5:
+        image, truths = render_group([sample_style(rng) for _ in range(int(rng.integers(2, 4)))], size, rng)
+        return np.asarray(image), truths
     image = background(size, rng)
     truths: list[FaceTruth] = []
     placed: list[tuple[float, float, float]] = []
@@ -169,7 +173,7 @@ def _detector_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> 
         prob = torch.sigmoid(logits)
         ce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
         p_t = prob * label + (1 - prob) * (1 - label)
-        alpha = 0.25 * label + 0.75 * (1 - label)
+        alpha = 0.5  # balanced: insightface keeps boxes above 0.5, so scores must be calibrated high
         score_loss = score_loss + (alpha * (1 - p_t) ** 2 * ce).sum()
         mask = target[..., 15] > 0
         positives = positives + mask.sum()

@@ -124,6 +124,13 @@ class ModelHub:
 
         return self._cached(GENERATOR, load)
 
+    def generator_tokenizer(self):
+        """The generator's own tokenizer, for the text encoder's token budget (no weights loaded)."""
+        from transformers import AutoTokenizer
+
+        return self._cached(GENERATOR, lambda path: AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True),
+                            variant="tokenizer")
+
     def prompt_model(self):
         """(model, processor) of the vision-language prompt writer."""
         from transformers import AutoModelForImageTextToText, AutoProcessor

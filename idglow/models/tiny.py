@@ -16,6 +16,7 @@ from pathlib import Path
 
 from idglow.models.aesthetic import write_tiny_aesthetic
 from idglow.models.clip import TINY_CLIP_CONFIG, write_tiny_clip
+from idglow.models.face_training import RECIPE_VERSION as FACE_RECIPE_VERSION
 from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS
 from idglow.models.tiny_generator import write_tiny_generator
@@ -67,7 +68,7 @@ def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -
     for role, build in builders.items():
         stamp = {"recipe": RECIPE_VERSION, "seed": seed, "role": role}
         if role == FACE_PACK:
-            stamp["face_training"] = face_config.__dict__
+            stamp["face_training"] = {**face_config.__dict__, "recipe": FACE_RECIPE_VERSION}
         if _build_atomically(_component_folder(models_dir, role), stamp, build):
             built.append(role)
     return built

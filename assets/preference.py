@@ -1,0 +1,307 @@
+"""Preference data: prompts, group photos, candidates, pairs, scores (Eq. 8), the automatic
+filter (Eq. 9), SFT examples and the WebDataset shards."""
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+import dagster as dg
+from assets.metadata import data_version_of, file_metadata, preview
+from assets.resources import IdglowSettings, ModelHubResource
+from idglow.data.group_photos import GROUP_PHOTO_COLUMNS, read_group_photo_manifest, write_demo_group_photos
+from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
+from idglow.generation import GenerationSettings, generate_candidates
+from idglow.models.face_training import pil_to_bgr
+from idglow.models.registry import PROMPT_MODEL, component_fingerprint
+from idglow.pairs import SOURCES, build_pairs
+from idglow.plots import delta_histograms, markdown_image
+from idglow.prompt_synthesis import build_prompt_preferences, build_prompts
+from idglow.sample_sets import dpo_samples, select_sft_examples, sft_samples
+from idglow.scoring import METRICS, PairScorer, orient_by_score
+from idglow.shards import write_shard_sets
+from idglow.storage import sha256_file, write_parquet_atomic
+
+generation_rounds = dg.DynamicPartitionsDefinition(name="generation_rounds")
+GROUP = "preference_data"
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"})
+def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+    """Static and dynamic prompts for every benchmark and training group and both tasks, and the
+    prompt preference set (barren vs descriptive) for aligning the prompt model (section 3.2).
+
+    A dynamic prompt must name each subject, fit the text encoder's token budget and, for Task 2,
+    ask for children; one that fails falls back to the static template and records why. The
+    demo's random tiny prompt model nearly always falls back, which the fallback rate shows."""
+    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    groups = pd.concat([pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True)
+    tokenizer = hub.generator_tokenizer()
+    version = f"{models.profile}:{component_fingerprint(models.profile, PROMPT_MODEL, hub.models_dir)[:12]}"
+    table = build_prompts(
+        groups, profile.celebahq_source, hub.prompt_model() if profile.dynamic_prompts else None,
+        lambda text: len(tokenizer(text).input_ids), profile.prompt_token_budget, version, dynamic=profile.dynamic_prompts,
+    )
+    preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))
+    prompt_path, preference_path = paths.table("prompts"), paths.asset_dir("prompts") / "prompt_preferences.parquet"
+    write_parquet_atomic(prompt_path, table)
+    write_parquet_atomic(preference_path, preferences)
+    dynamic = table[table["prompt_kind"] == "dynamic"]
+    reasons = dynamic.loc[dynamic["fallback"], "fallback_reason"].str.replace(r"\d+ tokens", "N tokens", regex=True)
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("prompts", prompt_path),
+            **file_metadata("prompt_preferences", preference_path),
+            "prompt_model_version": dg.MetadataValue.text(version),
+            "dynamic_fallback_rate": dg.MetadataValue.float(float(dynamic["fallback"].mean()) if len(dynamic) else 0.0),
+            "fallback_reasons": dg.MetadataValue.md(reasons.value_counts().rename("prompts").to_markdown() if len(reasons) else "none"),
+            "badcases": dg.MetadataValue.json(preferences["badcase"].value_counts().to_dict()),
+            "preview": preview(table[["prompt_id", "prompt_kind", "fallback", "prompt"]]),
+            "dagster/row_count": dg.MetadataValue.int(len(table)),
+        },
+        data_version=data_version_of(prompt_path, preference_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=["training_groups", "celebahq_images"], kinds={"parquet"})
+def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
+    """Authentic multi-person photos, each with one single portrait per person as conditions:
+    the manifest in IDGLOW_GROUP_PHOTOS_MANIFEST, or on the demo profile a few drawn photos of
+    training groups (the same faces as their portraits). Records whose files are missing go to a
+    quarantine with the reason."""
+    profile, paths = settings.resolved(), settings.paths
+    out_dir = paths.asset_dir("real_group_photos")
+    if profile.group_photos_manifest is not None:
+        photos = read_group_photo_manifest(profile.group_photos_manifest)
+    elif profile.demo_group_photos > 0:
+        photos = write_demo_group_photos(
+            pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog), profile.celebahq_source,
+            out_dir / "images", profile.demo_group_photos, profile.image_size, profile.seed,
+        )
+    else:
+        context.log.warning("no group photo manifest configured (IDGLOW_GROUP_PHOTOS_MANIFEST): no real pairs")
+        photos = pd.DataFrame(columns=list(GROUP_PHOTO_COLUMNS))
+    exists = photos["photo_path"].map(lambda p: Path(p).is_file()) & photos["condition_paths"].map(
+        lambda ps: all(Path(p).is_file() for p in ps))
+    quarantine = photos.loc[~exists, ["photo_id", "photo_path"]].assign(reason="photo or condition portrait file missing")
+    photos = photos.loc[exists].reset_index(drop=True)
+    table_path, quarantine_path = paths.table("real_group_photos"), out_dir / "quarantine.parquet"
+    write_parquet_atomic(table_path, photos)
+    write_parquet_atomic(quarantine_path, quarantine)
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("photos", table_path),
+            "photos": dg.MetadataValue.int(len(photos)),
+            "quarantined": dg.MetadataValue.int(len(quarantine)),
+            "source": dg.MetadataValue.text(str(profile.group_photos_manifest or "demo drawings")),
+            "dagster/row_count": dg.MetadataValue.int(len(photos)),
+        },
+        data_version=data_version_of(table_path),
+    )
+
+
+def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.DataFrame:
+    training = prompt_table[prompt_table["group_kind"] == "train"]
+    jobs = training.assign(job_id=training["prompt_id"], photo_id=None)[
+        ["job_id", "group_id", "task", "prompt_kind", "prompt", "condition_paths", "identities", "n_subjects", "photo_id"]]
+    real = pd.DataFrame({
+        "job_id": photos["photo_id"] + "-caption", "group_id": photos["group_id"], "task": "group_fusion",
+        "prompt_kind": "caption", "prompt": photos["caption"], "condition_paths": photos["condition_paths"],
+        "identities": photos["identities"], "n_subjects": photos["n_subjects"], "photo_id": photos["photo_id"],
+    })
+    return pd.concat([jobs, real], ignore_index=True)
+
+
+@dg.asset(group_name=GROUP, code_version="1", partitions_def=generation_rounds, deps=[prompts, real_group_photos],
+          pool="gpu", kinds={"pytorch"})
+def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+    """K candidate group photos per training prompt and per real photo's caption, from the
+    explicitly named model version (`generation_model_version`: `base` or a LoRA folder), seeds
+    recorded. One partition per generation round; a rerun of a round skips what is written."""
+    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    round_name = context.partition_key
+    jobs = _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
+    pipeline = hub.generator()
+    version = profile.generation_model_version
+    if version != "base":
+        adapter = Path(version)
+        weights = next(adapter.glob("*.safetensors"), None)
+        if weights is None:
+            raise dg.Failure(f"generation_model_version {version!r} is neither 'base' nor a LoRA folder with a .safetensors file")
+        pipeline.load_lora_weights(adapter)
+        version = f"lora:{sha256_file(weights)[:12]}"
+    settings_used = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
+                                       profile.true_cfg_scale, profile.candidates_per_job, profile.seed)
+    out_dir = paths.asset_dir("candidate_images") / round_name
+    started = time.perf_counter()
+    try:
+        table, generated = generate_candidates(pipeline, jobs, settings_used, out_dir, round_name, version)
+    finally:
+        if version != "base":
+            pipeline.unload_lora_weights()
+    seconds = time.perf_counter() - started
+    app = hub.face_analysis()
+    faces_found = [min(len(app.get(pil_to_bgr(Image.open(p)))), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)]
+    detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
+    table_path = out_dir / "candidates.parquet"
+    write_parquet_atomic(table_path, table)
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("candidates", table_path),
+            "round": dg.MetadataValue.text(round_name),
+            "model_version": dg.MetadataValue.text(version),
+            "generated_now": dg.MetadataValue.int(generated),
+            "skipped_existing": dg.MetadataValue.int(len(table) - generated),
+            "seconds_per_image": dg.MetadataValue.float(seconds / generated if generated else 0.0),
+            "face_detection_rate": dg.MetadataValue.float(detection_rate),
+            "inference_settings": dg.MetadataValue.json(settings_used.__dict__),
+            "dagster/row_count": dg.MetadataValue.int(len(table)),
+        },
+        data_version=data_version_of(table_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[candidate_images, real_group_photos], kinds={"parquet"})
+def preference_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
+    """Quadruples (chosen, rejected, condition portraits, prompt) from the four sources: real vs
+    perturbed, real vs synthetic, synthetic vs synthetic (orientation decided by the scores),
+    synthetic vs perturbed; each with its provenance and a stable pair_id. Reads every round."""
+    profile, paths = settings.resolved(), settings.paths
+    rounds = sorted(paths.asset_dir("candidate_images").glob("*/candidates.parquet"))
+    candidates = pd.concat([pd.read_parquet(p) for p in rounds], ignore_index=True) if rounds else pd.DataFrame()
+    pairs = build_pairs(candidates, pd.read_parquet(paths.table("real_group_photos")),
+                        paths.asset_dir("preference_pairs") / "perturbed", profile.seed)
+    table_path = paths.table("preference_pairs")
+    write_parquet_atomic(table_path, pairs)
+    counts = pairs["source"].value_counts()
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("pairs", table_path),
+            "rounds": dg.MetadataValue.json([p.parent.name for p in rounds]),
+            **{f"pairs_{s}": dg.MetadataValue.int(int(counts.get(s, 0))) for s in SOURCES},
+            "dagster/row_count": dg.MetadataValue.int(len(pairs)),
+        },
+        data_version=data_version_of(table_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[preference_pairs], kinds={"parquet"})
+def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+    """Eq. 8: identity, object, semantic, aesthetic and people-count scores of both sides of each
+    pair and their deltas (batched: each image and portrait analysed once)."""
+    paths = settings.paths
+    pairs = pd.read_parquet(paths.table("preference_pairs"))
+    started = time.perf_counter()
+    scores = PairScorer(models.hub()).score(pairs)
+    seconds = time.perf_counter() - started
+    scores, oriented = orient_by_score(scores, pairs)
+    scores_path, oriented_path = paths.table("pair_scores"), paths.asset_dir("pair_scores") / "oriented_pairs.parquet"
+    write_parquet_atomic(scores_path, scores)
+    write_parquet_atomic(oriented_path, oriented)
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("scores", scores_path),
+            "pairs_per_second": dg.MetadataValue.float(len(pairs) / seconds if seconds else 0.0),
+            "swapped_by_score": dg.MetadataValue.int(int(scores["swapped"].sum())),
+            "mean_deltas": dg.MetadataValue.json({m: round(float(scores[f"delta_{m}"].mean()), 4) for m in METRICS}),
+            "dagster/row_count": dg.MetadataValue.int(len(scores)),
+        },
+        data_version=data_version_of(scores_path, oriented_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[pair_scores], kinds={"parquet"})
+def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
+    """Eq. 9, stage 1: a pair is kept when some delta reaches its threshold and no delta falls
+    below minus its tolerance (thresholds in docs/configuration.md). Every pair is listed with
+    `kept` and the reason; the histograms show each delta with its thresholds."""
+    paths = settings.paths
+    filtered = apply_filter(pd.read_parquet(paths.table("pair_scores")),
+                            pd.read_parquet(paths.asset_dir("pair_scores") / "oriented_pairs.parquet"))
+    table_path = paths.table("auto_filtered_pairs")
+    write_parquet_atomic(table_path, filtered)
+    plot = delta_histograms(filtered, list(METRICS), DEFAULT_THRESHOLDS, paths.asset_dir("auto_filtered_pairs") / "delta_histograms.png")
+    by_source = filtered.groupby("source")["kept"].mean().round(3).to_dict()
+    by_rule = {f"{m}_supports": float(filtered[f"rule_{m}_supports"].mean()) for m in METRICS}
+    by_rule.update({f"{m}_contradicts": float(filtered[f"rule_{m}_contradicts"].mean()) for m in METRICS})
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("filtered", table_path),
+            "kept": dg.MetadataValue.int(int(filtered["kept"].sum())),
+            "dropped": dg.MetadataValue.int(int((~filtered["kept"]).sum())),
+            "pass_rate_by_source": dg.MetadataValue.json(by_source),
+            "rule_rates": dg.MetadataValue.json(by_rule),
+            "histograms": dg.MetadataValue.md(markdown_image(plot, "delta histograms")),
+            "histograms_uri": dg.MetadataValue.path(str(plot)),
+            "drop_reasons": dg.MetadataValue.md(
+                filtered.loc[~filtered["kept"], "reason"].str.replace(r"[-+]?\d+\.\d+", "x", regex=True)
+                .value_counts().rename("pairs").to_markdown() if (~filtered["kept"]).any() else "none"),
+            "dagster/row_count": dg.MetadataValue.int(len(filtered)),
+        },
+        data_version=data_version_of(table_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[auto_filtered_pairs, real_group_photos], kinds={"parquet"})
+def sft_examples(settings: IdglowSettings) -> dg.MaterializeResult:
+    """SFT targets: the real group photos with their people's portraits (Task 1), and chosen
+    synthetic outputs of kept pairs whose identity and aesthetic scores clear the profile's
+    bars (Task 2 targets are such filtered child renderings)."""
+    profile, paths = settings.resolved(), settings.paths
+    examples = select_sft_examples(pd.read_parquet(paths.table("real_group_photos")),
+                                   pd.read_parquet(paths.table("auto_filtered_pairs")),
+                                   profile.sft_min_identity, profile.sft_min_aesthetic)
+    table_path = paths.table("sft_examples")
+    write_parquet_atomic(table_path, examples)
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("examples", table_path),
+            "by_task_and_source": dg.MetadataValue.json(
+                {f"{t}/{s}": int(c) for (t, s), c in examples.groupby(["task", "source"]).size().items()}),
+            "dagster/row_count": dg.MetadataValue.int(len(examples)),
+        },
+        data_version=data_version_of(table_path),
+    )
+
+
+def _shard_result(out_dir, manifest) -> dg.MaterializeResult:
+    manifest_path = out_dir / "manifest.json"
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("manifest", manifest_path),
+            "shards": dg.MetadataValue.int(len(manifest["shards"])),
+            "samples": dg.MetadataValue.int(manifest["samples"]),
+            "samples_by_n_subjects": dg.MetadataValue.json(manifest["samples_by_n_subjects"]),
+            "dagster/row_count": dg.MetadataValue.int(manifest["samples"]),
+        },
+        data_version=data_version_of(manifest_path),
+    )
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[sft_examples], kinds={"webdataset"})
+def sft_shards(settings: IdglowSettings) -> dg.MaterializeResult:
+    """WebDataset shards of the SFT examples, one shard set per subject count, with a manifest."""
+    profile, paths = settings.resolved(), settings.paths
+    out_dir = paths.asset_dir("sft_shards")
+    manifest = write_shard_sets(sft_samples(pd.read_parquet(paths.table("sft_examples"))), out_dir, "sft",
+                                max_size_bytes=profile.shard_max_bytes)
+    return _shard_result(out_dir, manifest)
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=[auto_filtered_pairs], kinds={"webdataset"})
+def dpo_shards(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
+    """WebDataset shards of the pairs that passed the automatic filter and review, one shard set
+    per subject count. Review mode `auto` (the demo) approves every kept pair by rule and labels
+    each decision as automatic; `human` needs the review queue's decisions."""
+    profile, paths = settings.resolved(), settings.paths
+    filtered = pd.read_parquet(paths.table("auto_filtered_pairs"))
+    if profile.review_mode != "auto":
+        raise dg.Failure(
+            description="review mode is 'human' and no review decisions exist yet: run the review queue, "
+                        "or set review_mode to 'auto' to approve every automatically kept pair by rule")
+    kept = filtered[filtered["kept"]].assign(review_decision="accept", review_mode="auto (no human review)")
+    context.log.warning(f"review mode auto: {len(kept)} pairs approved by rule, not by people")
+    out_dir = paths.asset_dir("dpo_shards")
+    manifest = write_shard_sets(dpo_samples(kept), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
+    return _shard_result(out_dir, manifest)
