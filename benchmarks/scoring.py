@@ -34,13 +34,16 @@ def demo_pairs(hub: ModelHub, work: Path, photos: int, candidates: int) -> pd.Da
     dataset = write_demo_celebahq(work / "celebahq")
     catalog = ingest_celebahq(dataset.root, expected_size=256, progress=False).catalog
     splits = split_identities(catalog, 10, seed=0)
-    groups = make_training_groups(catalog, splits, groups_of_two=photos, groups_of_three=photos, seed=0)
+    groups = make_training_groups(catalog, splits, groups_of_two=8, groups_of_three=6, seed=0)
     photo_table = write_demo_group_photos(groups, catalog, dataset.root, work / "photos", photos, 256, 0)
-    jobs = groups.head(photos // 2).assign(
-        job_id=lambda g: g["group_id"] + "-job", task="group_fusion", prompt_kind="static", photo_id=None,
-        prompt=lambda g: [static_prompt("group_fusion", n) for n in g["n_subjects"]],
-        condition_paths=lambda g: [[str(dataset.root / p) for p in ps] for ps in g["condition_paths"]],
-    )
+    # As in the demo: every training group x both tasks x (static, dynamic) prompt, K candidates each,
+    # so many pairs share their condition portraits.
+    jobs = pd.concat([
+        groups.assign(job_id=groups["group_id"] + f"-{task}-{kind}", task=task, prompt_kind=kind, photo_id=None,
+                      prompt=[static_prompt(task, n) for n in groups["n_subjects"]])
+        for task in ("group_fusion", "age_transformed") for kind in ("static", "dynamic")
+    ], ignore_index=True)
+    jobs["condition_paths"] = [[str(dataset.root / p) for p in ps] for ps in jobs["condition_paths"]]
     settings = GenerationSettings(64, 64, 4, 1.0, candidates, 0)
     table, _ = generate_candidates(hub.generator(), jobs, settings, work / "candidates", "bench", "base", progress=False)
     return build_pairs(table, photo_table, work / "perturbed", seed=0)
@@ -49,7 +52,7 @@ def demo_pairs(hub: ModelHub, work: Path, photos: int, candidates: int) -> pd.Da
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path("var/models/demo"))
-    parser.add_argument("--photos", type=int, default=24, help="demo group photos (real pairs)")
+    parser.add_argument("--photos", type=int, default=6, help="demo group photos (real pairs)")
     parser.add_argument("--candidates", type=int, default=2, help="candidates per synthetic job")
     args = parser.parse_args()
     torch.set_num_threads(1)

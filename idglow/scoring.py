@@ -26,6 +26,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from evaluation.metrics import hungarian_match, people_count_score
+from insightface.utils import face_align
+
 from idglow.models.face_training import pil_to_bgr
 from idglow.models.hub import ModelHub
 
@@ -52,6 +54,30 @@ def _faces(app, image: Image.Image) -> Faces:
     if not found:
         return Faces(np.zeros((0, 4)), np.zeros((0, 0)))
     return Faces(np.stack([f.bbox for f in found]), np.stack([f.normed_embedding for f in found]))
+
+
+def _faces_batched(app, images: list[Image.Image], batch_size: int, progress: bool) -> list[Faces]:
+    """The same detections and embeddings as ``FaceAnalysis.get``, with the recogniser run over
+    every face of every image in batches and the attribute model (unused here) skipped."""
+    detector, recognizer = app.det_model, app.models["recognition"]
+    boxes, crops, owners = [], [], []
+    for index, image in enumerate(tqdm(images, desc="detecting faces", disable=not progress)):
+        bgr = pil_to_bgr(image)
+        found, landmarks = detector.detect(bgr)
+        boxes.append(found[:, :4] if len(found) else np.zeros((0, 4)))
+        for points in landmarks if landmarks is not None else []:
+            crops.append(face_align.norm_crop(bgr, landmark=points, image_size=recognizer.input_size[0]))
+            owners.append(index)
+    if isinstance(recognizer.input_shape[0], int):  # a recogniser exported with a fixed batch of one
+        batch_size = recognizer.input_shape[0]
+    features = [recognizer.get_feat(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]
+    embeddings = np.concatenate(features) if features else np.zeros((0, 1), dtype=np.float32)
+    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
+    owners_array = np.asarray(owners)
+    return [
+        Faces(boxes[i], embeddings[owners_array == i] if len(owners) else np.zeros((0, 0)))
+        for i in range(len(images))
+    ]
 
 
 def _condition_embedding(faces: Faces, width: int) -> np.ndarray:
@@ -107,7 +133,8 @@ class PairScorer:
         prompts = list(dict.fromkeys(pairs["prompt"]))
 
         loaded = {p: Image.open(p).convert("RGB") for p in tqdm(images + portraits, desc="reading images", disable=not self.progress)}
-        faces = {p: _faces(app, loaded[p]) for p in tqdm(images + portraits, desc="face analysis", disable=not self.progress)}
+        everything = images + portraits
+        faces = dict(zip(everything, _faces_batched(app, [loaded[p] for p in everything], self.batch_size, self.progress), strict=True))
         width = next((f.embeddings.shape[1] for f in faces.values() if len(f.boxes)), 512)
 
         crops, crop_owner = [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import groups, ingest, models, preference
+from assets.sensors import celebahq_source_changed
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
@@ -33,6 +34,7 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[everything_job, data_foundation_job],
+        sensors=[celebahq_source_changed],
         resources=resources_for(profile),
         executor=executor,
     )

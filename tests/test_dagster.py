@@ -196,3 +196,26 @@ def test_webserver_serves_the_asset_graph(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode is not None
+
+
+def test_source_sensor_requests_a_run_only_when_the_source_changes(tmp_path, demo_dataset):
+    import shutil
+
+    from assets.sensors import celebahq_source_changed
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_dataset.root, root)
+    env = {"IDGLOW_CELEBAHQ_ROOT": str(root), "IDGLOW_STORAGE_ROOT": str(tmp_path / "storage")}
+    resources = {"settings": IdglowSettings.from_profile(load_profile("demo", env=env))}
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = dg.build_sensor_context(instance=instance, resources=resources)
+        assert isinstance(celebahq_source_changed(first), dg.SkipReason)
+        recorded = first.cursor
+        assert recorded
+        unchanged = dg.build_sensor_context(instance=instance, resources=resources, cursor=recorded)
+        assert isinstance(celebahq_source_changed(unchanged), dg.SkipReason)
+        (root / "CelebA-HQ-img" / "999.jpg").write_bytes(b"new")
+        changed = dg.build_sensor_context(instance=instance, resources=resources, cursor=recorded)
+        request = celebahq_source_changed(changed)
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_key == changed.cursor != recorded

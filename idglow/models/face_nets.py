@@ -81,13 +81,17 @@ class TinyGenderAge(nn.Module):
         return torch.cat([out[:, :2], torch.sigmoid(out[:, 2:])], dim=1)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]) -> Path:
-    """Export with the TorchScript exporter: one self-contained file, static shapes, folded batch norms."""
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamic_batch: bool = False
+) -> Path:
+    """Export with the TorchScript exporter: one self-contained file, folded batch norms, a fixed
+    input size (and a dynamic batch axis where asked, as insightface's recognisers have)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     torch.onnx.export(
         model, (example,), str(path), input_names=["input.1"], output_names=output_names,
         opset_version=17, do_constant_folding=True, dynamo=False,
+        dynamic_axes={"input.1": {0: "batch"}, **{name: {0: "batch"} for name in output_names}} if dynamic_batch else None,
     )
     return path
 

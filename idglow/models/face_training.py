@@ -36,7 +36,7 @@ from idglow.models.face_nets import (
 DETECTOR_FILE = "det_tiny_scrfd.onnx"
 RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
 GENDERAGE_FILE = "genderage_tiny.onnx"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 CANVAS = 256
 
 
@@ -292,7 +292,7 @@ def write_tiny_face_pack(folder: Path, config: FaceTrainingConfig = FaceTraining
     folder.mkdir(parents=True, exist_ok=True)
     size = config.detector_input
     export_onnx(detector, torch.zeros(1, 3, size, size), folder / DETECTOR_FILE, scrfd_output_names())
-    export_onnx(recognizer, torch.zeros(1, 3, 112, 112), folder / RECOGNIZER_FILE, ["embedding"])
+    export_onnx(recognizer, torch.zeros(1, 3, 112, 112), folder / RECOGNIZER_FILE, ["embedding"], dynamic_batch=True)
     export_onnx(genderage, torch.zeros(1, 3, 96, 96), folder / GENDERAGE_FILE, ["fc1"])
     (folder / "training.json").write_text(json.dumps({"recipe_version": RECIPE_VERSION, **config.__dict__}, indent=2))
     return folder
