@@ -36,7 +36,7 @@ from idglow.models.face_nets import (
 DETECTOR_FILE = "det_tiny_scrfd.onnx"
 RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
 GENDERAGE_FILE = "genderage_tiny.onnx"
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 CANVAS = 256
 
 
@@ -85,6 +85,33 @@ def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3)
                 ))
                 break
     return np.asarray(image), truths
+
+
+# ------------------------------------------------------------------ training loop
+
+
+def _fit(
+    parameters: list[torch.nn.Parameter], count: int, epochs: int, batch: int, step_loss, seed: int,
+    description: str, progress: bool, weight_decay: float,
+) -> None:
+    """AdamW with a one-cycle schedule over seeded shuffles of ``count`` examples;
+    ``step_loss(index)`` returns the loss of one batch of example indices."""
+    optimizer = torch.optim.AdamW(parameters, lr=3e-3, weight_decay=weight_decay)
+    steps = epochs * math.ceil(count / batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc=description, disable=not progress)
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count, batch):
+            loss = step_loss(order[start:start + batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
 
 
 # ---------------------------------------------------------------------- detector
@@ -141,26 +168,10 @@ def train_detector(config: FaceTrainingConfig, progress: bool = True) -> TinySCR
     t_all = [torch.stack(t) for t in targets]
 
     torch.manual_seed(config.seed)
-    model = TinySCRFD(size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    batch = 32
-    steps = config.detector_epochs * math.ceil(len(x_all) / batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.train()
-    bar = tqdm(total=steps, desc="training tiny face detector", disable=not progress)
-    for _ in range(config.detector_epochs):
-        order = torch.randperm(len(x_all), generator=generator)
-        for start in range(0, len(order), batch):
-            index = order[start:start + batch]
-            loss = _detector_loss(model.raw(x_all[index]), [t[index] for t in t_all])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    model = TinySCRFD(size).train()
+    _fit(list(model.parameters()), len(x_all), config.detector_epochs, 32,
+         lambda index: _detector_loss(model.raw(x_all[index]), [t[index] for t in t_all]),
+         config.seed, "training tiny face detector", progress, weight_decay=1e-4)
     return model.eval()
 
 
@@ -209,30 +220,17 @@ def train_recognizer(config: FaceTrainingConfig, progress: bool = True) -> TinyA
     """Metric learning with a CosFace margin over random procedural identities."""
     x_all, y_all = _identity_crops(config)
     torch.manual_seed(config.seed)
-    model = TinyArcFace(config.embedding_size)
+    model = TinyArcFace(config.embedding_size).train()
     classes = torch.nn.Parameter(torch.randn(config.recognizer_identities, config.embedding_size) * 0.01)
-    optimizer = torch.optim.AdamW([*model.parameters(), classes], lr=3e-3, weight_decay=5e-4)
-    batch, scale, margin = 64, 16.0, 0.25
-    steps = config.recognizer_epochs * math.ceil(len(x_all) / batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.train()
-    bar = tqdm(total=steps, desc="training tiny face recogniser", disable=not progress)
-    for _ in range(config.recognizer_epochs):
-        order = torch.randperm(len(x_all), generator=generator)
-        for start in range(0, len(order), batch):
-            index = order[start:start + batch]
-            embeddings = F.normalize(model(x_all[index]))
-            cosine = embeddings @ F.normalize(classes).T
-            one_hot = F.one_hot(y_all[index], config.recognizer_identities).float()
-            loss = F.cross_entropy(scale * (cosine - margin * one_hot), y_all[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    scale, margin = 16.0, 0.25
+
+    def cosface_loss(index: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(model(x_all[index])) @ F.normalize(classes).T
+        one_hot = F.one_hot(y_all[index], config.recognizer_identities).float()
+        return F.cross_entropy(scale * (cosine - margin * one_hot), y_all[index])
+
+    _fit([*model.parameters(), classes], len(x_all), config.recognizer_epochs, 64, cosface_loss,
+         config.seed, "training tiny face recogniser", progress, weight_decay=5e-4)
     return model.eval()
 
 
@@ -259,20 +257,14 @@ def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGe
         genders.append(int(style.male))
     x_all, y_all = torch.stack(crops), torch.tensor(genders)
     torch.manual_seed(config.seed)
-    model = TinyGenderAge()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.train()
-    batch = 64
-    for _ in tqdm(range(config.genderage_epochs), desc="training tiny gender/age", disable=not progress):
-        order = torch.randperm(len(x_all), generator=generator)
-        for start in range(0, len(order), batch):
-            index = order[start:start + batch]
-            out = model(x_all[index])
-            loss = F.cross_entropy(out[:, :2], y_all[index]) + F.mse_loss(out[:, 2], torch.full((len(index),), 0.3))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    model = TinyGenderAge().train()
+
+    def gender_age_loss(index: torch.Tensor) -> torch.Tensor:
+        out = model(x_all[index])
+        return F.cross_entropy(out[:, :2], y_all[index]) + F.mse_loss(out[:, 2], torch.full((len(index),), 0.3))
+
+    _fit(list(model.parameters()), len(x_all), config.genderage_epochs, 64, gender_age_loss,
+         config.seed, "training tiny gender/age", progress, weight_decay=1e-4)
     return model.eval()
 
 
