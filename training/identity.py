@@ -1,0 +1,76 @@
+"""The modulated multi-face identity term of Eq. 1: lambda(t) * L_ID, per sample.
+
+For the samples with lambda(t) > 0 only: the clean estimate of the target tokens
+(x0_hat = x_t - t v), unpacked and un-normalised, is decoded by the VAE; faces are detected
+without gradient, aligned differentiably to the ArcFace template, embedded by the torch copy of
+the recogniser, and matched to the source faces by the Hungarian algorithm (Eq. 2-3). When no
+sample of the batch has lambda > 0, neither the VAE decoder nor any face model runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
+from idglow.models.face_training import pil_to_bgr
+from training.flow import clean_estimate, decode, unpack
+from training.losses import hungarian_identity_loss
+
+
+@dataclass
+class IdentityTerm:
+    weighted: torch.Tensor  # (B,) lambda(t) * L_ID, zero where lambda is zero
+    losses: torch.Tensor  # (B,) L_ID, zero where it was not computed
+    detections: list[int] = field(default_factory=list)  # faces found, per sample (-1: not computed)
+    decoded: int = 0  # how many samples went through the VAE decoder
+
+
+def source_embeddings(face_analysis, portraits: list[Image.Image]) -> torch.Tensor:
+    """(N, d) normalised embeddings of the largest face of each portrait (zeros when none is found)."""
+    rows = []
+    for portrait in portraits:
+        faces = face_analysis.get(pil_to_bgr(portrait))
+        if faces:
+            largest = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+            rows.append(torch.as_tensor(largest.normed_embedding, dtype=torch.float32))
+        else:
+            rows.append(None)
+    width = next((r.shape[0] for r in rows if r is not None), 1)
+    return torch.stack([r if r is not None else torch.zeros(width) for r in rows])
+
+
+def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], face_analysis, encoder) -> tuple[torch.Tensor, list[int]]:
+    """L_ID per image of ``images`` (B, 3, H, W) RGB in [-1, 1], against each image's source faces."""
+    losses, detections = [], []
+    for index in range(images.shape[0]):
+        landmarks = detect_landmarks(face_analysis, images[index])
+        detections.append(len(landmarks))
+        crops = align_faces(images, [index] * len(landmarks), list(landmarks))
+        generated = embed_faces(encoder, crops) if len(landmarks) else crops.new_zeros((0, sources[index].shape[1]))
+        losses.append(hungarian_identity_loss(sources[index].to(images.device, generated.dtype), generated))
+    return torch.stack(losses), detections
+
+
+def modulated_identity_term(
+    x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, lambdas: torch.Tensor, height: int, width: int,
+    vae, sources: list[torch.Tensor], face_analysis, encoder,
+) -> IdentityTerm:
+    """lambda(t) * L_ID for a batch of target tokens; runs the decoder and face models only where lambda > 0."""
+    batch = x_t.shape[0]
+    weighted = x_t.new_zeros(batch, dtype=torch.float32)
+    losses = x_t.new_zeros(batch, dtype=torch.float32)
+    active = torch.nonzero(lambdas > 0).flatten()
+    if len(active) == 0:
+        return IdentityTerm(weighted, losses, [-1] * batch, 0)
+    estimate = clean_estimate(x_t[active], velocity[active], sigma[active])
+    images = decode(vae, unpack(estimate, height, width)).float().clamp(-1, 1)
+    active_losses, found = identity_losses(images, [sources[i] for i in active.tolist()], face_analysis, encoder)
+    weighted = weighted.index_put((active,), lambdas[active].float() * active_losses)
+    losses = losses.index_put((active,), active_losses)
+    detections = np.full(batch, -1)
+    detections[active.cpu().numpy()] = found
+    return IdentityTerm(weighted, losses, detections.tolist(), len(active))
