@@ -16,12 +16,21 @@ from idglow.paths import ArtifactPaths
 from idglow.profiles import Profile, load_profile
 
 
+_PATH_FIELDS = ("storage_root", "celebahq_root", "group_photos_manifest")
+_VALUE_FIELDS = (
+    "seed", "image_size", "ingest_workers", "benchmark_groups_of_two", "benchmark_groups_of_three",
+    "training_groups_of_two", "training_groups_of_three", "candidates_per_job", "generation_model_version",
+    "review_mode",
+)
+
+
 class IdglowSettings(dg.ConfigurableResource):
     """The active profile and its overridable settings (see docs/configuration.md)."""
 
     profile: str = "demo"
     storage_root: str
     celebahq_root: str | None = None
+    group_photos_manifest: str | None = None
     seed: int = 0
     image_size: int = 1024
     ingest_workers: int = 1
@@ -35,40 +44,13 @@ class IdglowSettings(dg.ConfigurableResource):
 
     @classmethod
     def from_profile(cls, profile: Profile) -> IdglowSettings:
-        return cls(
-            profile=profile.name,
-            storage_root=str(profile.storage_root),
-            celebahq_root=str(profile.celebahq_root) if profile.celebahq_root else None,
-            seed=profile.seed,
-            image_size=profile.image_size,
-            ingest_workers=profile.ingest_workers,
-            benchmark_groups_of_two=profile.benchmark_groups_of_two,
-            benchmark_groups_of_three=profile.benchmark_groups_of_three,
-            training_groups_of_two=profile.training_groups_of_two,
-            training_groups_of_three=profile.training_groups_of_three,
-            candidates_per_job=profile.candidates_per_job,
-            generation_model_version=profile.generation_model_version,
-            review_mode=profile.review_mode,
-        )
+        paths = {name: str(getattr(profile, name)) if getattr(profile, name) else None for name in _PATH_FIELDS}
+        return cls(profile=profile.name, **paths, **{name: getattr(profile, name) for name in _VALUE_FIELDS})
 
     def resolved(self) -> Profile:
-        """The profile with this resource's values applied on top of its defaults."""
-        base = load_profile(self.profile, env={})
-        return replace(
-            base,
-            storage_root=Path(self.storage_root),
-            celebahq_root=Path(self.celebahq_root) if self.celebahq_root else None,
-            seed=self.seed,
-            image_size=self.image_size,
-            ingest_workers=self.ingest_workers,
-            benchmark_groups_of_two=self.benchmark_groups_of_two,
-            benchmark_groups_of_three=self.benchmark_groups_of_three,
-            training_groups_of_two=self.training_groups_of_two,
-            training_groups_of_three=self.training_groups_of_three,
-            candidates_per_job=self.candidates_per_job,
-            generation_model_version=self.generation_model_version,
-            review_mode=self.review_mode,
-        )
+        """The profile (with its environment) and this resource's values applied on top."""
+        paths = {name: Path(getattr(self, name)) if getattr(self, name) else None for name in _PATH_FIELDS}
+        return replace(load_profile(self.profile), **paths, **{name: getattr(self, name) for name in _VALUE_FIELDS})
 
     @property
     def paths(self) -> ArtifactPaths:
