@@ -74,3 +74,31 @@ def modulated_identity_term(
     detections = np.full(batch, -1)
     detections[active.cpu().numpy()] = found
     return IdentityTerm(weighted, losses, detections.tolist(), len(active))
+
+
+class IdentityLoss:
+    """The identity term for a training run: the pack's detector (insightface, no gradient), its
+    recogniser converted to torch (frozen), and the source faces of each sample, computed once."""
+
+    def __init__(self, pipeline, config):
+        from insightface.app import FaceAnalysis
+        from onnx2torch import convert
+
+        from idglow.models.hub import onnx_providers
+
+        providers = onnx_providers()
+        self.app = FaceAnalysis(name=str(config.face_pack_dir), providers=providers)
+        self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=0.5)
+        self.encoder = convert(self.app.models["recognition"].model_file).to(pipeline.transformer.device).eval()
+        self.encoder.requires_grad_(False)
+        self.pipeline, self.size = pipeline, config.resolution
+        self.sources: dict[str, torch.Tensor] = {}
+
+    def __call__(self, x_t, velocity, sigma, lambdas, samples) -> IdentityTerm:
+        for sample in samples:
+            if sample.key not in self.sources:
+                self.sources[sample.key] = source_embeddings(self.app, sample.conditions)
+        return modulated_identity_term(
+            x_t, velocity, sigma, lambdas, self.size, self.size, self.pipeline.vae,
+            [self.sources[s.key] for s in samples], self.app, self.encoder,
+        )

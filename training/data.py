@@ -1,0 +1,73 @@
+"""Deterministic, resumable batches from the SFT and DPO WebDataset shards.
+
+Each shard set holds one subject count, so reading one shard at a time and batching within it
+gives batches homogeneous in N. The shard order of every epoch is a seeded permutation
+(``shardshuffle`` is done here, explicitly, so the order is reproducible), shards are split
+across ranks with ``webdataset.split_by_node``, and the data position is the number of batches
+already consumed: a resumed run skips exactly those.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from idglow.shards import shard_urls
+
+
+@dataclass
+class Sample:
+    key: str
+    meta: dict
+    images: dict[str, Image.Image]  # "target" (SFT) or "chosen"/"rejected" (DPO)
+    conditions: list[Image.Image]
+
+
+def _decode(raw: dict) -> Sample:
+    meta = json.loads(raw["json"])
+    n = int(meta["n_subjects"])
+    images = {name[:-4]: Image.open(io.BytesIO(raw[name])).convert("RGB")
+              for name in ("target.png", "chosen.png", "rejected.png") if name in raw}
+    conditions = [Image.open(io.BytesIO(raw[f"cond.{i}.jpg"])).convert("RGB") for i in range(n)]
+    return Sample(raw["__key__"], meta, images, conditions)
+
+
+def shard_order(urls: list[str], seed: int, epoch: int) -> list[str]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return [urls[i] for i in torch.randperm(len(urls), generator=generator).tolist()]
+
+
+def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0) -> Iterator[list[Sample]]:
+    """Endless batches (epoch after epoch) of samples with one subject count, after skipping
+    ``skip`` batches; a batch never mixes shards, so never mixes subject counts (a shard's last
+    incomplete batch is dropped)."""
+    urls = shard_urls(shard_dir)
+    if not urls:
+        raise ValueError(f"no shards listed in {shard_dir / 'manifest.json'}")
+    produced, epoch = 0, 0
+    while True:
+        for url in shard_order(urls, seed, epoch):
+            dataset = wds.WebDataset([url], shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
+            batch: list[Sample] = []
+            for raw in dataset:
+                batch.append(_decode(raw) if produced >= skip else Sample(raw["__key__"], {}, {}, []))
+                if len(batch) == batch_size:
+                    if produced >= skip:
+                        yield batch
+                    produced += 1
+                    batch = []
+        epoch += 1
+
+
+def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """(3, size, size) RGB in [-1, 1]."""
+    resized = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)

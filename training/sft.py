@@ -1,0 +1,281 @@
+"""Stage 1, supervised fine-tuning with the modulated multi-face identity loss (Eq. 1-5).
+
+    python -m training.sft --config sft.json
+
+Read top to bottom: configuration, model set-up (LoRA with peft on the transformer), the
+encodings of one batch (cached per sample), one training step, checkpoints, and the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import QwenImageEditPlusPipeline
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from idglow.models.hub import set_pipeline_reference_sizes
+from idglow.shards import manifest_hash
+from idglow.storage import atomic_path, sha256_file, write_json_atomic
+from training import modulation
+from training.data import Sample, batches, to_tensor
+from training.flow import encode, flow_matching_loss, noisy, pack, predict_velocity, sample_sigmas
+from training.identity import IdentityLoss
+
+DEFAULT_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "img_mlp.net.2", "txt_mlp.net.2",
+)
+
+
+@dataclass
+class SFTConfig:
+    """Every knob of an SFT run; written into each checkpoint's manifest."""
+
+    generator_dir: str
+    shards: str
+    output_dir: str
+    steps: int = 10
+    batch_size: int = 1
+    resolution: int = 64  # target side in pixels
+    reference_resolution: int = 64  # each condition portrait's side for the VAE
+    condition_pixels: int = 56 * 56  # condition size for the text encoder (pipeline's CONDITION_IMAGE_SIZE)
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_accumulation: int = 1
+    lora_rank: int = 4
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    modulation: str = "task"  # task (annealing for Task 1, gate for Task 2), annealing, gate, constant, none
+    lambda_id: float = 0.1
+    tau: float = 0.2
+    t1: float = 0.3
+    t2: float = 0.7
+    face_pack_dir: str | None = None  # insightface pack for the ID loss; None disables it
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    resolution_shift: bool = True
+    checkpoint_every: int = 5
+    seed: int = 0
+    device: str | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> SFTConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+# ------------------------------------------------------------------------- set-up
+
+
+def load_generator(config: SFTConfig) -> QwenImageEditPlusPipeline:
+    set_pipeline_reference_sizes(config.reference_resolution ** 2, config.condition_pixels)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(config.generator_dir, dtype=dtype, local_files_only=True).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    for module in (pipeline.vae, pipeline.text_encoder, pipeline.transformer):
+        module.requires_grad_(False)
+    return pipeline
+
+
+def add_lora(transformer, config: SFTConfig, adapter_name: str = "default") -> LoraConfig:
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
+                      target_modules=list(config.lora_targets))
+    torch.manual_seed(config.seed)
+    transformer.add_adapter(lora, adapter_name=adapter_name)
+    return lora
+
+
+def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+    """lambda(t) per sample; ``task`` picks annealing for Task 1 and the gate for Task 2 (task-adaptive)."""
+    annealing = modulation.linear_annealing(sigma, config.lambda_id, config.tau)
+    gate = modulation.temporal_gate(sigma, config.lambda_id, config.t1, config.t2)
+    if config.modulation == "task":
+        is_child = torch.tensor([task == "age_transformed" for task in tasks])
+        return torch.where(is_child, gate, annealing)
+    return {"annealing": annealing, "gate": gate, "constant": modulation.constant(sigma, config.lambda_id),
+            "none": modulation.none(sigma)}[config.modulation]
+
+
+# ---------------------------------------------------------------------- encodings
+
+
+class EncodingCache:
+    """Target latents, reference latents and prompt embeddings per sample key (they never change
+    during LoRA training of the transformer, so each is computed once)."""
+
+    def __init__(self, pipeline: QwenImageEditPlusPipeline, config: SFTConfig):
+        self.pipeline, self.config = pipeline, config
+        self.entries: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def get(self, sample: Sample, image_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (sample.key, image_name)
+        if key not in self.entries:
+            pipeline, config = self.pipeline, self.config
+            device, dtype = pipeline.transformer.device, pipeline.transformer.dtype
+            target = to_tensor(sample.images[image_name], config.resolution)[None].to(device, dtype)
+            references = torch.stack([to_tensor(c, config.reference_resolution) for c in sample.conditions]).to(device, dtype)
+            x0 = pack(encode(pipeline.vae, target))[0]
+            refs = pack(encode(pipeline.vae, references)).reshape(1, -1, x0.shape[-1])[0]
+            side = config.condition_pixels ** 0.5
+            conditions = [c.resize((int(side), int(side))) for c in sample.conditions]
+            prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=conditions, device=device)
+            self.entries[key] = (x0, refs, prompt[0])
+        return self.entries[key]
+
+    def batch(self, samples: list[Sample], image_name: str):
+        """Stacked tokens and padded prompt embeddings for a batch homogeneous in N."""
+        rows = [self.get(s, image_name) for s in samples]
+        x0 = torch.stack([r[0] for r in rows])
+        refs = torch.stack([r[1] for r in rows])
+        length = max(r[2].shape[0] for r in rows)
+        prompt = torch.stack([torch.cat([r[2], r[2].new_zeros(length - r[2].shape[0], r[2].shape[1])]) for r in rows])
+        mask = torch.stack([torch.arange(length) < r[2].shape[0] for r in rows]).long().to(x0.device)
+        side = self.config.resolution // 16
+        ref_side = self.config.reference_resolution // 16
+        shapes = [(1, side, side)] + [(1, ref_side, ref_side)] * len(samples[0].conditions)
+        return x0, refs, prompt, mask, shapes
+
+
+# --------------------------------------------------------------------------- step
+
+
+def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: torch.Generator,
+             identity=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_SFT = L_FM + lambda(t) * L_ID, averaged over the batch (Eq. 1)."""
+    x0, refs, prompt, mask, shapes = cache.batch(samples, "target")
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    sigma = sample_sigmas(len(samples), x0.shape[1], pipeline.scheduler, generator,
+                          config.logit_mean, config.logit_std, config.resolution_shift).to(x0.device)
+    x_t = noisy(x0, noise, sigma)
+    velocity = predict_velocity(pipeline.transformer, x_t, refs, prompt, mask, sigma, shapes)
+    fm = flow_matching_loss(velocity, x0, noise)
+    lambdas = lambda_for(config, sigma.cpu(), [s.meta["task"] for s in samples]).to(fm.device)
+    logs = {"loss_fm": fm.mean().item(), "lambda": lambdas.mean().item(), "sigma": sigma.mean().item()}
+    loss = fm
+    if identity is not None:
+        term = identity(x_t, velocity, sigma, lambdas, samples)
+        loss = fm + term.weighted
+        logs.update(loss_id=term.losses.sum().item() / max(term.decoded, 1), decoded=term.decoded,
+                    detections=sum(d for d in term.detections if d >= 0))
+    return loss.mean(), logs
+
+
+# -------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: int, generator: torch.Generator,
+                    config: SFTConfig, lora: LoraConfig, shard_hash: str) -> Path:
+    """LoRA (diffusers format), optimizer tensors and RNG in safetensors, the rest in JSON, and a
+    manifest with the checkpoint's SHA-256 and the shard manifest it trained on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    QwenImageEditPlusPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                                transformer_lora_adapter_metadata=lora.to_dict())
+    optimizer_state = optimizer.state_dict()
+    tensors = {"rng.generator": generator.get_state(), "rng.torch": torch.get_rng_state()}
+    for index, state in optimizer_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+    with atomic_path(folder / "training_state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(folder / "training_state.json", {
+        "step": step, "data_position": position, "param_groups": optimizer_state["param_groups"],
+    })
+    lora_file = folder / "pytorch_lora_weights.safetensors"
+    manifest = {
+        "step": step, "lora_sha256": sha256_file(lora_file), "shard_manifest_sha256": shard_hash,
+        "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(folder / "manifest.json", manifest)
+    return folder
+
+
+def load_checkpoint(folder: Path, transformer, optimizer, generator: torch.Generator) -> tuple[int, int]:
+    """Restore LoRA weights, optimizer, RNG; returns (step, data position)."""
+    lora = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+    state = {k.removeprefix("transformer."): v for k, v in lora.items()}
+    set_peft_model_state_dict(transformer, state)
+    tensors = load_file(str(folder / "training_state.safetensors"))
+    meta = json.loads((folder / "training_state.json").read_text())
+    optimizer_state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(optimizer_state)
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["data_position"]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    done = sorted(p.parent for p in output_dir.glob("step-*/manifest.json"))
+    return done[-1] if done else None
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None) -> Path:
+    """Run (or resume) SFT; returns the final checkpoint folder. ``stop_after`` ends the run
+    early after that many steps (a simulated interruption for resume tests)."""
+    torch.manual_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    pipeline = load_generator(config)
+    transformer = pipeline.transformer
+    lora = add_lora(transformer, config)
+    parameters = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=transformer.device.type == "cuda")
+    generator = torch.Generator().manual_seed(config.seed)
+    step, position = 0, 0
+    resume_from = latest_checkpoint(output_dir)
+    if resume_from is not None:
+        step, position = load_checkpoint(resume_from, transformer, optimizer, generator)
+    shard_hash = manifest_hash(Path(config.shards))
+    cache = EncodingCache(pipeline, config)
+    if identity_factory is None and config.face_pack_dir:
+        identity_factory = IdentityLoss
+    identity = identity_factory(pipeline, config) if identity_factory else None
+    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
+    log_path = output_dir / "log.jsonl"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    while step < config.steps:
+        optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for _ in range(config.gradient_accumulation):
+            samples = next(stream)
+            position += 1
+            loss, logs = sft_step(pipeline, cache, samples, config, generator, identity)
+            (loss / config.gradient_accumulation).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        step += 1
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **logs}) + "\n")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
+                            config, lora, shard_hash)
+        if stop_after is not None and step >= stop_after:
+            break
+    return latest_checkpoint(output_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="SFT of the generator with the modulated identity loss.")
+    parser.add_argument("--config", type=Path, required=True, help="JSON file with SFTConfig fields")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    checkpoint = train(SFTConfig.from_file(args.config))
+    print(f"checkpoint: {checkpoint}")
+
+
+if __name__ == "__main__":
+    main()
