@@ -96,3 +96,55 @@ def test_command_line_entry_point(tiny_models_dir, sft_shards, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step-000001" in result.stdout
     assert (tmp_path / "cli" / "step-000001" / "pytorch_lora_weights.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def dpo_shards(hub, demo_dataset, demo_ingest, tmp_path_factory):
+    from idglow.filtering import apply_filter
+    from idglow.pairs import build_pairs
+    from idglow.sample_sets import dpo_samples
+    from idglow.scoring import PairScorer
+
+    catalog = demo_ingest.catalog
+    groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
+    work = tmp_path_factory.mktemp("dpo")
+    photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
+    empty = pd.DataFrame(columns=["photo_id", "job_id", "round", "k", "path", "seed", "model_version", "prompt", "task",
+                                  "condition_paths", "identities", "n_subjects", "group_id", "candidate_id"])
+    pairs = build_pairs(empty, photos, work / "perturbed", seed=0)
+    scored = apply_filter(PairScorer(hub, progress=False).score(pairs), pairs)
+    write_shard_sets(dpo_samples(scored.assign(review_decision="accept", review_mode="test")), work / "shards", "dpo")
+    return work / "shards"
+
+
+def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(tiny_models_dir, sft_shards, dpo_shards, tmp_path):
+    from training.dpo import DPOConfig, merge_sft
+    from training.dpo import train as train_dpo
+    from training.sft import add_lora, load_checkpoint
+
+    sft = train(config(tiny_models_dir, sft_shards, tmp_path / "sft"))
+    dpo_config = DPOConfig(**{**config(tiny_models_dir, dpo_shards, tmp_path / "dpo", steps=3, checkpoint_every=3).__dict__,
+                              "sft_checkpoint": str(sft)})
+    combined = train_dpo(dpo_config)
+    logs = [json.loads(line) for line in (tmp_path / "dpo" / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["reward_margin"] == 0.0  # a fresh adapter starts as the reference
+    assert {"implicit_accuracy", "mse_chosen", "mse_rejected"} <= logs[-1].keys()
+
+    trained = load_generator(dpo_config)
+    merge_sft(trained, sft)
+    add_lora(trained.transformer, dpo_config)
+    optimizer = torch.optim.AdamW([p for p in trained.transformer.parameters() if p.requires_grad])
+    load_checkpoint(tmp_path / "dpo" / "step-000003", trained.transformer, optimizer, torch.Generator())
+    expected = transformer_output(trained.transformer)
+
+    stock = QwenImageEditPlusPipeline.from_pretrained(tiny_models_dir / "generator")
+    base = transformer_output(stock.transformer)
+    stock.load_lora_weights(sft, adapter_name="sft_only")
+    sft_only = transformer_output(stock.transformer)
+    stock.unload_lora_weights()
+    stock.load_lora_weights(combined)
+    loaded = transformer_output(stock.transformer)
+    assert torch.allclose(loaded, expected, atol=1e-5)
+    assert not torch.allclose(loaded, sft_only, atol=1e-5) and not torch.allclose(loaded, base, atol=1e-5)
+    rank = json.loads((combined / "manifest.json").read_text())["rank"]
+    assert rank == 2 * dpo_config.lora_rank

@@ -1,0 +1,154 @@
+"""Stage 2, fine-grained group-level DPO with the weighted-margin objective (Eq. 6-7).
+
+    python -m training.dpo --config dpo.json
+
+The SFT adapter is merged into the transformer; a fresh DPO adapter is trained on top; the
+reference is the same network with the DPO adapter disabled. Chosen and rejected share t and
+noise. The result is exported as one LoRA against the base model: the SFT and DPO factors
+concatenated along the rank (B1 A1 + B2 A2 = [B1 B2][A1; A2]), which stock diffusers loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import QwenImageEditPlusPipeline
+from peft import LoraConfig
+from safetensors.torch import load_file
+
+from idglow.shards import manifest_hash
+from idglow.storage import sha256_file, write_json_atomic
+from training.data import batches
+from training.losses import dpo_statistics, weighted_dpo_loss
+from training.sft import (
+    EncodingCache,
+    SFTConfig,
+    add_lora,
+    latest_checkpoint,
+    load_checkpoint,
+    load_generator,
+    save_checkpoint,
+)
+from training.flow import flow_matching_loss, noisy, predict_velocity, sample_sigmas
+
+
+@dataclass
+class DPOConfig(SFTConfig):
+    """SFTConfig's fields (shards are DPO shards here) plus the SFT checkpoint and Eq. 7's knobs."""
+
+    sft_checkpoint: str = ""
+    beta: float = 2500.0
+    chosen_weight: float = 1.5
+    margin: float = 0.0
+    sft_weight: float = 0.1
+
+
+def merge_sft(pipeline: QwenImageEditPlusPipeline, checkpoint: Path) -> None:
+    """Fold the SFT LoRA into the transformer's weights (the frozen reference network)."""
+    pipeline.load_lora_weights(checkpoint, adapter_name="sft")
+    pipeline.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["sft"])
+    pipeline.unload_lora_weights()
+
+
+def dpo_step(pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: torch.Generator):
+    x_w, refs, prompt, mask, shapes = cache.batch(samples, "chosen")
+    x_l = cache.batch(samples, "rejected")[0]
+    noise = torch.randn(x_w.shape, generator=generator).to(x_w.device, x_w.dtype)
+    sigma = sample_sigmas(len(samples), x_w.shape[1], pipeline.scheduler, generator,
+                          config.logit_mean, config.logit_std, config.resolution_shift).to(x_w.device)
+    both = torch.cat([noisy(x_w, noise, sigma), noisy(x_l, noise, sigma)])
+    args = (torch.cat([refs, refs]), torch.cat([prompt, prompt]), torch.cat([mask, mask]), torch.cat([sigma, sigma]), shapes)
+    transformer = pipeline.transformer
+    policy = flow_matching_loss(predict_velocity(transformer, both, *args), torch.cat([x_w, x_l]), torch.cat([noise, noise]))
+    transformer.disable_adapters()
+    with torch.no_grad():
+        reference = flow_matching_loss(predict_velocity(transformer, both, *args), torch.cat([x_w, x_l]), torch.cat([noise, noise]))
+    transformer.enable_adapters()
+    n = len(samples)
+    parts = (policy[:n], policy[n:], reference[:n], reference[n:])
+    loss = weighted_dpo_loss(*parts, beta=config.beta, chosen_weight=config.chosen_weight, margin=config.margin,
+                             sft_weight=config.sft_weight)
+    stats = dpo_statistics(*(p.detach() for p in parts), chosen_weight=config.chosen_weight)
+    logs = {"mse_chosen": parts[0].mean().item(), "mse_rejected": parts[1].mean().item(), **stats}
+    return loss, logs
+
+
+def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) -> Path:
+    """One LoRA against the base model: per layer A = [A_sft; A_dpo], B = [B_sft, B_dpo]."""
+    sft, dpo = (load_file(str(p / "pytorch_lora_weights.safetensors")) for p in (sft_checkpoint, dpo_checkpoint))
+    if sft.keys() != dpo.keys():
+        raise ValueError("the SFT and DPO adapters target different layers; cannot concatenate them")
+    combined = {}
+    for key in sft:
+        dim = 0 if "lora_A" in key else 1
+        combined[key.removeprefix("transformer.")] = torch.cat([sft[key], dpo[key]], dim=dim).contiguous()
+    rank = next(v.shape[0] for k, v in combined.items() if "lora_A" in k)
+    sft_config = json.loads((sft_checkpoint / "manifest.json").read_text())["config"]
+    # Both adapters use alpha = r (scale 1), so the concatenation keeps scale 1 with alpha = r_sft + r_dpo.
+    lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=sft_config["lora_targets"])
+    QwenImageEditPlusPipeline.save_lora_weights(out, transformer_lora_layers=combined,
+                                                transformer_lora_adapter_metadata=lora.to_dict())
+    write_json_atomic(out / "manifest.json", {
+        "lora_sha256": sha256_file(out / "pytorch_lora_weights.safetensors"), "rank": rank,
+        "sft_checkpoint": str(sft_checkpoint), "dpo_checkpoint": str(dpo_checkpoint),
+        "sft_manifest": json.loads((sft_checkpoint / "manifest.json").read_text()),
+        "dpo_manifest": json.loads((dpo_checkpoint / "manifest.json").read_text()),
+    })
+    return out
+
+
+def train(config: DPOConfig, stop_after: int | None = None) -> Path:
+    """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA."""
+    torch.manual_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    pipeline = load_generator(config)
+    merge_sft(pipeline, Path(config.sft_checkpoint))
+    transformer = pipeline.transformer
+    lora = add_lora(transformer, config)
+    parameters = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=transformer.device.type == "cuda")
+    generator = torch.Generator().manual_seed(config.seed)
+    step, position = 0, 0
+    resume_from = latest_checkpoint(output_dir)
+    if resume_from is not None:
+        step, position = load_checkpoint(resume_from, transformer, optimizer, generator)
+    shard_hash = manifest_hash(Path(config.shards))
+    cache = EncodingCache(pipeline, config)
+    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    while step < config.steps:
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(config.gradient_accumulation):
+            samples = next(stream)
+            position += 1
+            loss, logs = dpo_step(pipeline, cache, samples, config, generator)
+            (loss / config.gradient_accumulation).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        step += 1
+        with open(output_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **logs}) + "\n")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
+                            config, lora, shard_hash)
+        if stop_after is not None and step >= stop_after:
+            return latest_checkpoint(output_dir)
+    return export_combined_lora(Path(config.sft_checkpoint), latest_checkpoint(output_dir), output_dir / "combined")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Weighted-margin DPO on top of an SFT checkpoint.")
+    parser.add_argument("--config", type=Path, required=True, help="JSON file with DPOConfig fields")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    combined = train(DPOConfig(**json.loads(args.config.read_text())))
+    print(f"combined LoRA: {combined}")
+
+
+if __name__ == "__main__":
+    main()
