@@ -57,6 +57,10 @@ class Profile:
     sft_min_aesthetic: float = float("-inf")
     shard_max_bytes: int = 512 * 1024 * 1024
     review_mode: str = "auto"
+    # training (docs/training.md)
+    sft_steps: int = 4
+    dpo_steps: int = 3
+    lora_rank: int = 4
 
     @property
     def benchmark_identities(self) -> int:
@@ -126,6 +130,9 @@ def _real(storage_root: Path) -> Profile:
         demo_group_photos=0,
         sft_min_aesthetic=5.0,
         review_mode="human",
+        sft_steps=2000,
+        dpo_steps=1000,
+        lora_rank=32,
     )
 
 

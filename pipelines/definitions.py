@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import groups, ingest, models, preference
+from assets import groups, ingest, models, preference, training
 from assets.sensors import celebahq_source_changed
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
-ASSET_MODULES = (ingest, groups, models, preference)
+ASSET_MODULES = (ingest, groups, models, preference, training)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",

@@ -105,6 +105,12 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         dpo = materialized["dpo_shards"].metadata
         assert dpo["samples"].value == filtered["kept"].value
         assert materialized["sft_shards"].metadata["samples"].value >= 6
+        sft = materialized["sft_checkpoint"]
+        assert sft.metadata["step"].value == 4
+        assert sft.tags["dagster/data_version"] == sft.metadata["lora_sha256"].value
+        dpo = materialized["dpo_checkpoint"].metadata
+        assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
+        assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
 
         # A rerun of the same round generates nothing new.
         again = _materializations(defs.resolve_job_def("materialize_everything").execute_in_process(
