@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def train(config: DPOConfig, stop_after: int | None = None) -> Path:
         optimizer.step()
         step += 1
         with open(output_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **logs}) + "\n")
+            handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
+                                     "grad_norm": grad_norm.item(), **logs}) + "\n")
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
                             config, lora, shard_hash)

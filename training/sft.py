@@ -259,7 +259,8 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
         optimizer.step()
         step += 1
         with open(log_path, "a") as handle:
-            handle.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), **logs}) + "\n")
+            handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
+                                     "grad_norm": grad_norm.item(), **logs}) + "\n")
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
                             config, lora, shard_hash)
