@@ -148,3 +148,34 @@ def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(t
     assert not torch.allclose(loaded, sft_only, atol=1e-5) and not torch.allclose(loaded, base, atol=1e-5)
     rank = json.loads((combined / "manifest.json").read_text())["rank"]
     assert rank == 2 * dpo_config.lora_rank
+
+
+def test_selective_gradient_checkpointing_keeps_gradients_and_keys(tiny_models_dir, sft_shards, tmp_path):
+    from peft.utils import get_peft_model_state_dict as lora_state
+
+    from training.sft import add_lora, checkpoint_blocks
+
+    def gradients(count):
+        pipeline = load_generator(config(tiny_models_dir, sft_shards, tmp_path))
+        add_lora(pipeline.transformer, config(tiny_models_dir, sft_shards, tmp_path))
+        with torch.no_grad():  # make the LoRA path non-trivial
+            for name, parameter in pipeline.transformer.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+        assert checkpoint_blocks(pipeline.transformer, count) == (2 if count < 0 else count)
+        out = pipeline.transformer(hidden_states=torch.cat([X, REFS], 1), timestep=torch.tensor([0.6]),
+                                   encoder_hidden_states=PROMPT, encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
+                                   img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]], return_dict=False)[0]
+        out.square().mean().backward()
+        keys = set(lora_state(pipeline.transformer))
+        # Parameters that cannot reach the image output (the last block's text stream) get no gradient.
+        return {n: None if p.grad is None else p.grad.clone()
+                for n, p in pipeline.transformer.named_parameters() if p.requires_grad}, keys
+
+    plain, plain_keys = gradients(0)
+    for count in (1, -1):
+        checkpointed, keys = gradients(count)
+        assert keys == plain_keys
+        assert {n for n, g in plain.items() if g is None} == {n for n, g in checkpointed.items() if g is None}
+        assert sum(g is not None for g in plain.values()) > 0
+        assert all(g is None or torch.allclose(g, checkpointed[n], atol=1e-6) for n, g in plain.items())

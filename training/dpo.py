@@ -29,6 +29,7 @@ from training.sft import (
     EncodingCache,
     SFTConfig,
     add_lora,
+    checkpoint_blocks,
     latest_checkpoint,
     load_checkpoint,
     load_generator,
@@ -110,6 +111,7 @@ def train(config: DPOConfig, stop_after: int | None = None) -> Path:
     merge_sft(pipeline, Path(config.sft_checkpoint))
     transformer = pipeline.transformer
     lora = add_lora(transformer, config)
+    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
     parameters = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=transformer.device.type == "cuda")

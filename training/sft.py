@@ -62,6 +62,7 @@ class SFTConfig:
     logit_std: float = 1.0
     resolution_shift: bool = True
     checkpoint_every: int = 5
+    gradient_checkpoint_blocks: int = 0  # recompute the first N transformer blocks in backward (-1: all)
     seed: int = 0
     device: str | None = None
 
@@ -90,6 +91,23 @@ def add_lora(transformer, config: SFTConfig, adapter_name: str = "default") -> L
     torch.manual_seed(config.seed)
     transformer.add_adapter(lora, adapter_name=adapter_name)
     return lora
+
+
+def checkpoint_blocks(transformer, count: int) -> int:
+    """Selective gradient checkpointing: the first ``count`` blocks (all for -1) recompute their
+    activations in the backward pass. The blocks keep their names, so LoRA keys do not change."""
+    blocks = transformer.transformer_blocks
+    chosen = list(blocks) if count < 0 else list(blocks)[:count]
+    for block in chosen:
+        original = block.forward
+
+        def forward(*args, _original=original, **kwargs):
+            if torch.is_grad_enabled():
+                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            return _original(*args, **kwargs)
+
+        block.forward = forward
+    return len(chosen)
 
 
 def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torch.Tensor:
@@ -231,6 +249,7 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
     pipeline = load_generator(config)
     transformer = pipeline.transformer
     lora = add_lora(transformer, config)
+    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
     parameters = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=transformer.device.type == "cuda")
