@@ -82,6 +82,7 @@ def test_identity_path_runs_only_with_lambda(tiny_models_dir, sft_shards, tmp_pa
     on = [json.loads(line) for line in (tmp_path / "on" / "log.jsonl").read_text().splitlines()]
     off = [json.loads(line) for line in (tmp_path / "off" / "log.jsonl").read_text().splitlines()]
     assert all(row["decoded"] == 1 and row["loss"] > row["loss_fm"] for row in on)
+    assert all(any(key.startswith("detect_rate_t") for key in row) for row in on)
     assert all(row["decoded"] == 0 and row["loss"] == pytest.approx(row["loss_fm"]) for row in off)
 
 

@@ -183,7 +183,21 @@ def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTC
         loss = fm + term.weighted
         logs.update(loss_id=term.losses.sum().item() / max(term.decoded, 1), decoded=term.decoded,
                     detections=sum(d for d in term.detections if d >= 0))
+        logs.update(detection_rate_by_t_bin(term.detections, sigma, samples))
     return loss.mean(), logs
+
+
+def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, samples: list[Sample], bins: int = 5) -> dict:
+    """Faces found per expected face, per sigma bin, for the samples whose ID loss ran: at high t
+    the clean estimate is a blur and detection fails, which the loss alone would hide."""
+    found: dict[str, list[float]] = {}
+    for index, count in enumerate(detections):
+        if count < 0:
+            continue
+        b = min(int(float(sigma[index]) * bins), bins - 1)
+        expected = len(samples[index].conditions)
+        found.setdefault(f"detect_rate_t{b / bins:.1f}-{(b + 1) / bins:.1f}", []).append(min(count, expected) / expected)
+    return {key: sum(values) / len(values) for key, values in found.items()}
 
 
 # -------------------------------------------------------------------- checkpoints
