@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,21 +20,10 @@ from diffusers import QwenImageEditPlusPipeline
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from idglow.shards import manifest_hash
 from idglow.storage import sha256_file, write_json_atomic
-from training.data import batches
 from training.losses import dpo_statistics, weighted_dpo_loss
-from training.sft import (
-    EncodingCache,
-    SFTConfig,
-    add_lora,
-    checkpoint_blocks,
-    latest_checkpoint,
-    load_checkpoint,
-    load_generator,
-    save_checkpoint,
-)
 from training.flow import flow_matching_loss, noisy, predict_velocity, sample_sigmas
+from training.sft import EncodingCache, SFTConfig, load_generator, run_loop
 
 
 @dataclass
@@ -104,45 +92,17 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
 
 
 def train(config: DPOConfig, stop_after: int | None = None) -> Path:
-    """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA."""
+    """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA (or, when stopped
+    early, the latest DPO checkpoint)."""
     torch.manual_seed(config.seed)
-    output_dir = Path(config.output_dir)
     pipeline = load_generator(config)
     merge_sft(pipeline, Path(config.sft_checkpoint))
-    transformer = pipeline.transformer
-    lora = add_lora(transformer, config)
-    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
-    parameters = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=transformer.device.type == "cuda")
-    generator = torch.Generator().manual_seed(config.seed)
-    step, position = 0, 0
-    resume_from = latest_checkpoint(output_dir)
-    if resume_from is not None:
-        step, position = load_checkpoint(resume_from, transformer, optimizer, generator)
-    shard_hash = manifest_hash(Path(config.shards))
     cache = EncodingCache(pipeline, config)
-    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    while step < config.steps:
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(config.gradient_accumulation):
-            samples = next(stream)
-            position += 1
-            loss, logs = dpo_step(pipeline, cache, samples, config, generator)
-            (loss / config.gradient_accumulation).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
-        step += 1
-        with open(output_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
-                                     "grad_norm": grad_norm.item(), **logs}) + "\n")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
-                            config, lora, shard_hash)
-        if stop_after is not None and step >= stop_after:
-            return latest_checkpoint(output_dir)
-    return export_combined_lora(Path(config.sft_checkpoint), latest_checkpoint(output_dir), output_dir / "combined")
+    checkpoint = run_loop(config, pipeline, lambda samples, generator: dpo_step(pipeline, cache, samples, config, generator),
+                          stop_after)
+    if stop_after is not None and json.loads((checkpoint / "manifest.json").read_text())["step"] < config.steps:
+        return checkpoint
+    return export_combined_lora(Path(config.sft_checkpoint), checkpoint, Path(config.output_dir) / "combined")
 
 
 def main() -> None:

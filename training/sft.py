@@ -255,12 +255,12 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------- loop
 
 
-def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None) -> Path:
-    """Run (or resume) SFT; returns the final checkpoint folder. ``stop_after`` ends the run
-    early after that many steps (a simulated interruption for resume tests)."""
-    torch.manual_seed(config.seed)
+def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None) -> Path:
+    """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
+    checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
+    ``step_fn(samples, generator)`` returns (loss, logs) for one batch. Returns the latest
+    checkpoint; ``stop_after`` ends the run early (a simulated interruption for resume tests)."""
     output_dir = Path(config.output_dir)
-    pipeline = load_generator(config)
     transformer = pipeline.transformer
     lora = add_lora(transformer, config)
     checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
@@ -273,12 +273,7 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
     if resume_from is not None:
         step, position = load_checkpoint(resume_from, transformer, optimizer, generator)
     shard_hash = manifest_hash(Path(config.shards))
-    cache = EncodingCache(pipeline, config)
-    if identity_factory is None and config.face_pack_dir:
-        identity_factory = IdentityLoss
-    identity = identity_factory(pipeline, config) if identity_factory else None
     stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
-    log_path = output_dir / "log.jsonl"
     output_dir.mkdir(parents=True, exist_ok=True)
     while step < config.steps:
         optimizer.zero_grad(set_to_none=True)
@@ -286,12 +281,12 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
         for _ in range(config.gradient_accumulation):
             samples = next(stream)
             position += 1
-            loss, logs = sft_step(pipeline, cache, samples, config, generator, identity)
+            loss, logs = step_fn(samples, generator)
             (loss / config.gradient_accumulation).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
         step += 1
-        with open(log_path, "a") as handle:
+        with open(output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
                                      "grad_norm": grad_norm.item(), **logs}) + "\n")
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -300,6 +295,18 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
         if stop_after is not None and step >= stop_after:
             break
     return latest_checkpoint(output_dir)
+
+
+def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None) -> Path:
+    """Run (or resume) SFT; returns the final checkpoint folder."""
+    torch.manual_seed(config.seed)
+    pipeline = load_generator(config)
+    cache = EncodingCache(pipeline, config)
+    if identity_factory is None and config.face_pack_dir:
+        identity_factory = IdentityLoss
+    identity = identity_factory(pipeline, config) if identity_factory else None
+    return run_loop(config, pipeline, lambda samples, generator: sft_step(pipeline, cache, samples, config, generator, identity),
+                    stop_after)
 
 
 def main() -> None:
