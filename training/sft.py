@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers import QwenImageEditPlusPipeline
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -263,10 +264,12 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     output_dir = Path(config.output_dir)
     transformer = pipeline.transformer
     lora = add_lora(transformer, config)
+    on_gpu = transformer.device.type == "cuda"
+    if on_gpu:  # bf16 base weights, fp32 LoRA weights and optimizer state, bf16 autocast in the step
+        cast_training_params(transformer, dtype=torch.float32)
     checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
     parameters = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=transformer.device.type == "cuda")
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=on_gpu)
     generator = torch.Generator().manual_seed(config.seed)
     step, position = 0, 0
     resume_from = latest_checkpoint(output_dir)
@@ -281,7 +284,8 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
         for _ in range(config.gradient_accumulation):
             samples = next(stream)
             position += 1
-            loss, logs = step_fn(samples, generator)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                loss, logs = step_fn(samples, generator)
             (loss / config.gradient_accumulation).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
         optimizer.step()
