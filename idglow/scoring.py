@@ -49,10 +49,16 @@ def head_and_shoulders(box: np.ndarray, width: int, height: int) -> tuple[int, i
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def _faces(app, image: Image.Image) -> Faces:
+def embedding_width(app) -> int:
+    """The width of the face pack's embeddings (the recogniser's output), known before any face."""
+    return int(app.models["recognition"].output_shape[1])
+
+
+def detect_faces(app, image: Image.Image) -> Faces:
+    """Boxes and normalised embeddings of every face ``FaceAnalysis.get`` finds in ``image``."""
     found = app.get(pil_to_bgr(image))
     if not found:
-        return Faces(np.zeros((0, 4)), np.zeros((0, 0)))
+        return Faces(np.zeros((0, 4)), np.zeros((0, embedding_width(app)), dtype=np.float32))
     return Faces(np.stack([f.bbox for f in found]), np.stack([f.normed_embedding for f in found]))
 
 
@@ -71,19 +77,19 @@ def _faces_batched(app, images: list[Image.Image], batch_size: int, progress: bo
     if isinstance(recognizer.input_shape[0], int):  # a recogniser exported with a fixed batch of one
         batch_size = recognizer.input_shape[0]
     features = [recognizer.get_feat(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]
-    embeddings = np.concatenate(features) if features else np.zeros((0, 1), dtype=np.float32)
+    embeddings = np.concatenate(features) if features else np.zeros((0, embedding_width(app)), dtype=np.float32)
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
     owners_array = np.asarray(owners)
     return [
-        Faces(boxes[i], embeddings[owners_array == i] if len(owners) else np.zeros((0, 0)))
+        Faces(boxes[i], embeddings[owners_array == i] if len(owners) else embeddings)
         for i in range(len(images))
     ]
 
 
-def _condition_embedding(faces: Faces, width: int) -> np.ndarray:
+def portrait_embedding(faces: Faces) -> np.ndarray:
     """The largest face of a portrait, or zeros (similarity 0) when none is found."""
     if len(faces.boxes) == 0:
-        return np.zeros(width, dtype=np.float32)
+        return np.zeros(faces.embeddings.shape[1], dtype=np.float32)
     areas = (faces.boxes[:, 2] - faces.boxes[:, 0]) * (faces.boxes[:, 3] - faces.boxes[:, 1])
     return faces.embeddings[int(np.argmax(areas))]
 
@@ -135,7 +141,6 @@ class PairScorer:
         loaded = {p: Image.open(p).convert("RGB") for p in tqdm(images + portraits, desc="reading images", disable=not self.progress)}
         everything = images + portraits
         faces = dict(zip(everything, _faces_batched(app, [loaded[p] for p in everything], self.batch_size, self.progress), strict=True))
-        width = next((f.embeddings.shape[1] for f in faces.values() if len(f.boxes)), 512)
 
         crops, crop_owner = [], []
         for p in images:
@@ -156,7 +161,7 @@ class PairScorer:
 
         rows = []
         for pair in pairs.itertuples():
-            condition_faces = np.stack([_condition_embedding(faces[p], width) for p in pair.condition_paths])
+            condition_faces = np.stack([portrait_embedding(faces[p]) for p in pair.condition_paths])
             condition_clip = np.stack([image_clip[p] for p in pair.condition_paths])
             row: dict[str, float] = {}
             for side, path in (("chosen", pair.chosen_path), ("rejected", pair.rejected_path)):
@@ -174,14 +179,12 @@ def naive_scores(hub: ModelHub, pairs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for pair in pairs.itertuples():
         portraits = [Image.open(p).convert("RGB") for p in pair.condition_paths]
-        portrait_faces = [_faces(app, portrait) for portrait in portraits]
+        portrait_faces = [detect_faces(app, portrait) for portrait in portraits]
         row: dict[str, float] = {}
         for side, path in (("chosen", pair.chosen_path), ("rejected", pair.rejected_path)):
             image = Image.open(path).convert("RGB")
-            faces = _faces(app, image)
-            width = faces.embeddings.shape[1] if len(faces.boxes) else next(
-                (f.embeddings.shape[1] for f in portrait_faces if len(f.boxes)), 512)
-            condition_faces = np.stack([_condition_embedding(f, width) for f in portrait_faces])
+            faces = detect_faces(app, image)
+            condition_faces = np.stack([portrait_embedding(f) for f in portrait_faces])
             condition_clip = np.stack([clip.encode_images([p])[0].cpu().numpy() for p in portraits])
             crops = [clip.encode_images([image.crop(head_and_shoulders(b, *image.size))])[0].cpu().numpy() for b in faces.boxes]
             image_clip = clip.encode_images([image])[0]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
-from idglow.models.face_training import pil_to_bgr
+from idglow.scoring import detect_faces, portrait_embedding
 from training.flow import clean_estimate, decode, unpack
 from training.losses import hungarian_identity_loss
 
@@ -30,17 +30,10 @@ class IdentityTerm:
 
 
 def source_embeddings(face_analysis, portraits: list[Image.Image]) -> torch.Tensor:
-    """(N, d) normalised embeddings of the largest face of each portrait (zeros when none is found)."""
-    rows = []
-    for portrait in portraits:
-        faces = face_analysis.get(pil_to_bgr(portrait))
-        if faces:
-            largest = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
-            rows.append(torch.as_tensor(largest.normed_embedding, dtype=torch.float32))
-        else:
-            rows.append(None)
-    width = next((r.shape[0] for r in rows if r is not None), 1)
-    return torch.stack([r if r is not None else torch.zeros(width) for r in rows])
+    """(N, d) normalised embeddings of the largest face of each portrait (zeros when none is
+    found), chosen exactly as the pair scorer chooses its condition faces."""
+    rows = [portrait_embedding(detect_faces(face_analysis, portrait)) for portrait in portraits]
+    return torch.as_tensor(np.stack(rows), dtype=torch.float32)
 
 
 def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], face_analysis, encoder) -> tuple[torch.Tensor, list[int]]:
