@@ -25,6 +25,12 @@ def _run_dir(root: Path, shards: Path, settings: dict) -> Path:
     return root / f"{manifest_hash(shards)[:12]}-{key}"
 
 
+def _knobs(profile, steps: int) -> dict:
+    """The settings a run's folder is keyed by (with its inputs' hash)."""
+    return {"steps": steps, "resolution": profile.generation_size, "seed": profile.seed,
+            "lora_rank": profile.lora_rank, "checkpoint_every": steps}
+
+
 def _last_log(folder: Path) -> dict:
     lines = (folder / "log.jsonl").read_text().splitlines()
     return json.loads(lines[-1]) if lines else {}
@@ -36,8 +42,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, settings: IdglowSettings, 
     Task 1, temporal gate for Task 2); safetensors checkpoint with its manifest."""
     profile, paths, hub = settings.resolved(), settings.paths, models.hub()
     shards = paths.asset_dir("sft_shards")
-    knobs = {"steps": profile.sft_steps, "resolution": profile.generation_size, "seed": profile.seed,
-             "lora_rank": profile.lora_rank, "checkpoint_every": profile.sft_steps}
+    knobs = _knobs(profile, profile.sft_steps)
     config = SFTConfig(generator_dir=str(hub.path(GENERATOR)), shards=str(shards), face_pack_dir=str(hub.path(FACE_PACK)),
                        output_dir=str(_run_dir(paths.asset_dir("sft_checkpoint"), shards, knobs)), **knobs)
     checkpoint = train_sft(config)
@@ -63,8 +68,7 @@ def dpo_checkpoint(context: dg.AssetExecutionContext, settings: IdglowSettings, 
     event = context.instance.get_latest_materialization_event(sft_checkpoint.key)
     sft = Path(event.asset_materialization.metadata["checkpoint_uri"].value)
     shards = paths.asset_dir("dpo_shards")
-    knobs = {"steps": profile.dpo_steps, "resolution": profile.generation_size, "seed": profile.seed,
-             "lora_rank": profile.lora_rank, "checkpoint_every": profile.dpo_steps, "sft_checkpoint": str(sft)}
+    knobs = {**_knobs(profile, profile.dpo_steps), "sft_checkpoint": str(sft)}
     config = DPOConfig(generator_dir=str(hub.path(GENERATOR)), shards=str(shards),
                        output_dir=str(_run_dir(paths.asset_dir("dpo_checkpoint"), shards, knobs)), **knobs)
     combined = train_dpo(config)

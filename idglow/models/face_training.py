@@ -120,7 +120,8 @@ def _fit(
 def _detector_targets(truths: list[FaceTruth], scale: float, input_size: int) -> list[np.ndarray]:
     """Per stride, an (H, W, 16) array: score, 4 distances, 10 keypoint offsets, positive mask."""
     levels = [np.zeros((input_size // s, input_size // s, 16), dtype=np.float32) for s in STRIDES]
-    sizes = np.full((len(STRIDES), input_size, input_size), np.inf)
+    # The extent of the face that owns each cell: a cell two faces claim goes to the smaller one.
+    owners = [np.full((input_size // s, input_size // s), np.inf) for s in STRIDES]
     for truth in truths:
         x1, y1, x2, y2 = (c * scale for c in truth.bbox)
         w, h = x2 - x1, y2 - y1
@@ -138,9 +139,9 @@ def _detector_targets(truths: list[FaceTruth], scale: float, input_size: int) ->
                 inside = abs(ax - cx) <= rx and abs(ay - cy) <= ry
                 if not inside and (gx, gy) != nearest:
                     continue
-                if sizes[level, gy, gx] <= extent:
+                if owners[level][gy, gx] <= extent:
                     continue
-                sizes[level, gy, gx] = extent
+                owners[level][gy, gx] = extent
                 cell = levels[level][gy, gx]
                 cell[0] = 1.0
                 cell[1:5] = np.array([ax - x1, ay - y1, x2 - ax, y2 - ay]) / stride

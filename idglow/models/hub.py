@@ -164,7 +164,7 @@ class ModelHub:
             app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=det_thresh, det_size=(det_size, det_size))
             return app
 
-        return self._cached(FACE_PACK, load)
+        return self._cached(FACE_PACK, load, variant=f"analysis thresh={det_thresh} size={det_size}")
 
     def face_encoder(self) -> torch.nn.Module:
         """The pack's recogniser as a frozen torch module (onnx2torch), for the training ID loss."""
