@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,23 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a staging folder beside ``destination``; on success it replaces ``destination``
+    (whatever was there), so a reader sees the old folder or the complete new one, never a part."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    try:
+        yield staging
+        if destination.exists():
+            shutil.rmtree(destination)
+        os.replace(staging, destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def write_bytes_atomic(destination: str | os.PathLike[str], data: bytes) -> Path:

@@ -8,9 +8,6 @@ trained once per machine and a killed build resumes with what is missing.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS
 from idglow.models.tiny_generator import write_tiny_generator
 from idglow.models.tiny_qwen_vl import write_tiny_vl
+from idglow.storage import atomic_dir
 
 RECIPE_VERSION = 1
 STAMP_FILE = ".idglow-stamp.json"
@@ -38,17 +36,9 @@ def _build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object]
     stamp_path = folder / STAMP_FILE
     if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
         return False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as staging:
         build(staging)
         (staging / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return True
 
 
