@@ -1,16 +1,23 @@
-"""Seconds per training step on the demo profile: SFT without the ID loss, with the temporal
-gate, with a constant ID loss, and a DPO step, side by side in one run, with their ratios.
+"""Seconds per training step.
+
+Demo profile (default): SFT without the ID loss, with the temporal gate, with a constant ID
+loss, and a DPO step on the tiny generator, side by side in one run, with their ratios. Needs
+the demo's shards (`make demo` first).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step.py [--storage var/storage/demo] [--steps 6]
 
-Needs the demo's shards (`make demo` first). The GPU benchmark against
-../shared/bench/baseline_train_step.py is the scale-out issue's.
+GPU (``--gpu``): the real Qwen-Image-Edit-2511 transformer configuration with random weights,
+next to ../shared/bench/baseline_train_step.py in the same call; see benchmarks/gpu_train_step.py.
+
+    python benchmarks/train_step.py --gpu [--layers 60] [--budget-s 420] [--out gpu_results.jsonl]
+    python benchmarks/train_step.py --gpu --tiny --layers 2   # a dry run of that script on CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -46,7 +53,32 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("var/models/demo"))
     parser.add_argument("--steps", type=int, default=12, help="timed steps after one warm-up epoch")
     parser.add_argument("--resolution", type=int, default=128)
+    gpu = parser.add_argument_group("--gpu benchmark")
+    gpu.add_argument("--gpu", action="store_true", help="the real transformer shape against the baseline")
+    gpu.add_argument("--tiny", action="store_true", help="the baseline's toy shape (dry run on CPU)")
+    gpu.add_argument("--layers", type=int, default=60, help="transformer blocks (2511 has 60)")
+    gpu.add_argument("--resolutions", type=int, nargs=2, default=None, help="large and small side (1024 512; tiny 128 64)")
+    gpu.add_argument("--refs", type=int, default=2)
+    gpu.add_argument("--text", type=int, default=256, help="prompt tokens")
+    gpu.add_argument("--lora-rank", type=int, default=32)
+    gpu.add_argument("--warmup", type=int, default=2)
+    gpu.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory the planner may fill")
+    gpu.add_argument("--budget-s", type=float, default=420, help="start no phase after this many seconds")
+    gpu.add_argument("--phases", default="sft,id,dpo,small,compiled",
+                     help="comma list of sft, id, dpo, small, compiled, compiled-small")
+    gpu.add_argument("--checkpoint-blocks", type=int, default=None, help="fixed recomputed blocks instead of the planner")
+    gpu.add_argument("--no-compile", action="store_true", help="skip the compiled phase")
+    gpu.add_argument("--skip-baseline", action="store_true")
+    gpu.add_argument("--baseline", default=str(Path(__file__).resolve().parents[1].parent / "shared/bench/baseline_train_step.py"))
+    gpu.add_argument("--out", default="gpu_train_step.jsonl")
     args = parser.parse_args()
+    if args.gpu:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        from gpu_train_step import main as gpu_main  # beside this script
+
+        args.steps = 5 if args.steps == 12 else args.steps
+        args.resolutions = args.resolutions or ([128, 64] if args.tiny else [1024, 512])
+        return gpu_main(args)
     torch.set_num_threads(1)
     generator = str(args.models_dir / "generator")
     pack = str(args.models_dir / "insightface" / "tiny_pack")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from idglow.storage import sha256_file, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
 from training.flow import flow_matching_loss, noisy, predict_velocity, sample_sigmas
-from training.sft import EncodingCache, SFTConfig, load_generator, run_loop
+from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, run_loop
 
 
 @dataclass
@@ -44,27 +44,39 @@ def merge_sft(pipeline: QwenImageEditPlusPipeline, checkpoint: Path) -> None:
     pipeline.unload_lora_weights()
 
 
-def dpo_step(pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: torch.Generator):
-    x_w, refs, prompt, mask, shapes = cache.batch(samples, "chosen")
-    x_l = cache.batch(samples, "rejected")[0]
+def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Tensor, config: DPOConfig,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 6-7 on encoded tensors. Chosen and rejected share t and noise and go through the network
+    as one batch; the reference is the same network with the DPO adapter disabled, without gradient."""
+    x_w, x_l = chosen.x0, rejected_x0
     noise = torch.randn(x_w.shape, generator=generator).to(x_w.device, x_w.dtype)
-    sigma = sample_sigmas(len(samples), x_w.shape[1], pipeline.scheduler, generator,
+    sigma = sample_sigmas(x_w.shape[0], x_w.shape[1], scheduler, generator,
                           config.logit_mean, config.logit_std, config.resolution_shift).to(x_w.device)
     both = torch.cat([noisy(x_w, noise, sigma), noisy(x_l, noise, sigma)])
-    args = (torch.cat([refs, refs]), torch.cat([prompt, prompt]), torch.cat([mask, mask]), torch.cat([sigma, sigma]), shapes)
-    transformer = pipeline.transformer
-    policy = flow_matching_loss(predict_velocity(transformer, both, *args), torch.cat([x_w, x_l]), torch.cat([noise, noise]))
+    mask = None if chosen.mask is None else torch.cat([chosen.mask, chosen.mask])
+    args = (torch.cat([chosen.refs, chosen.refs]), torch.cat([chosen.prompt, chosen.prompt]), mask,
+            torch.cat([sigma, sigma]), chosen.shapes)
+    targets, noises = torch.cat([x_w, x_l]), torch.cat([noise, noise])
+    policy = flow_matching_loss(predict_velocity(transformer, both, *args), targets, noises)
     transformer.disable_adapters()
-    with torch.no_grad():
-        reference = flow_matching_loss(predict_velocity(transformer, both, *args), torch.cat([x_w, x_l]), torch.cat([noise, noise]))
-    transformer.enable_adapters()
-    n = len(samples)
+    try:
+        with torch.no_grad():
+            reference = flow_matching_loss(predict_velocity(transformer, both, *args), targets, noises)
+    finally:
+        transformer.enable_adapters()
+    n = x_w.shape[0]
     parts = (policy[:n], policy[n:], reference[:n], reference[n:])
     loss = weighted_dpo_loss(*parts, beta=config.beta, chosen_weight=config.chosen_weight, margin=config.margin,
                              sft_weight=config.sft_weight)
     stats = dpo_statistics(*(p.detach() for p in parts), chosen_weight=config.chosen_weight)
     logs = {"mse_chosen": parts[0].mean().item(), "mse_rejected": parts[1].mean().item(), **stats}
     return loss, logs
+
+
+def dpo_step(pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: torch.Generator):
+    """One batch of pairs: encodings from the cache, then ``dpo_loss``."""
+    chosen = cache.batch(samples, "chosen")
+    return dpo_loss(pipeline.transformer, pipeline.scheduler, chosen, cache.batch(samples, "rejected").x0, config, generator)
 
 
 def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) -> Path:

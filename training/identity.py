@@ -9,14 +9,15 @@ sample of the batch has lambda > 0, neither the VAE decoder nor any face model r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
 
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
-from idglow.scoring import detect_faces, portrait_embedding
 from training.flow import clean_estimate, decode, unpack
 from training.losses import hungarian_identity_loss
 
@@ -32,15 +33,21 @@ class IdentityTerm:
 def source_embeddings(face_analysis, portraits: list[Image.Image]) -> torch.Tensor:
     """(N, d) normalised embeddings of the largest face of each portrait (zeros when none is
     found), chosen exactly as the pair scorer chooses its condition faces."""
+    from idglow.scoring import detect_faces, portrait_embedding  # the scorer pulls in the whole model hub
+
     rows = [portrait_embedding(detect_faces(face_analysis, portrait)) for portrait in portraits]
     return torch.as_tensor(np.stack(rows), dtype=torch.float32)
 
 
-def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], face_analysis, encoder) -> tuple[torch.Tensor, list[int]]:
-    """L_ID per image of ``images`` (B, 3, H, W) RGB in [-1, 1], against each image's source faces."""
+Detector = Callable[[torch.Tensor], np.ndarray]  # (3, H, W) image -> (F, 5, 2) landmarks, no gradient
+
+
+def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], detect: Detector, encoder) -> tuple[torch.Tensor, list[int]]:
+    """L_ID per image of ``images`` (B, 3, H, W) RGB in [-1, 1], against each image's source faces.
+    ``detect`` finds the five landmarks of every face (``partial(detect_landmarks, face_analysis)``)."""
     losses, detections = [], []
     for index in range(images.shape[0]):
-        landmarks = detect_landmarks(face_analysis, images[index])
+        landmarks = detect(images[index])
         detections.append(len(landmarks))
         crops = align_faces(images, [index] * len(landmarks), list(landmarks))
         generated = embed_faces(encoder, crops) if len(landmarks) else crops.new_zeros((0, sources[index].shape[1]))
@@ -50,7 +57,7 @@ def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], face_anal
 
 def modulated_identity_term(
     x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, lambdas: torch.Tensor, height: int, width: int,
-    vae, sources: list[torch.Tensor], face_analysis, encoder,
+    vae, sources: list[torch.Tensor], detect: Detector, encoder,
 ) -> IdentityTerm:
     """lambda(t) * L_ID for a batch of target tokens; runs the decoder and face models only where lambda > 0."""
     batch = x_t.shape[0]
@@ -61,7 +68,7 @@ def modulated_identity_term(
         return IdentityTerm(weighted, losses, [-1] * batch, 0)
     estimate = clean_estimate(x_t[active], velocity[active], sigma[active])
     images = decode(vae, unpack(estimate, height, width)).float().clamp(-1, 1)
-    active_losses, found = identity_losses(images, [sources[i] for i in active.tolist()], face_analysis, encoder)
+    active_losses, found = identity_losses(images, [sources[i] for i in active.tolist()], detect, encoder)
     weighted = weighted.index_put((active,), lambdas[active].float() * active_losses)
     losses = losses.index_put((active,), active_losses)
     detections = np.full(batch, -1)
@@ -93,5 +100,5 @@ class IdentityLoss:
                 self.sources[sample.key] = source_embeddings(self.app, sample.conditions)
         return modulated_identity_term(
             x_t, velocity, sigma, lambdas, self.size, self.size, self.pipeline.vae,
-            [self.sources[s.key] for s in samples], self.app, self.encoder,
+            [self.sources[s.key] for s in samples], partial(detect_landmarks, self.app), self.encoder,
         )

@@ -21,7 +21,6 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from idglow.models.hub import set_pipeline_reference_sizes
 from idglow.shards import manifest_hash
 from idglow.storage import atomic_path, sha256_file, write_json_atomic
 from training import modulation
@@ -64,6 +63,8 @@ class SFTConfig:
     resolution_shift: bool = True
     checkpoint_every: int = 5
     gradient_checkpoint_blocks: int = 0  # recompute the first N transformer blocks in backward (-1: all)
+    compile: bool = False  # torch.compile the repeated transformer block (regional compilation)
+    attention_backend: str | None = None  # diffusers attention backend, e.g. "_native_cudnn"; None: its default
     seed: int = 0
     device: str | None = None
 
@@ -76,6 +77,8 @@ class SFTConfig:
 
 
 def load_generator(config: SFTConfig) -> QwenImageEditPlusPipeline:
+    from idglow.models.hub import set_pipeline_reference_sizes  # the hub pulls in CLIP and onnxruntime
+
     set_pipeline_reference_sizes(config.reference_resolution ** 2, config.condition_pixels)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -96,19 +99,23 @@ def add_lora(transformer, config: SFTConfig, adapter_name: str = "default") -> L
 
 def checkpoint_blocks(transformer, count: int) -> int:
     """Selective gradient checkpointing: the first ``count`` blocks (all for -1) recompute their
-    activations in the backward pass. The blocks keep their names, so LoRA keys do not change."""
-    blocks = transformer.transformer_blocks
-    chosen = list(blocks) if count < 0 else list(blocks)[:count]
-    for block in chosen:
-        original = block.forward
+    activations in the backward pass, the rest keep them. Calling it again changes the count
+    (the memory planner of the GPU benchmark does). The blocks keep their names, so LoRA keys
+    do not change."""
+    blocks = list(transformer.transformer_blocks)
+    chosen = len(blocks) if count < 0 else min(count, len(blocks))
+    for index, block in enumerate(blocks):
+        if not hasattr(block, "recompute_in_backward"):
+            original = block.forward
 
-        def forward(*args, _original=original, **kwargs):
-            if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
-            return _original(*args, **kwargs)
+            def forward(*args, _block=block, _original=original, **kwargs):
+                if _block.recompute_in_backward and torch.is_grad_enabled():
+                    return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                return _original(*args, **kwargs)
 
-        block.forward = forward
-    return len(chosen)
+            block.forward = forward
+        block.recompute_in_backward = index < chosen
+    return chosen
 
 
 def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torch.Tensor:
@@ -123,6 +130,20 @@ def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torc
 
 
 # ---------------------------------------------------------------------- encodings
+
+
+@dataclass
+class EncodedBatch:
+    """What the transformer needs for one batch: target tokens (B, T, 64), reference tokens
+    (B, R, 64), prompt embeddings (B, L, D), their padding mask (None when no prompt is padded,
+    which lets attention take its fastest kernel: a mask forces SDPA off flash attention), and
+    the token grid of the target and of each reference."""
+
+    x0: torch.Tensor
+    refs: torch.Tensor
+    prompt: torch.Tensor
+    mask: torch.Tensor | None
+    shapes: list[tuple[int, int, int]]
 
 
 class EncodingCache:
@@ -149,34 +170,39 @@ class EncodingCache:
             self.entries[key] = (x0, refs, prompt[0])
         return self.entries[key]
 
-    def batch(self, samples: list[Sample], image_name: str):
+    def batch(self, samples: list[Sample], image_name: str) -> EncodedBatch:
         """Stacked tokens and padded prompt embeddings for a batch homogeneous in N."""
         rows = [self.get(s, image_name) for s in samples]
         x0 = torch.stack([r[0] for r in rows])
         refs = torch.stack([r[1] for r in rows])
-        length = max(r[2].shape[0] for r in rows)
+        lengths = [r[2].shape[0] for r in rows]
+        length = max(lengths)
         prompt = torch.stack([torch.cat([r[2], r[2].new_zeros(length - r[2].shape[0], r[2].shape[1])]) for r in rows])
-        mask = torch.stack([torch.arange(length) < r[2].shape[0] for r in rows]).long().to(x0.device)
+        mask = None
+        if min(lengths) < length:
+            mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
         side = self.config.resolution // 16
         ref_side = self.config.reference_resolution // 16
         shapes = [(1, side, side)] + [(1, ref_side, ref_side)] * len(samples[0].conditions)
-        return x0, refs, prompt, mask, shapes
+        return EncodedBatch(x0, refs, prompt, mask, shapes)
 
 
 # --------------------------------------------------------------------------- step
 
 
-def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: torch.Generator,
-             identity=None) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_SFT = L_FM + lambda(t) * L_ID, averaged over the batch (Eq. 1)."""
-    x0, refs, prompt, mask, shapes = cache.batch(samples, "target")
+def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], config: SFTConfig,
+             generator: torch.Generator, identity=None, samples: list[Sample] | None = None) -> tuple[torch.Tensor, dict]:
+    """L_SFT = L_FM + lambda(t) * L_ID, averaged over the batch (Eq. 1), on encoded tensors.
+
+    ``identity(x_t, velocity, sigma, lambdas, samples)`` returns the IdentityTerm; None leaves it out."""
+    x0 = batch.x0
     noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    sigma = sample_sigmas(len(samples), x0.shape[1], pipeline.scheduler, generator,
+    sigma = sample_sigmas(x0.shape[0], x0.shape[1], scheduler, generator,
                           config.logit_mean, config.logit_std, config.resolution_shift).to(x0.device)
     x_t = noisy(x0, noise, sigma)
-    velocity = predict_velocity(pipeline.transformer, x_t, refs, prompt, mask, sigma, shapes)
+    velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
     fm = flow_matching_loss(velocity, x0, noise)
-    lambdas = lambda_for(config, sigma.cpu(), [s.meta["task"] for s in samples]).to(fm.device)
+    lambdas = lambda_for(config, sigma.cpu(), tasks).to(fm.device)
     logs = {"loss_fm": fm.mean().item(), "lambda": lambdas.mean().item(), "sigma": sigma.mean().item()}
     loss = fm
     if identity is not None:
@@ -184,19 +210,26 @@ def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTC
         loss = fm + term.weighted
         logs.update(loss_id=term.losses.sum().item() / max(term.decoded, 1), decoded=term.decoded,
                     detections=sum(d for d in term.detections if d >= 0))
-        logs.update(detection_rate_by_t_bin(term.detections, sigma, samples))
+        logs.update(detection_rate_by_t_bin(term.detections, sigma, expected=len(batch.shapes) - 1))
     return loss.mean(), logs
 
 
-def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, samples: list[Sample], bins: int = 5) -> dict:
-    """Faces found per expected face, per sigma bin, for the samples whose ID loss ran: at high t
-    the clean estimate is a blur and detection fails, which the loss alone would hide."""
+def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: torch.Generator,
+             identity=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch of samples: encodings from the cache, then ``sft_loss``."""
+    return sft_loss(pipeline.transformer, pipeline.scheduler, cache.batch(samples, "target"),
+                    [s.meta["task"] for s in samples], config, generator, identity, samples)
+
+
+def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, expected: int, bins: int = 5) -> dict:
+    """Faces found per expected face (the batch's subject count), per sigma bin, for the samples
+    whose ID loss ran: at high t the clean estimate is a blur and detection fails, which the
+    loss alone would hide."""
     found: dict[str, list[float]] = {}
     for index, count in enumerate(detections):
         if count < 0:
             continue
         b = min(int(float(sigma[index]) * bins), bins - 1)
-        expected = len(samples[index].conditions)
         found.setdefault(f"detect_rate_t{b / bins:.1f}-{(b + 1) / bins:.1f}", []).append(min(count, expected) / expected)
     return {key: sum(values) / len(values) for key, values in found.items()}
 
@@ -256,6 +289,39 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------- loop
 
 
+def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """A fresh LoRA, the speed levers the config asks for, and AdamW over the LoRA weights.
+
+    On CUDA the base weights stay bf16 while the LoRA weights and the optimizer state are fp32
+    (the step runs under bf16 autocast), and AdamW is the fused kernel."""
+    lora = add_lora(transformer, config)
+    on_gpu = transformer.device.type == "cuda"
+    if on_gpu:
+        cast_training_params(transformer, dtype=torch.float32)
+    if config.attention_backend:
+        transformer.set_attention_backend(config.attention_backend)
+    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
+    if config.compile:
+        transformer.compile_repeated_blocks(dynamic=False)
+    parameters = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=on_gpu)
+    return lora, parameters, optimizer
+
+
+def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One optimizer step: ``gradient_accumulation`` batches (bf16 autocast on CUDA), clipping, AdamW.
+    Returns the last batch's loss, the gradient norm before clipping, and the last batch's logs."""
+    on_gpu = parameters[0].device.type == "cuda"
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(config.gradient_accumulation):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            loss, logs = step_fn(next_batch())
+        (loss / config.gradient_accumulation).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+    optimizer.step()
+    return loss, grad_norm, logs
+
+
 def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None) -> Path:
     """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
     checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
@@ -263,13 +329,7 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     checkpoint; ``stop_after`` ends the run early (a simulated interruption for resume tests)."""
     output_dir = Path(config.output_dir)
     transformer = pipeline.transformer
-    lora = add_lora(transformer, config)
-    on_gpu = transformer.device.type == "cuda"
-    if on_gpu:  # bf16 base weights, fp32 LoRA weights and optimizer state, bf16 autocast in the step
-        cast_training_params(transformer, dtype=torch.float32)
-    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
-    parameters = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=on_gpu)
+    lora, parameters, optimizer = prepare_trainable(transformer, config)
     generator = torch.Generator().manual_seed(config.seed)
     step, position = 0, 0
     resume_from = latest_checkpoint(output_dir)
@@ -278,17 +338,15 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     shard_hash = manifest_hash(Path(config.shards))
     stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+    def next_batch():
+        nonlocal position
+        position += 1
+        return next(stream)
+
     while step < config.steps:
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        for _ in range(config.gradient_accumulation):
-            samples = next(stream)
-            position += 1
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                loss, logs = step_fn(samples, generator)
-            (loss / config.gradient_accumulation).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-        optimizer.step()
+        loss, grad_norm, logs = optimizer_step(lambda samples: step_fn(samples, generator), next_batch, parameters,
+                                               optimizer, config)
         step += 1
         with open(output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
