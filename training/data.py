@@ -2,9 +2,11 @@
 
 Each shard set holds one subject count, so reading one shard at a time and batching within it
 gives batches homogeneous in N. The shard order of every epoch is a seeded permutation
-(``shardshuffle`` is done here, explicitly, so the order is reproducible), shards are split
-across ranks with ``webdataset.split_by_node``, and the data position is the number of batches
-already consumed: a resumed run skips exactly those.
+(``shardshuffle`` is done here, explicitly, so the order is reproducible), each rank takes its
+share of that order (``shards_for_rank``), and the data position is the number of batches
+already consumed: a resumed run skips exactly those. The samples are decoded in the training
+process (no DataLoader workers): the encodings are cached after the first epoch, so decoding is
+not on the step's critical path.
 """
 
 from __future__ import annotations
@@ -45,17 +47,27 @@ def shard_order(urls: list[str], seed: int, epoch: int) -> list[str]:
     return [urls[i] for i in torch.randperm(len(urls), generator=generator).tolist()]
 
 
-def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0) -> Iterator[list[Sample]]:
+def shards_for_rank(urls: list[str], seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[str]:
+    """This rank's shards for one epoch: the epoch's seeded permutation, dealt round-robin. With
+    fewer shards than ranks the deal wraps around, so every rank always has data (some shards are
+    then read by two ranks in that epoch)."""
+    order = shard_order(urls, seed, epoch)
+    return [order[i % len(order)] for i in range(rank, max(len(order), world), world)]
+
+
+def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1) -> Iterator[list[Sample]]:
     """Endless batches (epoch after epoch) of samples with one subject count, after skipping
     ``skip`` batches; a batch never mixes shards, so never mixes subject counts (a shard's last
-    incomplete batch is dropped)."""
+    incomplete batch is dropped). Under data parallelism each rank reads its own shards
+    (``shards_for_rank``); the split is by rank, not by webdataset's node splitter, because it
+    has to stay the same on resume."""
     urls = shard_urls(shard_dir)
     if not urls:
         raise ValueError(f"no shards listed in {shard_dir / 'manifest.json'}")
     produced, epoch = 0, 0
     while True:
-        for url in shard_order(urls, seed, epoch):
-            dataset = wds.WebDataset([url], shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
+        for url in shards_for_rank(urls, seed, epoch, rank, world):
+            dataset = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, empty_check=False)
             batch: list[Sample] = []
             for raw in dataset:
                 batch.append(_decode(raw) if produced >= skip else Sample(raw["__key__"], {}, {}, []))

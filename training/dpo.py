@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from idglow.storage import sha256_file, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
-from training.flow import flow_matching_loss, noisy, predict_velocity, sample_sigmas
+from training.distributed import setup_distributed, unwrap
+from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
 from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, run_loop
 
 
@@ -45,11 +46,11 @@ def merge_sft(pipeline: QwenImageEditPlusPipeline, checkpoint: Path) -> None:
 
 
 def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Tensor, config: DPOConfig,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: Generators) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 6-7 on encoded tensors. Chosen and rejected share t and noise and go through the network
     as one batch; the reference is the same network with the DPO adapter disabled, without gradient."""
     x_w, x_l = chosen.x0, rejected_x0
-    noise = torch.randn(x_w.shape, generator=generator).to(x_w.device, x_w.dtype)
+    noise = randn(tuple(x_w.shape), generator).to(x_w.device, x_w.dtype)
     sigma = sample_sigmas(x_w.shape[0], x_w.shape[1], scheduler, generator,
                           config.logit_mean, config.logit_std, config.resolution_shift).to(x_w.device)
     both = torch.cat([noisy(x_w, noise, sigma), noisy(x_l, noise, sigma)])
@@ -58,12 +59,13 @@ def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Te
             torch.cat([sigma, sigma]), chosen.shapes)
     targets, noises = torch.cat([x_w, x_l]), torch.cat([noise, noise])
     policy = flow_matching_loss(predict_velocity(transformer, both, *args), targets, noises)
-    transformer.disable_adapters()
+    network = unwrap(transformer)
+    network.disable_adapters()
     try:
         with torch.no_grad():
             reference = flow_matching_loss(predict_velocity(transformer, both, *args), targets, noises)
     finally:
-        transformer.enable_adapters()
+        network.enable_adapters()
     n = x_w.shape[0]
     parts = (policy[:n], policy[n:], reference[:n], reference[n:])
     loss = weighted_dpo_loss(*parts, beta=config.beta, chosen_weight=config.chosen_weight, margin=config.margin,
@@ -73,10 +75,10 @@ def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Te
     return loss, logs
 
 
-def dpo_step(pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: torch.Generator):
-    """One batch of pairs: encodings from the cache, then ``dpo_loss``."""
+def dpo_step(model, pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: Generators):
+    """One batch of pairs: encodings from the cache, then ``dpo_loss`` through ``model``."""
     chosen = cache.batch(samples, "chosen")
-    return dpo_loss(pipeline.transformer, pipeline.scheduler, chosen, cache.batch(samples, "rejected").x0, config, generator)
+    return dpo_loss(model, pipeline.scheduler, chosen, cache.batch(samples, "rejected").x0, config, generator)
 
 
 def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) -> Path:
@@ -106,15 +108,22 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
 def train(config: DPOConfig, stop_after: int | None = None) -> Path:
     """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA (or, when stopped
     early, the latest DPO checkpoint)."""
+    dist = setup_distributed()
+    if dist.device is not None:
+        config.device = dist.device
     torch.manual_seed(config.seed)
     pipeline = load_generator(config)
     merge_sft(pipeline, Path(config.sft_checkpoint))
     cache = EncodingCache(pipeline, config)
-    checkpoint = run_loop(config, pipeline, lambda samples, generator: dpo_step(pipeline, cache, samples, config, generator),
-                          stop_after)
+    checkpoint = run_loop(config, pipeline, lambda model, samples, generators: dpo_step(
+        model, pipeline, cache, samples, config, generators), stop_after, dist)
     if stop_after is not None and json.loads((checkpoint / "manifest.json").read_text())["step"] < config.steps:
         return checkpoint
-    return export_combined_lora(Path(config.sft_checkpoint), checkpoint, Path(config.output_dir) / "combined")
+    combined = Path(config.output_dir) / "combined"
+    if dist.is_main:
+        export_combined_lora(Path(config.sft_checkpoint), checkpoint, combined)
+    dist.barrier()
+    return combined
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ token layout and the sigma axis that inference uses.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
@@ -46,15 +48,33 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
 
 
+Generators = torch.Generator | list[torch.Generator]
+
+
+def sample_generators(seed: int, step: int, keys: list[str]) -> list[torch.Generator]:
+    """One generator per sample, seeded by (run seed, step, sample key). The t and noise a sample
+    gets then depend on neither its batch nor its rank: N ranks equal one process on the
+    concatenated batch, and a resumed run draws what the uninterrupted one drew."""
+    seeds = [int.from_bytes(hashlib.sha256(f"{seed}:{step}:{key}".encode()).digest()[:8], "little") >> 1 for key in keys]
+    return [torch.Generator().manual_seed(value) for value in seeds]
+
+
+def randn(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
+    """Standard normals of ``shape`` (batch first); with one generator per sample, row i from the i-th."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator)
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+
+
 def sample_sigmas(
-    batch: int, image_tokens: int, scheduler: FlowMatchEulerDiscreteScheduler, generator: torch.Generator,
+    batch: int, image_tokens: int, scheduler: FlowMatchEulerDiscreteScheduler, generator: Generators,
     logit_mean: float = 0.0, logit_std: float = 1.0, shift: bool = True,
 ) -> torch.Tensor:
     """Logit-normal times, moved by the scheduler's resolution-dependent shift (as inference does).
 
     The returned sigma is what the network sees and what lambda(t) is evaluated at.
     """
-    u = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean)
+    u = torch.sigmoid(randn((batch,), generator) * logit_std + logit_mean)
     if not shift:
         return u
     config = scheduler.config

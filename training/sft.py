@@ -9,6 +9,7 @@ encodings of one batch (cached per sample), one training step, checkpoints, and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,8 @@ from idglow.shards import manifest_hash
 from idglow.storage import atomic_path, sha256_file, write_json_atomic
 from training import modulation
 from training.data import Sample, batches, to_tensor
-from training.flow import encode, flow_matching_loss, noisy, pack, predict_velocity, sample_sigmas
+from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
+from training.flow import Generators, encode, flow_matching_loss, noisy, pack, predict_velocity, randn, sample_generators, sample_sigmas
 from training.identity import IdentityLoss
 
 DEFAULT_LORA_TARGETS = (
@@ -191,12 +193,14 @@ class EncodingCache:
 
 
 def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], config: SFTConfig,
-             generator: torch.Generator, identity=None, samples: list[Sample] | None = None) -> tuple[torch.Tensor, dict]:
+             generator: Generators, identity=None, samples: list[Sample] | None = None) -> tuple[torch.Tensor, dict]:
     """L_SFT = L_FM + lambda(t) * L_ID, averaged over the batch (Eq. 1), on encoded tensors.
 
-    ``identity(x_t, velocity, sigma, lambdas, samples)`` returns the IdentityTerm; None leaves it out."""
+    ``transformer`` may be wrapped for data parallelism (it is only called). ``generator`` is one
+    generator or one per sample. ``identity(x_t, velocity, sigma, lambdas, samples)`` returns the
+    IdentityTerm; None leaves it out."""
     x0 = batch.x0
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    noise = randn(tuple(x0.shape), generator).to(x0.device, x0.dtype)
     sigma = sample_sigmas(x0.shape[0], x0.shape[1], scheduler, generator,
                           config.logit_mean, config.logit_std, config.resolution_shift).to(x0.device)
     x_t = noisy(x0, noise, sigma)
@@ -214,10 +218,11 @@ def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], conf
     return loss.mean(), logs
 
 
-def sft_step(pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: torch.Generator,
+def sft_step(model, pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: Generators,
              identity=None) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch of samples: encodings from the cache, then ``sft_loss``."""
-    return sft_loss(pipeline.transformer, pipeline.scheduler, cache.batch(samples, "target"),
+    """One batch of samples: encodings from the cache, then ``sft_loss`` through ``model`` (the
+    transformer, or its data-parallel wrapper)."""
+    return sft_loss(model, pipeline.scheduler, cache.batch(samples, "target"),
                     [s.meta["task"] for s in samples], config, generator, identity, samples)
 
 
@@ -237,15 +242,16 @@ def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, expected
 # -------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: int, generator: torch.Generator,
+def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: int,
                     config: SFTConfig, lora: LoraConfig, shard_hash: str) -> Path:
-    """LoRA (diffusers format), optimizer tensors and RNG in safetensors, the rest in JSON, and a
-    manifest with the checkpoint's SHA-256 and the shard manifest it trained on."""
+    """LoRA (diffusers format), optimizer tensors and the torch RNG in safetensors, the rest in
+    JSON, and a manifest with the checkpoint's SHA-256 and the shard manifest it trained on.
+    (Noise and t come from per-sample generators seeded by the step, so need no saved state.)"""
     folder.mkdir(parents=True, exist_ok=True)
     QwenImageEditPlusPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
                                                 transformer_lora_adapter_metadata=lora.to_dict())
     optimizer_state = optimizer.state_dict()
-    tensors = {"rng.generator": generator.get_state(), "rng.torch": torch.get_rng_state()}
+    tensors = {"rng.torch": torch.get_rng_state()}
     for index, state in optimizer_state["state"].items():
         for name, value in state.items():
             tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
@@ -263,7 +269,7 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: i
     return folder
 
 
-def load_checkpoint(folder: Path, transformer, optimizer, generator: torch.Generator) -> tuple[int, int]:
+def load_checkpoint(folder: Path, transformer, optimizer) -> tuple[int, int]:
     """Restore LoRA weights, optimizer, RNG; returns (step, data position)."""
     lora = load_file(str(folder / "pytorch_lora_weights.safetensors"))
     state = {k.removeprefix("transformer."): v for k, v in lora.items()}
@@ -276,7 +282,6 @@ def load_checkpoint(folder: Path, transformer, optimizer, generator: torch.Gener
             _, index, name = key.split(".", 2)
             optimizer_state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(optimizer_state)
-    generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])
     return meta["step"], meta["data_position"]
 
@@ -308,36 +313,45 @@ def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[
     return lora, parameters, optimizer
 
 
-def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig, model=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One optimizer step: ``gradient_accumulation`` batches (bf16 autocast on CUDA), clipping, AdamW.
+    With a data-parallel ``model`` the gradients are all-reduced once, on the last batch.
     Returns the last batch's loss, the gradient norm before clipping, and the last batch's logs."""
     on_gpu = parameters[0].device.type == "cuda"
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(config.gradient_accumulation):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-            loss, logs = step_fn(next_batch())
-        (loss / config.gradient_accumulation).backward()
+    for index in range(config.gradient_accumulation):
+        last = index == config.gradient_accumulation - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                loss, logs = step_fn(next_batch())
+            (loss / config.gradient_accumulation).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
     optimizer.step()
     return loss, grad_norm, logs
 
 
-def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None) -> Path:
+def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None,
+             dist: DistributedContext | None = None) -> Path:
     """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
     checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
-    ``step_fn(samples, generator)`` returns (loss, logs) for one batch. Returns the latest
-    checkpoint; ``stop_after`` ends the run early (a simulated interruption for resume tests)."""
+    ``step_fn(model, samples, generators)`` returns (loss, logs) for one batch. Under torchrun the
+    transformer is wrapped in DistributedDataParallel, each rank reads its own shards, and only
+    rank 0 writes the log and the checkpoints. Returns the latest checkpoint; ``stop_after`` ends
+    the run early (a simulated interruption for resume tests)."""
+    dist = dist or DistributedContext()
     output_dir = Path(config.output_dir)
     transformer = pipeline.transformer
     lora, parameters, optimizer = prepare_trainable(transformer, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    model = wrap_for_data_parallel(transformer, dist)
     step, position = 0, 0
     resume_from = latest_checkpoint(output_dir)
     if resume_from is not None:
-        step, position = load_checkpoint(resume_from, transformer, optimizer, generator)
+        step, position = load_checkpoint(resume_from, transformer, optimizer)
     shard_hash = manifest_hash(Path(config.shards))
-    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world)
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
 
     def next_batch():
         nonlocal position
@@ -345,30 +359,37 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
         return next(stream)
 
     while step < config.steps:
-        loss, grad_norm, logs = optimizer_step(lambda samples: step_fn(samples, generator), next_batch, parameters,
-                                               optimizer, config)
+        def one_batch(samples, _step=step):
+            return step_fn(model, samples, sample_generators(config.seed, _step, [s.key for s in samples]))
+
+        loss, grad_norm, logs = optimizer_step(one_batch, next_batch, parameters, optimizer, config, model)
         step += 1
-        with open(output_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
-                                     "grad_norm": grad_norm.item(), **logs}) + "\n")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position, generator,
-                            config, lora, shard_hash)
+        if dist.is_main:
+            with open(output_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
+                                         "grad_norm": grad_norm.item(), **logs}) + "\n")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position,
+                                config, lora, shard_hash)
         if stop_after is not None and step >= stop_after:
             break
+    dist.barrier()  # the other ranks return the checkpoint rank 0 has finished writing
     return latest_checkpoint(output_dir)
 
 
 def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None) -> Path:
-    """Run (or resume) SFT; returns the final checkpoint folder."""
+    """Run (or resume) SFT, on one process or under torchrun; returns the final checkpoint folder."""
+    dist = setup_distributed()
+    if dist.device is not None:
+        config.device = dist.device
     torch.manual_seed(config.seed)
     pipeline = load_generator(config)
     cache = EncodingCache(pipeline, config)
     if identity_factory is None and config.face_pack_dir:
         identity_factory = IdentityLoss
     identity = identity_factory(pipeline, config) if identity_factory else None
-    return run_loop(config, pipeline, lambda samples, generator: sft_step(pipeline, cache, samples, config, generator, identity),
-                    stop_after)
+    return run_loop(config, pipeline, lambda model, samples, generators: sft_step(
+        model, pipeline, cache, samples, config, generators, identity), stop_after, dist)
 
 
 def main() -> None:

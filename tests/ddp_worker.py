@@ -1,0 +1,47 @@
+"""Run by tests/test_training_distributed.py: a few SFT optimizer steps on two fixed samples,
+either as two torchrun ranks (one sample each) or as one process (both samples in one batch).
+Writes the LoRA weights (rank 0) to OUT."""
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from training.data import batches
+from training.distributed import setup_distributed, wrap_for_data_parallel
+from training.flow import sample_generators
+from training.sft import EncodingCache, SFTConfig, load_generator, optimizer_step, prepare_trainable, sft_step
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--generator", required=True)
+parser.add_argument("--shards", required=True)
+parser.add_argument("--out", required=True)
+parser.add_argument("--steps", type=int, default=3)
+args = parser.parse_args()
+torch.set_num_threads(1)
+
+dist = setup_distributed()
+config = SFTConfig(generator_dir=args.generator, shards=args.shards, output_dir="", modulation="none",
+                   learning_rate=1e-3, lora_rank=4, device=dist.device)
+stream = batches(Path(args.shards), 2, seed=0)  # two samples of one shard: the same subject count
+samples = next(stream)
+for sample in samples:  # one prompt length, so the concatenated batch needs no padding mask
+    sample.meta["prompt"] = "Two friends smiling together in a sunny park."
+mine = samples if dist.world == 1 else [samples[dist.rank]]
+
+torch.manual_seed(0)
+pipeline = load_generator(config)
+cache = EncodingCache(pipeline, config)
+_, parameters, optimizer = prepare_trainable(pipeline.transformer, config)
+model = wrap_for_data_parallel(pipeline.transformer, dist)
+for step in range(args.steps):
+    generators = sample_generators(config.seed, step, [s.key for s in mine])
+    optimizer_step(lambda batch, g=generators: sft_step(model, pipeline, cache, batch, config, g),
+                   lambda: mine, parameters, optimizer, config, model)
+if dist.is_main:
+    weights = get_peft_model_state_dict(pipeline.transformer)
+    save_file({k: v.contiguous() for k, v in weights.items()}, args.out)
+print(f"rank {dist.rank} of {dist.world} done, pid {os.getpid()}")
