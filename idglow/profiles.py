@@ -61,6 +61,7 @@ class Profile:
     sft_steps: int = 4
     dpo_steps: int = 3
     lora_rank: int = 4
+    training_gpus: int = 0  # GPUs per training run: 0 = one process on whatever device; > 1 = torchrun
 
     @property
     def benchmark_identities(self) -> int:
@@ -133,6 +134,7 @@ def _real(storage_root: Path) -> Profile:
         sft_steps=2000,
         dpo_steps=1000,
         lora_rank=32,
+        training_gpus=1,
     )
 
 
@@ -153,4 +155,6 @@ def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) 
         profile = replace(profile, group_photos_manifest=Path(env["IDGLOW_GROUP_PHOTOS_MANIFEST"]).absolute())
     if env.get("IDGLOW_CELEBAHQ_ROOT"):
         profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
+    if env.get("IDGLOW_TRAINING_GPUS"):
+        profile = replace(profile, training_gpus=int(env["IDGLOW_TRAINING_GPUS"]))
     return profile

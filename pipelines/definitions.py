@@ -9,7 +9,7 @@ from assets.sensors import celebahq_source_changed
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
-ASSET_MODULES = (ingest, groups, models, preference, training)
+ASSET_MODULES = (ingest, groups, models, preference)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",
@@ -31,7 +31,7 @@ def build_definitions(profile: Profile) -> dg.Definitions:
     """
     executor = dg.in_process_executor if profile.name == "demo" else dg.multiprocess_executor
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus)],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[everything_job, data_foundation_job],
         sensors=[celebahq_source_changed],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import dagster as dg
+
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.profiles import Profile
 
@@ -12,4 +14,5 @@ def resources_for(profile: Profile) -> dict[str, Any]:
     return {
         "settings": IdglowSettings.from_profile(profile),
         "models": ModelHubResource.from_profile(profile),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),  # training runs (assets/training.py)
     }

@@ -106,11 +106,24 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         assert dpo["samples"].value == filtered["kept"].value
         assert materialized["sft_shards"].metadata["samples"].value >= 6
         sft = materialized["sft_checkpoint"]
-        assert sft.metadata["step"].value == 4
+        assert sft.metadata["step"].value == 4 and sft.metadata["world_size"].value == 1
+        assert sft.metadata["training_pid"].value != os.getpid()  # reported by the launched process, through Pipes
         assert sft.tags["dagster/data_version"] == sft.metadata["lora_sha256"].value
         dpo = materialized["dpo_checkpoint"].metadata
         assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
         assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
+
+        # Two processes per run: the same asset launches torchrun (gloo on CPU) through Pipes.
+        monkeypatch.setenv("IDGLOW_TRAINING_GPUS", "2")
+        two = build_definitions(load_profile())
+        k8s = json.loads(two.resolve_assets_def("sft_checkpoint").op.tags["dagster-k8s/config"])
+        assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        ddp = _materializations(two.resolve_job_def("materialize_everything").execute_in_process(
+            instance=instance, partition_key="round-000", asset_selection=[dg.AssetKey("sft_checkpoint")],
+        ))["sft_checkpoint"]
+        assert ddp.metadata["world_size"].value == 2 and ddp.metadata["step"].value == 4
+        assert ddp.metadata["checkpoint_uri"].value != sft.metadata["checkpoint_uri"].value  # its own run folder
+        assert ddp.tags["dagster/data_version"] == ddp.metadata["lora_sha256"].value
 
         # A rerun of the same round generates nothing new.
         again = _materializations(defs.resolve_job_def("materialize_everything").execute_in_process(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 
 from idglow.storage import sha256_file, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
+from training.reporting import pipes_session, report_checkpoint, step_reporter
 from training.distributed import setup_distributed, unwrap
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
 from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, run_loop
@@ -105,7 +107,7 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     return out
 
 
-def train(config: DPOConfig, stop_after: int | None = None) -> Path:
+def train(config: DPOConfig, stop_after: int | None = None, on_step=None) -> Path:
     """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA (or, when stopped
     early, the latest DPO checkpoint)."""
     dist = setup_distributed()
@@ -116,7 +118,7 @@ def train(config: DPOConfig, stop_after: int | None = None) -> Path:
     merge_sft(pipeline, Path(config.sft_checkpoint))
     cache = EncodingCache(pipeline, config)
     checkpoint = run_loop(config, pipeline, lambda model, samples, generators: dpo_step(
-        model, pipeline, cache, samples, config, generators), stop_after, dist)
+        model, pipeline, cache, samples, config, generators), stop_after, dist, on_step)
     if stop_after is not None and json.loads((checkpoint / "manifest.json").read_text())["step"] < config.steps:
         return checkpoint
     combined = Path(config.output_dir) / "combined"
@@ -130,9 +132,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Weighted-margin DPO on top of an SFT checkpoint.")
     parser.add_argument("--config", type=Path, required=True, help="JSON file with DPOConfig fields")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    combined = train(DPOConfig(**json.loads(args.config.read_text())))
-    print(f"combined LoRA: {combined}")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = DPOConfig(**json.loads(args.config.read_text()))
+    dist = setup_distributed()
+    with pipes_session(dist) as pipes:
+        combined = train(config, on_step=step_reporter(pipes, config.steps))
+        if pipes is not None:
+            manifest = json.loads((combined / "manifest.json").read_text())
+            report_checkpoint(pipes, combined, dist, {
+                "rank": manifest["rank"], "sft_lora_sha256": manifest["sft_manifest"]["lora_sha256"],
+                "shard_manifest_sha256": manifest["dpo_manifest"]["shard_manifest_sha256"],
+                "dpo_step": manifest["dpo_manifest"]["step"],
+            })
+    if dist.is_main:
+        print(f"combined LoRA: {combined}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from training.data import Sample, batches, to_tensor
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
 from training.flow import Generators, encode, flow_matching_loss, noisy, pack, predict_velocity, randn, sample_generators, sample_sigmas
 from training.identity import IdentityLoss
+from training.reporting import pipes_session, report_checkpoint, step_reporter
 
 DEFAULT_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -332,13 +334,14 @@ def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig
 
 
 def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None,
-             dist: DistributedContext | None = None) -> Path:
+             dist: DistributedContext | None = None, on_step=None) -> Path:
     """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
     checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
     ``step_fn(model, samples, generators)`` returns (loss, logs) for one batch. Under torchrun the
     transformer is wrapped in DistributedDataParallel, each rank reads its own shards, and only
-    rank 0 writes the log and the checkpoints. Returns the latest checkpoint; ``stop_after`` ends
-    the run early (a simulated interruption for resume tests)."""
+    rank 0 writes the log and the checkpoints (and calls ``on_step`` with each log row). Returns
+    the latest checkpoint; ``stop_after`` ends the run early (a simulated interruption for resume
+    tests)."""
     dist = dist or DistributedContext()
     output_dir = Path(config.output_dir)
     transformer = pipeline.transformer
@@ -365,9 +368,11 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
         loss, grad_norm, logs = optimizer_step(one_batch, next_batch, parameters, optimizer, config, model)
         step += 1
         if dist.is_main:
+            row = {"step": step, "time": time.time(), "loss": loss.item(), "grad_norm": grad_norm.item(), **logs}
             with open(output_dir / "log.jsonl", "a") as handle:
-                handle.write(json.dumps({"step": step, "time": time.time(), "loss": loss.item(),
-                                         "grad_norm": grad_norm.item(), **logs}) + "\n")
+                handle.write(json.dumps(row) + "\n")
+            if on_step is not None:
+                on_step(row)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position,
                                 config, lora, shard_hash)
@@ -377,7 +382,7 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     return latest_checkpoint(output_dir)
 
 
-def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None) -> Path:
+def train(config: SFTConfig, identity_factory=None, stop_after: int | None = None, on_step=None) -> Path:
     """Run (or resume) SFT, on one process or under torchrun; returns the final checkpoint folder."""
     dist = setup_distributed()
     if dist.device is not None:
@@ -389,16 +394,21 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
         identity_factory = IdentityLoss
     identity = identity_factory(pipeline, config) if identity_factory else None
     return run_loop(config, pipeline, lambda model, samples, generators: sft_step(
-        model, pipeline, cache, samples, config, generators, identity), stop_after, dist)
+        model, pipeline, cache, samples, config, generators, identity), stop_after, dist, on_step)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="SFT of the generator with the modulated identity loss.")
     parser.add_argument("--config", type=Path, required=True, help="JSON file with SFTConfig fields")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    checkpoint = train(SFTConfig.from_file(args.config))
-    print(f"checkpoint: {checkpoint}")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = SFTConfig.from_file(args.config)
+    dist = setup_distributed()
+    with pipes_session(dist) as pipes:
+        checkpoint = train(config, on_step=step_reporter(pipes, config.steps))
+        report_checkpoint(pipes, checkpoint, dist)
+    if dist.is_main:
+        print(f"checkpoint: {checkpoint}")
 
 
 if __name__ == "__main__":

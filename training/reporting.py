@@ -1,0 +1,62 @@
+"""Reporting back to Dagster through Pipes when a training run was launched by it.
+
+Only global rank 0 opens the Pipes session: it streams a log line per step and, at the end,
+reports the materialization with the checkpoint URI, its metrics, and a data version equal to
+the checkpoint's SHA-256. Run by hand (no Pipes context in the environment) nothing is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
+
+from training.distributed import DistributedContext
+
+
+@contextlib.contextmanager
+def pipes_session(dist: DistributedContext) -> Iterator[PipesContext | None]:
+    if dist.is_main and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        with open_dagster_pipes() as pipes:
+            yield pipes
+    else:
+        yield None
+
+
+def step_reporter(pipes: PipesContext | None, total_steps: int, every: int = 1):
+    """A per-step callback for ``run_loop`` that logs progress into the Dagster run."""
+    if pipes is None:
+        return None
+
+    def report(row: dict) -> None:
+        if row["step"] % every == 0 or row["step"] == total_steps:
+            pipes.log.info(f"step {row['step']}/{total_steps} " + json.dumps({k: v for k, v in row.items() if k != "step"}))
+
+    return report
+
+
+def report_checkpoint(pipes: PipesContext | None, checkpoint: Path, dist: DistributedContext, extra: dict | None = None) -> None:
+    """The materialization of a finished run: URI, SHA-256 (also the data version), the trained-on
+    shard manifest, the last step's metrics, and who trained it."""
+    if pipes is None:
+        return
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    log = checkpoint.parent / "log.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
+    metadata = {
+        "checkpoint_uri": {"raw_value": str(checkpoint), "type": "path"},
+        "lora_sha256": {"raw_value": manifest["lora_sha256"], "type": "text"},
+        "world_size": {"raw_value": dist.world, "type": "int"},
+        "training_pid": {"raw_value": os.getpid(), "type": "int"},
+        "last_step": {"raw_value": last, "type": "json"},
+        **{key: {"raw_value": value, "type": "__infer__"} for key, value in (extra or {}).items()},
+    }
+    if "step" in manifest:
+        metadata["step"] = {"raw_value": manifest["step"], "type": "int"}
+    if "shard_manifest_sha256" in manifest:
+        metadata["shard_manifest_sha256"] = {"raw_value": manifest["shard_manifest_sha256"], "type": "text"}
+    pipes.report_asset_materialization(metadata=metadata, data_version=manifest["lora_sha256"])
