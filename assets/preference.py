@@ -1,6 +1,7 @@
 """Preference data: prompts, group photos, candidates, pairs, scores (Eq. 8), the automatic
 filter (Eq. 9), SFT examples and the WebDataset shards."""
 
+import json
 import time
 from pathlib import Path
 
@@ -38,9 +39,17 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     profile, paths, hub = settings.resolved(), settings.paths, models.hub()
     groups = pd.concat([pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True)
     tokenizer = hub.generator_tokenizer()
-    version = f"{models.profile}:{component_fingerprint(models.profile, PROMPT_MODEL, hub.models_dir)[:12]}"
+    aligned = None
+    if profile.prompt_model_version == "base":
+        version = f"{models.profile}:{component_fingerprint(models.profile, PROMPT_MODEL, hub.models_dir)[:12]}"
+    else:
+        aligned = Path(profile.prompt_model_version)
+        if not (aligned / "manifest.json").is_file():
+            raise dg.Failure(f"prompt_model_version {profile.prompt_model_version!r} is neither 'base' nor an aligned "
+                             "prompt model folder (the checkpoint_uri of prompt_model_alignment)")
+        version = f"aligned:{json.loads((aligned / 'manifest.json').read_text())['lora_sha256'][:12]}"
     table = build_prompts(
-        groups, profile.celebahq_source, hub.prompt_model() if profile.dynamic_prompts else None,
+        groups, profile.celebahq_source, hub.prompt_model(aligned) if profile.dynamic_prompts else None,
         lambda text: len(tokenizer(text).input_ids), profile.prompt_token_budget, version, dynamic=profile.dynamic_prompts,
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))

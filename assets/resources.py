@@ -20,6 +20,7 @@ _PATH_FIELDS = ("storage_root", "celebahq_root", "group_photos_manifest")
 _VALUE_FIELDS = (
     "seed", "image_size", "ingest_workers", "benchmark_groups_of_two", "benchmark_groups_of_three",
     "training_groups_of_two", "training_groups_of_three", "candidates_per_job", "generation_model_version",
+    "prompt_model_version",
     "review_mode",
 )
 
@@ -40,6 +41,7 @@ class IdglowSettings(dg.ConfigurableResource):
     training_groups_of_three: int = 3000
     candidates_per_job: int = 4
     generation_model_version: str = "base"
+    prompt_model_version: str = "base"
     review_mode: str = "human"
 
     @classmethod

@@ -17,10 +17,11 @@ from pathlib import Path
 import dagster as dg
 from assets.metadata import file_metadata
 from assets.resources import IdglowSettings, ModelHubResource
-from idglow.models.registry import FACE_PACK, GENERATOR
+from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL
 from idglow.shards import manifest_hash
-from idglow.storage import write_json_atomic
+from idglow.storage import sha256_file, write_json_atomic
 from training.dpo import DPOConfig
+from training.prompt_dpo import PromptDPOConfig
 from training.sft import SFTConfig
 
 GROUP = "training"
@@ -102,4 +103,26 @@ def build_training_assets(gpus: int) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata={**result.metadata, **file_metadata("lora", lora)},
                                     data_version=result.data_version)
 
-    return [sft_checkpoint, dpo_checkpoint]
+    @dg.asset(group_name=GROUP, code_version="1", deps=["prompts", "model_weights"], pool="gpu", kinds={"pytorch"},
+              op_tags=gpu_op_tags(1))
+    def prompt_model_alignment(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource,
+                               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        """Section 3.2: DPO of the prompt model on the prompt preference set (descriptive,
+        attribute-bound prompts over barren ones). The aligned model is a complete folder; set
+        ``prompt_model_version`` to its ``checkpoint_uri`` and the prompts asset writes with it
+        (and names it ``aligned:<sha>`` on every prompt)."""
+        profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+        preferences = paths.asset_dir("prompts") / "prompt_preferences.parquet"
+        knobs = {"steps": profile.prompt_dpo_steps, "seed": profile.seed}
+        key = hashlib.sha256((sha256_file(preferences) + json.dumps(knobs, sort_keys=True)).encode()).hexdigest()[:12]
+        config = PromptDPOConfig(model_dir=str(hub.path(PROMPT_MODEL)), preferences=str(preferences),
+                                 catalog=str(paths.catalog), source_root=str(profile.celebahq_source),
+                                 output_dir=str(paths.asset_dir("prompt_model_alignment") / key), **knobs)
+        result = _launch(context, pipes_subprocess_client, "training.prompt_dpo", config, 1, {})
+        folder = Path(result.metadata["checkpoint_uri"].value)
+        return dg.MaterializeResult(metadata={
+            **result.metadata, "prompt_model_version": dg.MetadataValue.text(f"aligned:{result.data_version.value[:12]}"),
+            "use_it": dg.MetadataValue.md(f"Set `prompt_model_version` to `{folder}` (resource `settings`)."),
+        }, data_version=result.data_version)
+
+    return [sft_checkpoint, dpo_checkpoint, prompt_model_alignment]

@@ -50,6 +50,7 @@ class Profile:
     true_cfg_scale: float = 1.0
     generation_model_version: str = "base"
     dynamic_prompts: bool = True
+    prompt_model_version: str = "base"  # or the folder of an aligned prompt model (prompt_model_alignment)
     prompt_token_budget: int = 512
     demo_group_photos: int = 6
     group_photos_manifest: Path | None = None
@@ -61,6 +62,7 @@ class Profile:
     sft_steps: int = 4
     dpo_steps: int = 3
     lora_rank: int = 4
+    prompt_dpo_steps: int = 8
     training_gpus: int = 0  # GPUs per training run: 0 = one process on whatever device; > 1 = torchrun
 
     @property
@@ -133,6 +135,7 @@ def _real(storage_root: Path) -> Profile:
         review_mode="human",
         sft_steps=2000,
         dpo_steps=1000,
+        prompt_dpo_steps=500,
         lora_rank=32,
         training_gpus=1,
     )

@@ -15,10 +15,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from assets.preference import prompts as prompts_asset
 from assets.groups import benchmark_groups, identity_splits_are_disjoint, training_groups
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from pipelines.definitions import build_definitions
+from pipelines.resources import resources_for
 
 REPO = Path(__file__).resolve().parent.parent
 FOUNDATION_ASSETS = {"celebahq_images", "identity_splits", "benchmark_groups", "training_groups"}
@@ -112,6 +114,17 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         dpo = materialized["dpo_checkpoint"].metadata
         assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
         assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
+
+        # The aligned prompt model is a version the prompts asset can name.
+        alignment = materialized["prompt_model_alignment"].metadata
+        assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
+        base_settings = IdglowSettings.from_profile(load_profile())
+        aligned_settings = IdglowSettings(**{**{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
+                                             "prompt_model_version": alignment["checkpoint_uri"].value})
+        renamed = dg.materialize([prompts_asset], instance=instance,
+                                 resources={**resources_for(load_profile()), "settings": aligned_settings})
+        written = pd.read_parquet(_materializations(renamed)["prompts"].metadata["prompts_uri"].value)
+        assert set(written["prompt_model_version"]) == {alignment["prompt_model_version"].value}
 
         # Two processes per run: the same asset launches torchrun (gloo on CPU) through Pipes.
         monkeypatch.setenv("IDGLOW_TRAINING_GPUS", "2")

@@ -131,16 +131,18 @@ class ModelHub:
         return self._cached(GENERATOR, lambda path: AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True),
                             variant="tokenizer")
 
-    def prompt_model(self):
-        """(model, processor) of the vision-language prompt writer."""
+    def prompt_model(self, aligned: Path | None = None):
+        """(model, processor) of the vision-language prompt writer: the base weights, or an
+        aligned version (a folder `training.prompt_dpo` wrote), loaded the same way."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         def load(path: Path):
+            path = aligned or path
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, local_files_only=True)
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             return model.to(self.device).eval(), processor
 
-        return self._cached(PROMPT_MODEL, load)
+        return self._cached(PROMPT_MODEL, load, variant=str(aligned or ""))
 
     def clip(self) -> ClipModel:
         component = COMPONENTS_BY_PROFILE[self.profile][CLIP]

@@ -1,0 +1,152 @@
+"""Badcase-driven alignment of the prompt model (section 3.2): DPO on the prompt preference set.
+
+    python -m training.prompt_dpo --config prompt_dpo.json
+
+Each preference row holds a group's portraits, the task, a descriptive attribute-bound prompt
+(chosen) and a barren one (rejected). The vision-language model sees the portraits and the
+same instruction that prompt synthesis gives it; the response log-likelihoods of chosen and
+rejected under the LoRA policy and under the frozen model (the same network with the adapter
+disabled) enter the standard DPO loss. The result is a complete model folder (the LoRA merged),
+loadable exactly like the base prompt model, whose version is the SHA-256 of its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from PIL import Image
+
+from idglow.prompts import dynamic_instruction
+from idglow.storage import atomic_dir, sha256_file, write_json_atomic
+from training.distributed import DistributedContext
+from training.reporting import pipes_session, report_checkpoint, step_reporter
+
+
+@dataclass
+class PromptDPOConfig:
+    model_dir: str  # the base prompt model (a transformers folder with its processor)
+    preferences: str  # prompt_preferences.parquet (the prompts asset writes it)
+    catalog: str  # catalog.parquet, to find each hq_idx's portrait
+    source_root: str  # the CelebA-HQ root the catalog's paths are relative to
+    output_dir: str
+    steps: int = 8
+    learning_rate: float = 5e-4
+    beta: float = 0.1
+    lora_rank: int = 8
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    portrait_size: int = 56  # pixels per side for the vision tower (the real model takes more)
+    seed: int = 0
+
+
+def sequence_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+                      reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO on sequence log-likelihoods (Rafailov et al.): -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))),
+    averaged over the batch. Inputs are summed response log-probabilities, shape (B,)."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def response_logprob(model, processor, portraits: list[Image.Image], instruction: str, response: str) -> torch.Tensor:
+    """Summed log-probability of ``response`` after the chat prompt with the portraits."""
+    messages = [{"role": "user", "content": [*({"type": "image"} for _ in portraits), {"type": "text", "text": instruction}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    end = processor.tokenizer.eos_token or ""
+    prompt_ids = processor(text=[prompt], images=portraits, return_tensors="pt")["input_ids"]
+    inputs = processor(text=[prompt + response + end], images=portraits, return_tensors="pt").to(model.device)
+    start = prompt_ids.shape[1]
+    logits = model(**inputs).logits[:, start - 1:-1].float()
+    targets = inputs["input_ids"][:, start:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1).sum()
+
+
+def load_pairs(config: PromptDPOConfig) -> list[dict]:
+    preferences = pd.read_parquet(config.preferences)
+    paths = pd.read_parquet(config.catalog).set_index("hq_idx")["path"]
+    size = (config.portrait_size, config.portrait_size)
+    pairs = []
+    for row in preferences.itertuples():
+        portraits = [Image.open(Path(config.source_root) / paths.loc[int(h)]).convert("RGB").resize(size)
+                     for h in row.condition_hq_idx]
+        pairs.append({"portraits": portraits, "instruction": dynamic_instruction(row.task, int(row.n_subjects)),
+                      "chosen": row.chosen, "rejected": row.rejected, "badcase": row.badcase})
+    if not pairs:
+        raise ValueError(f"no prompt preference pairs in {config.preferences}")
+    return pairs
+
+
+def train(config: PromptDPOConfig, on_step=None) -> Path:
+    """Align the prompt model; returns the folder of the aligned model (skips if it exists)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = Path(config.output_dir)
+    final = out / "model"
+    if (final / "manifest.json").exists():
+        return final
+    torch.manual_seed(config.seed)
+    processor = AutoProcessor.from_pretrained(config.model_dir, local_files_only=True)
+    base = AutoModelForImageTextToText.from_pretrained(config.model_dir, local_files_only=True)
+    base.requires_grad_(False)
+    model = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, target_modules=config.lora_targets,
+                                            init_lora_weights="gaussian"))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    pairs = load_pairs(config)
+    order = random.Random(config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.jsonl"
+    log.unlink(missing_ok=True)
+    for step in range(1, config.steps + 1):
+        pair = pairs[order.randrange(len(pairs))]
+        args = (processor, pair["portraits"], pair["instruction"])
+        policy = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
+        with torch.no_grad(), model.disable_adapter():
+            reference = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
+        loss = sequence_dpo_loss(policy[0][None], policy[1][None], reference[0][None], reference[1][None], config.beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        margin = ((policy[0] - reference[0]) - (policy[1] - reference[1])).item()
+        row = {"step": step, "time": time.time(), "loss": loss.item(), "reward_margin": config.beta * margin,
+               "implicit_accuracy": float(margin > 0), "badcase": pair["badcase"]}
+        with open(log, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if on_step is not None:
+            on_step(row)
+    merged = model.merge_and_unload()
+    with atomic_dir(final) as staging:
+        merged.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        weights = sorted(staging.glob("*.safetensors"))
+        digest = sha256_file(weights[0]) if len(weights) == 1 else json.dumps([sha256_file(w) for w in weights])
+        write_json_atomic(staging / "manifest.json", {
+            "lora_sha256": digest, "base_model": config.model_dir, "pairs": len(pairs), "step": config.steps,
+            "config": asdict(config),
+        })
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="DPO alignment of the prompt model on the prompt preference set.")
+    parser.add_argument("--config", type=Path, required=True, help="JSON file with PromptDPOConfig fields")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = PromptDPOConfig(**json.loads(args.config.read_text()))
+    single = DistributedContext()
+    with pipes_session(single) as pipes:
+        folder = train(config, on_step=step_reporter(pipes, config.steps))
+        report_checkpoint(pipes, folder, single)
+    print(f"aligned prompt model: {folder}")
+
+
+if __name__ == "__main__":
+    main()
