@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test ui gpu-runtime clean
+.PHONY: install browser demo test ui review gpu-runtime clean
 
 install: $(STAMP)
 
@@ -22,11 +22,21 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The review app's browser test drives Debian's chromium (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the review app's browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 demo: install
 	$(PY) -m idglow.cli demo
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+review: install
+	$(VENV)/bin/idglow review serve --host 127.0.0.1 --port 8765
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml

@@ -298,19 +298,19 @@ def sft_shards(settings: IdglowSettings) -> dg.MaterializeResult:
     return _shard_result(out_dir, manifest)
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[auto_filtered_pairs], kinds={"webdataset"})
+@dg.asset(group_name=GROUP, code_version="2", deps=["accepted_pairs"], kinds={"webdataset"})
 def dpo_shards(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
-    """WebDataset shards of the pairs that passed the automatic filter and review, one shard set
-    per subject count. Review mode `auto` (the demo) approves every kept pair by rule and labels
-    each decision as automatic; `human` needs the review queue's decisions."""
+    """WebDataset shards of the pairs that passed the automatic filter and then review (every
+    finished batch's accepted pairs), one shard set per subject count. Each sample records how it
+    was reviewed (``human``, or ``auto (no human review)`` in review mode auto)."""
     profile, paths = settings.resolved(), settings.paths
-    filtered = pd.read_parquet(paths.table("auto_filtered_pairs"))
-    if profile.review_mode != "auto":
-        raise dg.Failure(
-            description="review mode is 'human' and no review decisions exist yet: run the review queue, "
-                        "or set review_mode to 'auto' to approve every automatically kept pair by rule")
-    kept = filtered[filtered["kept"]].assign(review_decision="accept", review_mode="auto (no human review)")
-    context.log.warning(f"review mode auto: {len(kept)} pairs approved by rule, not by people")
+    files = sorted(paths.asset_dir("accepted_pairs").glob("*.parquet"))
+    if not files:
+        raise dg.Failure(description="no review batch has been accepted yet: review the queue (idglow review serve)")
+    accepted = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).drop_duplicates("pair_id")
+    automatic = int((accepted["review_mode"] != "human").sum())
+    if automatic:
+        context.log.warning(f"{automatic} of {len(accepted)} pairs were approved by the written rule, not by people")
     out_dir = paths.asset_dir("dpo_shards")
-    manifest = write_shard_sets(dpo_samples(kept), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
+    manifest = write_shard_sets(dpo_samples(accepted), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
     return _shard_result(out_dir, manifest)

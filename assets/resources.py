@@ -21,7 +21,7 @@ _VALUE_FIELDS = (
     "seed", "image_size", "ingest_workers", "benchmark_groups_of_two", "benchmark_groups_of_three",
     "training_groups_of_two", "training_groups_of_three", "candidates_per_job", "generation_model_version",
     "prompt_model_version",
-    "review_mode",
+    "review_mode", "review_overlap", "acceptance_rate_min", "acceptance_rate_max",
 )
 
 
@@ -43,6 +43,9 @@ class IdglowSettings(dg.ConfigurableResource):
     generation_model_version: str = "base"
     prompt_model_version: str = "base"
     review_mode: str = "human"
+    review_overlap: int = 1
+    acceptance_rate_min: float = 0.2
+    acceptance_rate_max: float = 0.95
 
     @classmethod
     def from_profile(cls, profile: Profile) -> IdglowSettings:

@@ -125,3 +125,73 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# ------------------------------------------------------------------------------ review
+
+review_app = typer.Typer(help="The human verification queue (docs/review.md).", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+def _review_location(db: str | None, storage_root: Path | None) -> tuple[str, Path]:
+    """The database (default: <storage root>/review/review.sqlite) and the storage root images live under."""
+    from idglow.profiles import load_profile
+
+    root = (storage_root or load_profile().storage_root).absolute()
+    return db or str(root / "review" / "review.sqlite"), root
+
+
+@review_app.command("serve")
+def review_serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (keep 127.0.0.1 unless behind a TLS proxy)."),
+    port: int = typer.Option(8765),
+    db: str = typer.Option(None, help="SQLite file or postgresql:// URL (default: <storage root>/review/review.sqlite)."),
+    storage_root: Path = typer.Option(None, help="Images are served from inside this folder only (default: the profile's)."),
+    lease_seconds: float = typer.Option(300.0, help="How long an item stays with a reviewer before it returns to the queue."),
+) -> None:
+    """Serve the reviewer web app."""
+    import uvicorn
+
+    from idglow.review.app import create_app
+    from idglow.review.security import session_secret
+    from idglow.review.store import ReviewStore
+
+    url, root = _review_location(db, storage_root)
+    store = ReviewStore(url, lease_seconds=lease_seconds)
+    secret_dir = Path(url).parent if "://" not in url else root / "review"
+    typer.echo(f"review queue on http://{host}:{port} (database {store.url}, images from {root})")
+    uvicorn.run(create_app(store, root, session_secret(secret_dir)), host=host, port=port, log_level="warning")
+
+
+@review_app.command("add-reviewer")
+def review_add_reviewer_command(
+    username: str = typer.Argument(..., help="Sign-in name."),
+    admin: bool = typer.Option(False, help="May see the statistics of everyone (all reviewers can today)."),
+    db: str = typer.Option(None, help="SQLite file or postgresql:// URL."),
+    storage_root: Path = typer.Option(None),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
+                                 envvar="IDGLOW_REVIEW_PASSWORD", help="At least 8 characters (prompted when not given)."),
+) -> None:
+    """Add a reviewer (the password is stored as a salted scrypt hash)."""
+    from idglow.review.security import hash_password
+    from idglow.review.store import ReviewError, ReviewStore
+
+    url, _ = _review_location(db, storage_root)
+    try:
+        ReviewStore(url).add_reviewer(username, hash_password(password), is_admin=admin)
+    except (ReviewError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"added reviewer {username}")
+
+
+@review_app.command("migrate")
+def review_migrate_command(db: str = typer.Option(None), storage_root: Path = typer.Option(None)) -> None:
+    """Bring the review database's schema to the newest version."""
+    from idglow.review.migrate import current_revision, upgrade
+    from idglow.review.store import database_url
+
+    url = database_url(_review_location(db, storage_root)[0])
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True) if url.startswith("sqlite") else None
+    upgrade(url)
+    typer.echo(f"schema at revision {current_revision(url)}")

@@ -58,6 +58,9 @@ class Profile:
     sft_min_aesthetic: float = float("-inf")
     shard_max_bytes: int = 512 * 1024 * 1024
     review_mode: str = "auto"
+    review_overlap: int = 1  # reviews per item; the final decision needs that many, unanimous
+    acceptance_rate_min: float = 0.05  # a batch whose acceptance rate falls outside [min, max] does not train
+    acceptance_rate_max: float = 1.0
     # training (docs/training.md)
     sft_steps: int = 4
     dpo_steps: int = 3
@@ -133,6 +136,8 @@ def _real(storage_root: Path) -> Profile:
         demo_group_photos=0,
         sft_min_aesthetic=5.0,
         review_mode="human",
+        acceptance_rate_min=0.2,
+        acceptance_rate_max=0.95,
         sft_steps=2000,
         dpo_steps=1000,
         prompt_dpo_steps=500,

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import groups, ingest, models, preference, training
+from assets import groups, ingest, models, preference, review, training
 from assets.sensors import celebahq_source_changed
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
-ASSET_MODULES = (ingest, groups, models, preference)
+ASSET_MODULES = (ingest, groups, models, preference, review)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",
-    selection=dg.AssetSelection.all(),
-    description="Every asset of the pipeline, in dependency order (what `make demo` runs).",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("accepted_pairs").downstream()
+    - dg.AssetSelection.assets("review_decisions"),
+    description="Every asset up to the review queue and SFT, in dependency order (what `make demo` runs first; "
+                "the review sensor requests train_on_reviewed_pairs for each finished batch).",
 )
 data_foundation_job = dg.define_asset_job(
     "ingest_and_groups",
@@ -31,10 +33,11 @@ def build_definitions(profile: Profile) -> dg.Definitions:
     """
     executor = dg.in_process_executor if profile.name == "demo" else dg.multiprocess_executor
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus)],
+        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus),
+                review.review_decisions],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[everything_job, data_foundation_job],
-        sensors=[celebahq_source_changed],
+        jobs=[everything_job, data_foundation_job, review.train_on_reviewed_pairs],
+        sensors=[celebahq_source_changed, review.review_batches_finished],
         resources=resources_for(profile),
         executor=executor,
     )

@@ -41,6 +41,19 @@ class DemoRun:
     materialized: list[str]
 
 
+def evaluate_review_sensor(defs: dg.Definitions, instance: dg.DagsterInstance) -> list:
+    """Evaluate ``review_batches_finished`` once, as the daemon would: record the decisions it
+    reports and execute the runs it requests, in this process. Returns the runs' results."""
+    sensor = defs.get_sensor_def("review_batches_finished")
+    context = dg.build_sensor_context(instance=instance, resources={"settings": defs.resources["settings"]})
+    evaluation = sensor(context)
+    for event in evaluation.asset_events:
+        instance.report_runless_asset_event(event)
+    job = defs.resolve_job_def(sensor.job_name)
+    return [job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+            for request in evaluation.run_requests]
+
+
 def run_demo() -> DemoRun:
     os.environ.setdefault("IDGLOW_PROFILE", "demo")
     if os.environ["IDGLOW_PROFILE"] != "demo":
@@ -53,6 +66,8 @@ def run_demo() -> DemoRun:
         instance.add_dynamic_partitions(generation_rounds.name, [DEMO_ROUND])
         job = defs.resolve_job_def("materialize_everything")
         result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
+        # What the daemon does for a finished review batch (auto mode finishes it at once).
+        reviewed = evaluate_review_sensor(defs, instance)
     seconds = time.perf_counter() - started
 
     storage_root = Path(defs.resources["settings"].storage_root)
@@ -62,14 +77,16 @@ def run_demo() -> DemoRun:
         "Demo numbers come from tiny random-weight models and a generated dataset: they show the",
         "plumbing works, not model quality.",
         "",
-        f"- run id: `{result.run_id}` ({seconds:.1f} s)",
+        f"- run ids: `{result.run_id}` (everything up to the review queue), "
+        + ", ".join(f"`{r.run_id}` (train_on_reviewed_pairs)" for r in reviewed) + f" ({seconds:.1f} s)",
         f"- storage root: `{storage_root}`",
         "",
         "| asset | key outputs |",
         "|---|---|",
     ]
     materialized = []
-    for event in result.get_asset_materialization_events():
+    events = [e for run in (result, *reviewed) for e in run.get_asset_materialization_events()]
+    for event in events:
         materialization = event.event_specific_data.materialization
         name = materialization.asset_key.to_user_string()
         materialized.append(name)

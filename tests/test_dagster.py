@@ -20,6 +20,7 @@ from assets.groups import benchmark_groups, identity_splits_are_disjoint, traini
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from pipelines.definitions import build_definitions
+from pipelines.demo import evaluate_review_sensor
 from pipelines.resources import resources_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,8 +105,19 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         filtered = materialized["auto_filtered_pairs"].metadata
         assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
         assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        queue = materialized["review_queue"].metadata
+        assert queue["items"].value == filtered["kept"].value == queue["automatic_decisions"].value
+
+        # The review sensor (auto mode finished the batch) records the decisions and requests the
+        # run that gates the accepted pairs and builds the DPO shards and checkpoint.
+        (reviewed,) = evaluate_review_sensor(defs, instance)
+        assert reviewed.success and reviewed.dagster_run.tags["dagster/partition"] == queue["batch_id"].value
+        materialized.update(_materializations(reviewed))
+        accepted = materialized["accepted_pairs"].metadata
+        assert [e.passed for e in reviewed.get_asset_check_evaluations()] == [True]
+        assert 0 < accepted["accepted"].value <= accepted["decided"].value == filtered["kept"].value
         dpo = materialized["dpo_shards"].metadata
-        assert dpo["samples"].value == filtered["kept"].value
+        assert dpo["samples"].value == accepted["accepted"].value
         assert materialized["sft_shards"].metadata["samples"].value >= 6
         sft = materialized["sft_checkpoint"]
         assert sft.metadata["step"].value == 4 and sft.metadata["world_size"].value == 1

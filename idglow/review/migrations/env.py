@@ -1,0 +1,11 @@
+"""Alembic environment for the review database (online mode only: the store always has a URL)."""
+
+import sqlalchemy as sa
+from alembic import context
+
+url = context.config.get_main_option("sqlalchemy.url")
+engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, render_as_batch=url.startswith("sqlite"))
+    with context.begin_transaction():
+        context.run_migrations()

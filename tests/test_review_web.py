@@ -1,0 +1,91 @@
+"""Security of the review app: sessions, CSRF, the storage root, sign-in errors."""
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from idglow.review.app import create_app
+from review_fixtures import PASSWORD, review_setup
+
+
+@pytest.fixture
+def app_and_store(tmp_path):
+    store = review_setup(tmp_path)
+    return create_app(store, tmp_path / "storage", "test-secret-" + "x" * 20), store
+
+
+def csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def signed_in(app) -> tuple[TestClient, str]:
+    client = TestClient(app)
+    token = csrf(client.get("/login").text)
+    page = client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token})
+    assert page.status_code == 200 and "Two friends" in page.text
+    return client, page.text
+
+
+def test_nothing_is_served_without_a_session(app_and_store):
+    app, _ = app_and_store
+    client = TestClient(app)
+    for path in ("/", "/review", "/stats"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == "/login"
+    assert client.get("/files/img/chosen.png").status_code == 401
+    assert client.post("/review/decide", data={"action": "accept"}).status_code == 401
+    assert client.post("/review/undo").status_code == 401
+
+
+def test_a_post_without_the_csrf_token_is_refused(app_and_store):
+    app, store = app_and_store
+    client, page = signed_in(app)
+    item = re.search(r'name="item_id" value="(\d+)"', page).group(1)
+    for token in (None, "forged"):
+        data = {"item_id": item, "left": "chosen", "action": "accept", **({"csrf_token": token} if token else {})}
+        assert client.post("/review/decide", data=data).status_code == 403
+    assert client.post("/logout").status_code == 403
+    assert store.decision_log() == []
+    fresh = TestClient(app)  # the sign-in form needs it too
+    assert fresh.post("/login", data={"username": "ann", "password": PASSWORD}).status_code == 403
+
+
+def test_image_paths_cannot_leave_the_storage_root(app_and_store):
+    app, _ = app_and_store
+    client, page = signed_in(app)
+    image = re.search(r'src="(/files/[^"]+)"', page).group(1)
+    assert client.get(image).status_code == 200
+    for path in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/img/%2e%2e/%2e%2e/secret.txt",
+                 "/files//etc/passwd", "/files/img/missing.png"):
+        response = client.get(path)
+        assert response.status_code == 404 and "outside" not in response.text
+
+
+def test_a_wrong_password_is_refused_without_saying_whether_the_user_exists(app_and_store):
+    app, _ = app_and_store
+    answers = []
+    for username, password in (("ann", "wrong password"), ("nobody", "wrong password"), ("nobody", PASSWORD)):
+        client = TestClient(app)
+        token = csrf(client.get("/login").text)
+        response = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+        assert response.status_code == 401
+        answers.append(re.search(r'role="alert">([^<]+)<', response.text).group(1))
+        assert client.get("/review", follow_redirects=False).status_code == 303
+    assert len(set(answers)) == 1
+
+
+def test_decisions_and_statistics_through_the_forms(app_and_store):
+    app, store = app_and_store
+    client, page = signed_in(app)
+    for action in ("prefer-left", "reject", "accept"):
+        fields = dict(re.findall(r'name="(csrf_token|item_id|left)" value="([^"]*)"', page))
+        page = client.post("/review/decide", data={**fields, "action": action, "reason": ["artifact"] if action == "reject" else [],
+                                                   "seconds": "2.5"}).text
+    log = store.decision_log()
+    assert [row["decision"] for row in log][1:] == ["reject", "accept"]
+    first = log[0]
+    assert first["decision"] == ("accept" if first["left"] == "chosen" else "reject")  # left picked as better
+    assert log[1]["reasons"] == '["artifact"]' and log[1]["seconds"] == 2.5
+    stats = client.get("/stats").text
+    assert "batch-web" in stats and "ann" in stats and "50%" in stats
