@@ -123,9 +123,6 @@ def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
 
 # ------------------------------------------------------------------------------ review
 
@@ -192,6 +189,11 @@ def review_migrate_command(db: str = typer.Option(None), storage_root: Path = ty
     from idglow.review.store import database_url
 
     url = database_url(_review_location(db, storage_root)[0])
-    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True) if url.startswith("sqlite") else None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     upgrade(url)
     typer.echo(f"schema at revision {current_revision(url)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

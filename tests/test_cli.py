@@ -42,3 +42,22 @@ def test_demo_data_command(tmp_path):
     assert len(list((tmp_path / "d" / "CelebA-HQ-img").glob("*.jpg"))) == 12 + 7  # good + broken .jpg records
     again = idglow("demo-data", "--out", str(tmp_path / "d"), "--identities", "7")
     assert again.returncode == 2 and "another spec" in again.stderr
+
+
+def test_review_commands_add_a_reviewer_and_migrate(tmp_path):
+    import os
+
+    from idglow.review.security import verify_password
+    from idglow.review.store import ReviewStore
+
+    db = tmp_path / "review.sqlite"
+    env = {**os.environ, "IDGLOW_REVIEW_PASSWORD": "a long enough password"}
+    added = subprocess.run([sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert added.returncode == 0, added.stderr
+    assert verify_password("a long enough password", ReviewStore(db).reviewer("ann")["password_hash"])
+    twice = subprocess.run([sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert twice.returncode == 2 and "exists already" in twice.stderr
+    migrated = idglow("review", "migrate", "--db", str(db))
+    assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
