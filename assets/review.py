@@ -10,8 +10,6 @@ shards and the DPO checkpoint. In review mode ``auto`` (the demo) a written rule
 item at publication, each decision labelled automatic, so the sensor finds the batch finished.
 """
 
-import hashlib
-
 import pandas as pd
 
 import dagster as dg
@@ -19,7 +17,7 @@ from assets.metadata import file_metadata, preview
 from assets.resources import IdglowSettings
 from idglow.review.rules import AUTO_RULE_NAME, FinalRule, auto_decision
 from idglow.review.store import ReviewStore
-from idglow.scoring import METRICS
+from idglow.review.batches import kept_pairs_batch
 from idglow.storage import write_parquet_atomic
 
 GROUP = "review"
@@ -35,28 +33,15 @@ def store_for(settings: IdglowSettings) -> ReviewStore:
     return ReviewStore(settings.paths.root / "review" / "review.sqlite")
 
 
-def review_payload(row: dict) -> dict:
-    """What a reviewer is shown for a pair (and what the written rule reads)."""
-    return {
-        "pair_id": row["pair_id"], "prompt": row["prompt"], "task": row["task"], "n_subjects": int(row["n_subjects"]),
-        "source": row["source"], "condition_paths": [str(p) for p in row["condition_paths"]],
-        "chosen_path": row["chosen_path"], "rejected_path": row["rejected_path"],
-        "scores": {side: {m: float(row[f"{side}_{m}"]) for m in METRICS} for side in ("chosen", "rejected")},
-        "deltas": {m: float(row[f"delta_{m}"]) for m in METRICS},
-    }
-
-
 @dg.asset(group_name=GROUP, code_version="1", deps=["auto_filtered_pairs"], kinds={"sqlite"})
 def review_queue(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
     """Publish the automatically kept pairs as a review batch; in review mode ``auto`` decide
     them at once by the written rule (accept when every score delta agrees with the preference)."""
     profile, paths = settings.resolved(), settings.paths
-    filtered = pd.read_parquet(paths.table("auto_filtered_pairs"))
-    kept = filtered[filtered["kept"]]
-    batch_id = "batch-" + hashlib.sha256("\n".join(sorted(kept["pair_id"])).encode()).hexdigest()[:12]
+    batch_id, payloads = kept_pairs_batch(pd.read_parquet(paths.table("auto_filtered_pairs")))
     store = store_for(settings)
-    count = store.publish(batch_id, "auto_filtered_pairs", [review_payload(r) for r in kept.to_dict("records")],
-                          overlap=profile.review_overlap, rule=FinalRule.for_overlap(profile.review_overlap))
+    count = store.publish(batch_id, "auto_filtered_pairs", payloads, overlap=profile.review_overlap,
+                          rule=FinalRule.for_overlap(profile.review_overlap))
     context.instance.add_dynamic_partitions(review_batches.name, [batch_id])
     automatic = 0
     if profile.review_mode == "auto":
@@ -126,7 +111,10 @@ def review_batches_finished(context: dg.SensorEvaluationContext, settings: Idglo
     after = float(context.cursor or 0)
     store = store_for(settings)
     events, requests = [], []
-    for batch_id, finished_at in store.finished_batches(after):
+    known = set(context.instance.get_dynamic_partitions(review_batches.name))
+    finished = store.finished_batches(after)
+    new_partitions = [batch_id for batch_id, _ in finished if batch_id not in known]  # e.g. `idglow review publish`
+    for batch_id, finished_at in finished:
         outcomes = store.item_outcomes(batch_id)
         accepted = sum(o["final"] == "accept" for o in outcomes)
         events.append(dg.AssetMaterialization(
@@ -136,4 +124,5 @@ def review_batches_finished(context: dg.SensorEvaluationContext, settings: Idglo
         ))
         requests.append(dg.RunRequest(run_key=f"review-{batch_id}", partition_key=batch_id))
         after = max(after, finished_at)
-    return dg.SensorResult(run_requests=requests, asset_events=events, cursor=str(after))
+    return dg.SensorResult(run_requests=requests, asset_events=events, cursor=str(after),
+                           dynamic_partitions_requests=[review_batches.build_add_request(new_partitions)] if new_partitions else None)

@@ -182,6 +182,30 @@ def review_add_reviewer_command(
     typer.echo(f"added reviewer {username}")
 
 
+@review_app.command("publish")
+def review_publish_command(
+    overlap: int = typer.Option(1, help="Reviews each item needs."),
+    prefix: str = typer.Option("manual", help="Batch name prefix (the rest is a hash of the pair ids)."),
+    db: str = typer.Option(None), storage_root: Path = typer.Option(None),
+) -> None:
+    """Publish the profile's automatically kept pairs as a batch for people (no automatic decisions):
+    how to review the demo's pairs by hand after `make demo`."""
+    import pandas as pd
+
+    from idglow.paths import ArtifactPaths
+    from idglow.review.batches import kept_pairs_batch
+    from idglow.review.store import ReviewStore
+
+    url, root = _review_location(db, storage_root)
+    table = ArtifactPaths(root).table("auto_filtered_pairs")
+    if not table.exists():
+        typer.echo(f"error: {table} does not exist; run `make demo` (or materialise auto_filtered_pairs) first", err=True)
+        raise typer.Exit(2)
+    batch_id, payloads = kept_pairs_batch(pd.read_parquet(table), prefix)
+    count = ReviewStore(url).publish(batch_id, "idglow review publish", payloads, overlap=overlap)
+    typer.echo(f"batch {batch_id}: {count} items, overlap {overlap}; review them with `idglow review serve`")
+
+
 @review_app.command("migrate")
 def review_migrate_command(db: str = typer.Option(None), storage_root: Path = typer.Option(None)) -> None:
     """Bring the review database's schema to the newest version."""

@@ -61,3 +61,23 @@ def test_review_commands_add_a_reviewer_and_migrate(tmp_path):
     assert twice.returncode == 2 and "exists already" in twice.stderr
     migrated = idglow("review", "migrate", "--db", str(db))
     assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
+
+
+def test_review_publish_puts_the_kept_pairs_up_for_people(tmp_path):
+    from idglow.review.store import ReviewStore
+    from idglow.scoring import METRICS
+    from idglow.storage import write_parquet_atomic
+
+    rows = [{"pair_id": f"pair-{i}", "kept": i != 2, "prompt": "p", "task": "group_fusion", "n_subjects": 2, "source": "s",
+             "condition_paths": ["a.jpg", "b.jpg"], "chosen_path": "c.png", "rejected_path": "r.png",
+             **{f"{side}_{m}": 0.5 for side in ("chosen", "rejected") for m in METRICS},
+             **{f"delta_{m}": 0.0 for m in METRICS}} for i in range(3)]
+    write_parquet_atomic(tmp_path / "auto_filtered_pairs" / "auto_filtered_pairs.parquet", pd.DataFrame(rows))
+    result = idglow("review", "publish", "--storage-root", str(tmp_path), "--overlap", "2")
+    assert result.returncode == 0, result.stderr
+    store = ReviewStore(tmp_path / "review" / "review.sqlite")
+    (batch,) = store.batch_ids()
+    assert batch.startswith("manual-") and f"batch {batch}: 2 items, overlap 2" in result.stdout
+    assert store.decision_log() == []  # nothing decided automatically
+    missing = idglow("review", "publish", "--storage-root", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "run `make demo`" in missing.stderr

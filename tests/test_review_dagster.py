@@ -40,6 +40,8 @@ def test_sensor_reports_finished_batches_once_and_requests_the_training_run(batc
         (event,) = result.asset_events
         assert event.asset_key == dg.AssetKey("review_decisions") and event.partition == batch
         assert event.metadata["accepted"].value == 1 and event.metadata["automatic"].value is True
+        # Published outside Dagster (as `idglow review publish` does): the sensor adds the partition.
+        assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[batch]]
         again = review_batches_finished(dg.build_sensor_context(instance=instance, cursor=result.cursor,
                                                                 resources={"settings": settings}))
         assert again.run_requests == [] and again.asset_events == []
