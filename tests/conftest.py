@@ -52,3 +52,22 @@ def hub(tiny_models_dir: Path):
     from idglow.models.hub import ModelHub
 
     return ModelHub("demo", tiny_models_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sft_shards(demo_dataset, demo_ingest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SFT shards of four demo group photos (one shard set per subject count), for the loop tests."""
+    import pandas as pd
+
+    from idglow.data.group_photos import write_demo_group_photos
+    from idglow.data.groups import make_training_groups, split_identities
+    from idglow.sample_sets import select_sft_examples, sft_samples
+    from idglow.shards import write_shard_sets
+
+    catalog = demo_ingest.catalog
+    groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
+    work = tmp_path_factory.mktemp("sft")
+    photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
+    examples = select_sft_examples(photos, pd.DataFrame(columns=["kept", "source", "chosen_identity", "chosen_aesthetic"]), 0.3, 0)
+    write_shard_sets(sft_samples(examples), work / "shards", "sft")
+    return work / "shards"

@@ -7,15 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from idglow.data.group_photos import write_demo_group_photos
-from idglow.data.groups import make_training_groups, split_identities
-from idglow.sample_sets import select_sft_examples, sft_samples
-from idglow.shards import write_shard_sets
 from training.data import shards_for_rank
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,17 +21,6 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
-
-
-@pytest.fixture(scope="module")
-def sft_shards(demo_dataset, demo_ingest, tmp_path_factory):
-    catalog = demo_ingest.catalog
-    groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
-    work = tmp_path_factory.mktemp("ddp")
-    photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
-    examples = select_sft_examples(photos, pd.DataFrame(columns=["kept", "source", "chosen_identity", "chosen_aesthetic"]), 0.3, 0)
-    write_shard_sets(sft_samples(examples), work / "shards", "sft")
-    return work / "shards"
 
 
 def test_shard_deal_covers_every_shard_once_per_epoch_and_never_starves_a_rank():

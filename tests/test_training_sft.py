@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
-from idglow.sample_sets import select_sft_examples, sft_samples
 from idglow.shards import write_shard_sets
 from training.sft import SFTConfig, load_generator, train
 
@@ -26,17 +25,6 @@ def transformer_output(transformer) -> torch.Tensor:
         return transformer(hidden_states=torch.cat([X, REFS], 1), timestep=torch.tensor([0.6]), encoder_hidden_states=PROMPT,
                            encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
                            img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]], return_dict=False)[0]
-
-
-@pytest.fixture(scope="module")
-def sft_shards(demo_dataset, demo_ingest, tmp_path_factory):
-    catalog = demo_ingest.catalog
-    groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
-    work = tmp_path_factory.mktemp("sft")
-    photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
-    examples = select_sft_examples(photos, pd.DataFrame(columns=["kept", "source", "chosen_identity", "chosen_aesthetic"]), 0.3, 0)
-    write_shard_sets(sft_samples(examples), work / "shards", "sft")
-    return work / "shards"
 
 
 def config(tiny_models_dir, shards, out, **overrides) -> SFTConfig:
