@@ -66,6 +66,7 @@ class Profile:
     dpo_steps: int = 3
     lora_rank: int = 4
     prompt_dpo_steps: int = 8
+    retrain_min_new_pairs: int = 10  # newly accepted pairs that trigger a retraining run (sensor)
     training_gpus: int = 0  # GPUs per training run: 0 = one process on whatever device; > 1 = torchrun
 
     @property
@@ -141,6 +142,7 @@ def _real(storage_root: Path) -> Profile:
         sft_steps=2000,
         dpo_steps=1000,
         prompt_dpo_steps=500,
+        retrain_min_new_pairs=2000,
         lora_rank=32,
         training_gpus=1,
     )

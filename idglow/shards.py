@@ -85,7 +85,8 @@ def write_shard_sets(
                                "bytes": target.stat().st_size, "sha256": sha256_file(target)})
 
             writer = wds.ShardWriter(str(staging / f"{prefix}-n{n}-%06d.tar"), maxcount=max_count,
-                                     maxsize=max_size_bytes, post=publish, verbose=0)
+                                     maxsize=max_size_bytes, post=publish, verbose=0,
+                                     mtime=0.0)  # reproducible tar bytes: same samples, same SHA-256
             state["writer"] = writer
             writers[n] = writer
         return writers[n]

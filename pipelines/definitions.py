@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import groups, ingest, models, preference, review, training
+from assets import benchmark, groups, ingest, models, preference, review, training
 from assets.sensors import celebahq_source_changed
 from idglow.profiles import Profile, load_profile
 from pipelines.resources import resources_for
 
-ASSET_MODULES = (ingest, groups, models, preference, review)
+ASSET_MODULES = (ingest, groups, models, preference, review, benchmark)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",
@@ -36,8 +36,11 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus),
                 review.review_decisions],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[everything_job, data_foundation_job, review.train_on_reviewed_pairs],
-        sensors=[celebahq_source_changed, review.review_batches_finished],
+        jobs=[everything_job, data_foundation_job, review.train_on_reviewed_pairs, benchmark.register_models,
+              benchmark.benchmark_model, benchmark.promote_and_report, benchmark.retrain],
+        schedules=[benchmark.weekly_retraining],
+        sensors=[celebahq_source_changed, review.review_batches_finished, benchmark.benchmark_new_versions,
+                 benchmark.enough_new_accepted_pairs],
         resources=resources_for(profile),
         executor=executor,
     )

@@ -54,6 +54,23 @@ def evaluate_review_sensor(defs: dg.Definitions, instance: dg.DagsterInstance) -
             for request in evaluation.run_requests]
 
 
+def run_benchmark_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, rounds: int = 3) -> list:
+    """Evaluate ``benchmark_new_versions`` until it has nothing more to request, executing its runs."""
+    sensor = defs.get_sensor_def("benchmark_new_versions")
+    cursor, results = None, []
+    for _ in range(rounds):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": defs.resources["settings"]})
+        answer = sensor(context)
+        if isinstance(answer, dg.SkipReason):
+            break
+        requests = answer.run_requests if isinstance(answer, dg.SensorResult) else list(answer)
+        cursor = answer.cursor if isinstance(answer, dg.SensorResult) else cursor
+        for request in requests:
+            job = defs.resolve_job_def(request.job_name)
+            results.append(job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags))
+    return results
+
+
 def run_demo() -> DemoRun:
     os.environ.setdefault("IDGLOW_PROFILE", "demo")
     if os.environ["IDGLOW_PROFILE"] != "demo":
@@ -66,8 +83,11 @@ def run_demo() -> DemoRun:
         instance.add_dynamic_partitions(generation_rounds.name, [DEMO_ROUND])
         job = defs.resolve_job_def("materialize_everything")
         result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
-        # What the daemon does for a finished review batch (auto mode finishes it at once).
+        # What the daemon does for a finished review batch (auto mode finishes it at once), then
+        # registration, the benchmark of every version, promotion and the report.
         reviewed = evaluate_review_sensor(defs, instance)
+        reviewed.append(defs.resolve_job_def("register_models").execute_in_process(instance=instance))
+        reviewed += run_benchmark_sensor(defs, instance)
     seconds = time.perf_counter() - started
 
     storage_root = Path(defs.resources["settings"].storage_root)

@@ -20,7 +20,7 @@ from assets.groups import benchmark_groups, identity_splits_are_disjoint, traini
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from pipelines.definitions import build_definitions
-from pipelines.demo import evaluate_review_sensor
+from pipelines.demo import evaluate_review_sensor, run_benchmark_sensor
 from pipelines.resources import resources_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +126,21 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         dpo = materialized["dpo_checkpoint"].metadata
         assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
         assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
+
+        # Registration, the benchmark of every version (the sensor's requests), promotion, the report.
+        materialized.update(_materializations(defs.resolve_job_def("register_models").execute_in_process(instance=instance)))
+        assert set(materialized["model_registry"].metadata["registered_now"].value) == {
+            "base", f"sft-{sft.metadata['lora_sha256'].value[:12]}", f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}"}
+        for run in run_benchmark_sensor(defs, instance):
+            assert run.success
+            materialized.update(_materializations(run))
+        results = pd.read_parquet(materialized["benchmark_results"].metadata["results_uri"].value)
+        assert len(results) == 16 and {"checkpoint_sha256", "shard_manifest_sha256", "prompt_set_sha256", "metric_models",
+                                        "code_version", "inference"} <= set(results.columns)
+        report = Path(materialized["benchmark_report"].metadata["report_uri"].value).read_text()
+        assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
+        assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
+        assert "current_model" in materialized  # the tiny DPO model is not worse than the tiny base
 
         # The aligned prompt model is a version the prompts asset can name.
         alignment = materialized["prompt_model_alignment"].metadata

@@ -1,0 +1,43 @@
+"""The evaluation protocol for one model version: every benchmark group x both tasks x static
+and dynamic prompts, generated with fixed inference settings (one seed per group and task, the
+same for every model), scored per image, each row carrying its lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from evaluation.benchmark import ImageScorer
+from idglow.generation import GenerationSettings, generate_candidates
+
+BENCHMARK_ROUND = "benchmark"  # seeds depend on the group, task and prompt, never on the model
+
+
+def benchmark_jobs(prompts: pd.DataFrame) -> pd.DataFrame:
+    """The benchmark groups' prompts (both tasks, static and dynamic) as generation jobs."""
+    bench = prompts[prompts["group_kind"] == "bench"]
+    if bench.empty:
+        raise ValueError("the prompts table holds no benchmark prompts (group_kind 'bench')")
+    return bench.assign(job_id=bench["prompt_id"], photo_id="")[
+        ["job_id", "group_id", "task", "prompt_kind", "prompt", "condition_paths", "identities", "n_subjects", "photo_id"]
+    ].reset_index(drop=True)
+
+
+def evaluate_model(pipeline, scorer: ImageScorer, jobs: pd.DataFrame, settings: GenerationSettings, out_dir: Path,
+                   model_version: str, lineage: dict, progress: bool = True) -> pd.DataFrame:
+    """Generate (images already written are kept) and score; one row per image with the metrics,
+    the inference settings and ``lineage`` (checkpoint, shards, prompts, metric models, code)."""
+    settings = GenerationSettings(settings.height, settings.width, settings.steps, settings.true_cfg_scale, 1, settings.seed)
+    images, _ = generate_candidates(pipeline, jobs, settings, out_dir, BENCHMARK_ROUND, model_version, progress)
+    rows = []
+    for row in tqdm(images.itertuples(), total=len(images), desc=f"scoring {model_version}", disable=not progress):
+        portraits = [Image.open(p).convert("RGB") for p in row.condition_paths]
+        scores = scorer.score(Image.open(row.path).convert("RGB"), portraits, row.prompt)
+        rows.append({"model_version": model_version, "group_id": row.group_id, "task": row.task,
+                     "prompt_kind": row.prompt_kind, "n_subjects": row.n_subjects, "image": row.path, "seed": row.seed,
+                     **scores.__dict__, "inference": json.dumps(settings.__dict__), **lineage})
+    return pd.DataFrame(rows)

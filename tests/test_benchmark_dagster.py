@@ -1,0 +1,48 @@
+"""Promotion: a candidate worse than the current model beyond its confidence interval is blocked."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.benchmark import candidate_not_worse_than_current, current_model, promotion_candidate
+from assets.resources import IdglowSettings
+from idglow.profiles import load_profile
+from idglow.storage import write_json_atomic, write_parquet_atomic
+
+
+def setup(settings: IdglowSettings, candidate_face_sim: float) -> None:
+    paths = settings.paths
+    registry = pd.DataFrame([
+        {"version": "dpo-good", "kind": "dpo", "lora_dir": "/x", "checkpoint_sha256": "a" * 64,
+         "shard_manifest_sha256": "b" * 64, "registered_at": 1.0},
+        {"version": "dpo-new", "kind": "dpo", "lora_dir": "/y", "checkpoint_sha256": "c" * 64,
+         "shard_manifest_sha256": "d" * 64, "registered_at": 2.0},
+    ])
+    write_parquet_atomic(paths.table("model_registry"), registry)
+    write_json_atomic(paths.asset_dir("model_registry") / "current.json", {"version": "dpo-good"})
+    for version, face_sim in (("dpo-good", 0.6), ("dpo-new", candidate_face_sim)):
+        rng = np.random.default_rng(0)  # the same noise for both: only the FaceSim mean differs
+        write_parquet_atomic(paths.asset_dir("benchmark_results") / f"{version}.parquet", pd.DataFrame({
+            "face_sim": rng.normal(face_sim, 0.05, 40), "aesthetic": rng.normal(5.0, 0.2, 40)}))
+
+
+def promote(settings: IdglowSettings):
+    with dg.DagsterInstance.ephemeral() as instance:
+        return dg.materialize([promotion_candidate, candidate_not_worse_than_current, current_model], instance=instance,
+                              resources={"settings": settings}, raise_on_error=False)
+
+
+def test_a_worse_model_is_not_promoted_and_a_good_one_is(storage_env):
+    settings = IdglowSettings.from_profile(load_profile())
+    setup(settings, candidate_face_sim=0.4)
+    blocked = promote(settings)
+    assert {e.asset_key.to_user_string() for e in blocked.get_asset_materialization_events()} == {"promotion_candidate"}
+    (check,) = blocked.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["worse_on"].value == "face_sim"
+    current = settings.paths.asset_dir("model_registry") / "current.json"
+    assert '"dpo-good"' in current.read_text()
+
+    setup(settings, candidate_face_sim=0.61)
+    promoted = promote(settings)
+    assert promoted.get_asset_check_evaluations()[0].passed
+    assert '"dpo-new"' in current.read_text()
