@@ -41,3 +41,25 @@ def evaluate_model(pipeline, scorer: ImageScorer, jobs: pd.DataFrame, settings: 
                      "prompt_kind": row.prompt_kind, "n_subjects": row.n_subjects, "image": row.path, "seed": row.seed,
                      **scores.__dict__, "inference": json.dumps(settings.__dict__), **lineage})
     return pd.DataFrame(rows)
+
+
+def score_external(scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str,
+                   progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Score images made elsewhere with the same metrics: each manifest row names a benchmark
+    group, task and prompt kind, whose portraits and prompt come from the prompts table. Rows
+    naming no benchmark prompt are returned as problems."""
+    bench = prompts[prompts["group_kind"] == "bench"].set_index(["group_id", "task", "prompt_kind"])
+    rows, problems = [], []
+    for row in tqdm(manifest.itertuples(), total=len(manifest), desc=f"scoring {method}", disable=not progress):
+        key = (row.group_id, row.task, row.prompt_kind)
+        if key not in bench.index:
+            problems.append(f"{row.image}: no benchmark prompt for group {row.group_id}, {row.task}, {row.prompt_kind}")
+            continue
+        prompt = bench.loc[key]
+        portraits = [Image.open(p).convert("RGB") for p in prompt["condition_paths"]]
+        scores = scorer.score(Image.open(row.image).convert("RGB"), portraits, prompt["prompt"])
+        rows.append({"model_version": method, "group_id": row.group_id, "task": row.task, "prompt_kind": row.prompt_kind,
+                     "n_subjects": int(prompt["n_subjects"]), "image": row.image, "seed": -1, **scores.__dict__,
+                     "inference": json.dumps({"external": True}), "checkpoint_sha256": "", "shard_manifest_sha256": "",
+                     "prompt_set_sha256": "", "metric_models": "", "code_version": ""})
+    return pd.DataFrame(rows), problems

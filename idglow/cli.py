@@ -124,6 +124,48 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 
+# -------------------------------------------------------------------------------- eval
+
+eval_app = typer.Typer(help="Score images with the benchmark's metrics (docs/benchmark.md).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("external")
+def eval_external_command(
+    manifest: Path = typer.Option(..., exists=True, dir_okay=False, help="JSON or CSV: group_id, task, prompt_kind, image."),
+    name: str = typer.Option(..., help="The method's name in the report (e.g. a commercial service)."),
+    storage_root: Path = typer.Option(None, help="The profile's storage root (default: the profile's)."),
+) -> None:
+    """Score images made elsewhere on the benchmark groups with the same metrics; the next
+    benchmark_report includes them. Missing, unreadable or unknown images are listed, never skipped silently."""
+    import pandas as pd
+
+    from evaluation.benchmark import ImageScorer, read_external_manifest
+    from evaluation.protocol import score_external
+    from idglow.models.hub import ModelHub
+    from idglow.paths import ArtifactPaths
+    from idglow.profiles import load_profile
+    from idglow.storage import write_parquet_atomic
+
+    profile = load_profile()
+    paths = ArtifactPaths((storage_root or profile.storage_root).absolute())
+    if not paths.table("prompts").exists():
+        typer.echo(f"error: {paths.table('prompts')} does not exist; materialise the prompts asset first", err=True)
+        raise typer.Exit(2)
+    rows, problems = read_external_manifest(manifest)
+    scores, unknown = score_external(ImageScorer(ModelHub(profile.name, profile.models_dir)), rows,
+                                     pd.read_parquet(paths.table("prompts")), f"external-{name}")
+    out = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"external-{name}.parquet", scores)
+    for problem in problems:
+        typer.echo(f"  not scored: row {problem.row}: {problem.image}: {problem.reason}", err=True)
+    for problem in unknown:
+        typer.echo(f"  not scored: {problem}", err=True)
+    typer.echo(f"scored {len(scores)} of {len(rows) + len(problems)} images -> {out}")
+    if len(scores):
+        typer.echo(scores.groupby(["task", "prompt_kind"])[["face_sim", "aesthetic", "missing_face_rate"]].mean().round(3)
+                   .to_string())
+
+
 # ------------------------------------------------------------------------------ review
 
 review_app = typer.Typer(help="The human verification queue (docs/review.md).", no_args_is_help=True)

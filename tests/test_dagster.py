@@ -15,6 +15,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from assets.benchmark import benchmark_report as benchmark_report_asset
 from assets.preference import prompts as prompts_asset
 from assets.groups import benchmark_groups, identity_splits_are_disjoint, training_groups
 from assets.resources import IdglowSettings
@@ -141,6 +142,19 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
         assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
         assert "current_model" in materialized  # the tiny DPO model is not worse than the tiny base
+
+        # Images made elsewhere, scored with the same metrics, appear in the next report.
+        first = results.iloc[0]
+        manifest = storage_env / "external.json"
+        manifest.write_text(json.dumps([
+            {"group_id": first["group_id"], "task": first["task"], "prompt_kind": first["prompt_kind"], "image": first["image"]},
+            {"group_id": first["group_id"], "task": first["task"], "prompt_kind": "dynamic", "image": "gone.png"}]))
+        scored = subprocess.run([sys.executable, "-m", "idglow.cli", "eval", "external", "--manifest", str(manifest),
+                                 "--name", "elsewhere"], capture_output=True, text=True, timeout=300)
+        assert scored.returncode == 0, scored.stderr
+        assert "scored 1 of 2 images" in scored.stdout and "missing file" in scored.stderr
+        again = dg.materialize([benchmark_report_asset], instance=instance, resources=resources_for(load_profile()))
+        assert "external-elsewhere" in _materializations(again)["benchmark_report"].metadata["methods"].value
 
         # The aligned prompt model is a version the prompts asset can name.
         alignment = materialized["prompt_model_alignment"].metadata
