@@ -156,6 +156,12 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         again = dg.materialize([benchmark_report_asset], instance=instance, resources=resources_for(load_profile()))
         assert "external-elsewhere" in _materializations(again)["benchmark_report"].metadata["methods"].value
 
+        # Table 3's ablation as one job: three SFT configurations and + DPO, trained, evaluated, tabulated.
+        ablation = _materializations(defs.resolve_job_def("sft_ablation_job").execute_in_process(instance=instance))
+        rows = ablation["sft_ablation"].metadata["table"].value.splitlines()[2:]
+        assert len(rows) == 8 and {r.split(" | ")[1] for r in rows} == {"no ID loss", "constant", "annealing", "gating", "+ DPO"}
+        assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
+
         # The aligned prompt model is a version the prompts asset can name.
         alignment = materialized["prompt_model_alignment"].metadata
         assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
