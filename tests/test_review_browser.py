@@ -21,11 +21,11 @@ def test_keyboard_only_review_with_undo_and_a_reason(tmp_path):
         page = browser.new_page()
         page.goto(f"{server.url}/review")
         assert page.url.endswith("/login")
-        page.keyboard.type("ann")
-        page.keyboard.press("Tab")
-        page.keyboard.type(PASSWORD)
-        page.keyboard.press("Enter")
-        page.wait_for_url("**/review")
+        page.fill('input[name="username"]', "ann")
+        page.fill('input[name="password"]', PASSWORD)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.url.endswith("/review"), page.content()[:2000]
 
         def item_on_screen() -> int:
             return int(page.locator('input[name="item_id"]').get_attribute("value"))
