@@ -168,3 +168,14 @@ def test_selective_gradient_checkpointing_keeps_gradients_and_keys(tiny_models_d
         assert {n for n, g in plain.items() if g is None} == {n for n, g in checkpointed.items() if g is None}
         assert sum(g is not None for g in plain.values()) > 0
         assert all(g is None or torch.allclose(g, checkpointed[n], atol=1e-6) for n, g in plain.items())
+
+
+def test_saved_adapter_metadata_does_not_depend_on_set_order():
+    from peft import LoraConfig
+
+    from training.sft import lora_metadata
+
+    a = lora_metadata(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    b = lora_metadata(LoraConfig(r=4, target_modules=["to_out.0", "to_v", "to_k", "to_q"]))
+    assert a == b and a["target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

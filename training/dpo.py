@@ -26,7 +26,7 @@ from training.losses import dpo_statistics, weighted_dpo_loss
 from training.reporting import pipes_session, report_checkpoint, step_reporter
 from training.distributed import setup_distributed, unwrap
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
-from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, run_loop
+from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, lora_metadata, run_loop
 
 
 @dataclass
@@ -97,7 +97,7 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     # Both adapters use alpha = r (scale 1), so the concatenation keeps scale 1 with alpha = r_sft + r_dpo.
     lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=sft_config["lora_targets"])
     QwenImageEditPlusPipeline.save_lora_weights(out, transformer_lora_layers=combined,
-                                                transformer_lora_adapter_metadata=lora.to_dict())
+                                                transformer_lora_adapter_metadata=lora_metadata(lora))
     write_json_atomic(out / "manifest.json", {
         "lora_sha256": sha256_file(out / "pytorch_lora_weights.safetensors"), "rank": rank,
         "sft_checkpoint": str(sft_checkpoint), "dpo_checkpoint": str(dpo_checkpoint),

@@ -101,6 +101,13 @@ def add_lora(transformer, config: SFTConfig, adapter_name: str = "default") -> L
     return lora
 
 
+def lora_metadata(lora: LoraConfig) -> dict:
+    """The adapter config saved beside the weights, with its sets sorted: peft keeps
+    ``target_modules`` as a set, whose order changes from process to process, and the file's
+    SHA-256 (a model version's name) must depend on the weights alone."""
+    return {key: sorted(value) if isinstance(value, set | frozenset) else value for key, value in lora.to_dict().items()}
+
+
 def checkpoint_blocks(transformer, count: int) -> int:
     """Selective gradient checkpointing: the first ``count`` blocks (all for -1) recompute their
     activations in the backward pass, the rest keep them. Calling it again changes the count
@@ -251,7 +258,7 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: i
     (Noise and t come from per-sample generators seeded by the step, so need no saved state.)"""
     folder.mkdir(parents=True, exist_ok=True)
     QwenImageEditPlusPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
-                                                transformer_lora_adapter_metadata=lora.to_dict())
+                                                transformer_lora_adapter_metadata=lora_metadata(lora))
     optimizer_state = optimizer.state_dict()
     tensors = {"rng.torch": torch.get_rng_state()}
     for index, state in optimizer_state["state"].items():
