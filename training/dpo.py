@@ -10,9 +10,7 @@ concatenated along the rank (B1 A1 + B2 A2 = [B1 B2][A1; A2]), which stock diffu
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from safetensors.torch import load_file
 
 from idglow.storage import sha256_file, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
-from training.reporting import pipes_session, report_checkpoint, step_reporter
+from training.reporting import run_command
 from training.distributed import setup_distributed, unwrap
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
 from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, lora_metadata, run_loop
@@ -128,24 +126,17 @@ def train(config: DPOConfig, stop_after: int | None = None, on_step=None) -> Pat
     return combined
 
 
+def combined_metadata(combined: Path) -> dict:
+    """What the Dagster materialization of a DPO run adds: the export's rank and lineage."""
+    manifest = json.loads((combined / "manifest.json").read_text())
+    return {"rank": manifest["rank"], "sft_lora_sha256": manifest["sft_manifest"]["lora_sha256"],
+            "shard_manifest_sha256": manifest["dpo_manifest"]["shard_manifest_sha256"],
+            "dpo_step": manifest["dpo_manifest"]["step"]}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Weighted-margin DPO on top of an SFT checkpoint.")
-    parser.add_argument("--config", type=Path, required=True, help="JSON file with DPOConfig fields")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = DPOConfig(**json.loads(args.config.read_text()))
-    dist = setup_distributed()
-    with pipes_session(dist) as pipes:
-        combined = train(config, on_step=step_reporter(pipes, config.steps))
-        if pipes is not None:
-            manifest = json.loads((combined / "manifest.json").read_text())
-            report_checkpoint(pipes, combined, dist, {
-                "rank": manifest["rank"], "sft_lora_sha256": manifest["sft_manifest"]["lora_sha256"],
-                "shard_manifest_sha256": manifest["dpo_manifest"]["shard_manifest_sha256"],
-                "dpo_step": manifest["dpo_manifest"]["step"],
-            })
-    if dist.is_main:
-        print(f"combined LoRA: {combined}")
+    run_command("Weighted-margin DPO on top of an SFT checkpoint.", DPOConfig, train, "combined LoRA",
+                extra_metadata=combined_metadata)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ loadable exactly like the base prompt model, whose version is the SHA-256 of its
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,8 +26,7 @@ from PIL import Image
 
 from idglow.prompts import dynamic_instruction
 from idglow.storage import atomic_dir, sha256_file, write_json_atomic
-from training.distributed import DistributedContext
-from training.reporting import pipes_session, report_checkpoint, step_reporter
+from training.reporting import run_command
 
 
 @dataclass
@@ -136,16 +133,8 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="DPO alignment of the prompt model on the prompt preference set.")
-    parser.add_argument("--config", type=Path, required=True, help="JSON file with PromptDPOConfig fields")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = PromptDPOConfig(**json.loads(args.config.read_text()))
-    single = DistributedContext()
-    with pipes_session(single) as pipes:
-        folder = train(config, on_step=step_reporter(pipes, config.steps))
-        report_checkpoint(pipes, folder, single)
-    print(f"aligned prompt model: {folder}")
+    run_command("DPO alignment of the prompt model on the prompt preference set.", PromptDPOConfig, train,
+                "aligned prompt model", distributed=False)
 
 
 if __name__ == "__main__":

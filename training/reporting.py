@@ -7,10 +7,11 @@ the checkpoint's SHA-256. Run by hand (no Pipes context in the environment) noth
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
@@ -60,3 +61,26 @@ def report_checkpoint(pipes: PipesContext | None, checkpoint: Path, dist: Distri
     if "shard_manifest_sha256" in manifest:
         metadata["shard_manifest_sha256"] = {"raw_value": manifest["shard_manifest_sha256"], "type": "text"}
     pipes.report_asset_materialization(metadata=metadata, data_version=manifest["lora_sha256"])
+
+
+def run_command(description: str, config_type, train: Callable, label: str, distributed: bool = True,
+                extra_metadata: Callable[[Path], dict] | None = None) -> Path:
+    """The ``python -m training.X --config FILE`` entry point the loops share: read the config
+    (JSON with ``config_type``'s fields), join torchrun's process group when there is one, train,
+    and report to Dagster through Pipes from global rank 0 when Dagster launched the run."""
+    import torch
+
+    from training.distributed import setup_distributed
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, required=True, help=f"JSON file with {config_type.__name__} fields")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = config_type(**json.loads(args.config.read_text()))
+    dist = setup_distributed() if distributed else DistributedContext()
+    with pipes_session(dist) as pipes:
+        result = train(config, on_step=step_reporter(pipes, config.steps))
+        report_checkpoint(pipes, result, dist, extra_metadata(result) if pipes is not None and extra_metadata else None)
+    if dist.is_main:
+        print(f"{label}: {result}")
+    return result

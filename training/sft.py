@@ -8,10 +8,8 @@ encodings of one batch (cached per sample), one training step, checkpoints, and 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from training.data import Sample, batches, to_tensor
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
 from training.flow import Generators, encode, flow_matching_loss, noisy, pack, predict_velocity, randn, sample_generators, sample_sigmas
 from training.identity import IdentityLoss
-from training.reporting import pipes_session, report_checkpoint, step_reporter
+from training.reporting import run_command
 
 DEFAULT_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -405,17 +403,7 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="SFT of the generator with the modulated identity loss.")
-    parser.add_argument("--config", type=Path, required=True, help="JSON file with SFTConfig fields")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = SFTConfig.from_file(args.config)
-    dist = setup_distributed()
-    with pipes_session(dist) as pipes:
-        checkpoint = train(config, on_step=step_reporter(pipes, config.steps))
-        report_checkpoint(pipes, checkpoint, dist)
-    if dist.is_main:
-        print(f"checkpoint: {checkpoint}")
+    run_command("SFT of the generator with the modulated identity loss.", SFTConfig, train, "checkpoint")
 
 
 if __name__ == "__main__":
