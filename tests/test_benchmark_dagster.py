@@ -46,3 +46,20 @@ def test_a_worse_model_is_not_promoted_and_a_good_one_is(storage_env):
     promoted = promote(settings)
     assert promoted.get_asset_check_evaluations()[0].passed
     assert '"dpo-new"' in current.read_text()
+
+
+def test_retraining_sensor_waits_for_enough_newly_accepted_pairs(storage_env):
+    from assets.benchmark import enough_new_accepted_pairs
+
+    settings = IdglowSettings.from_profile(load_profile())  # the demo asks for 10 new pairs
+    folder = settings.paths.asset_dir("accepted_pairs")
+    write_parquet_atomic(folder / "batch-a.parquet", pd.DataFrame({"pair_id": [f"a{i}" for i in range(6)]}))
+    with dg.DagsterInstance.ephemeral() as instance:
+        waiting = enough_new_accepted_pairs(dg.build_sensor_context(instance=instance, resources={"settings": settings}))
+        assert isinstance(waiting, dg.SkipReason) and "6 new accepted pairs" in waiting.skip_message
+        write_parquet_atomic(folder / "batch-b.parquet", pd.DataFrame({"pair_id": [f"b{i}" for i in range(5)]}))
+        due = enough_new_accepted_pairs(dg.build_sensor_context(instance=instance, resources={"settings": settings}))
+        assert [r.run_key for r in due.run_requests] == ["retrain-11"] and due.cursor == "11"
+        after = enough_new_accepted_pairs(dg.build_sensor_context(instance=instance, cursor=due.cursor,
+                                                                  resources={"settings": settings}))
+        assert isinstance(after, dg.SkipReason)

@@ -47,7 +47,14 @@ def test_face_sim_equals_an_independent_insightface_computation(hub, demo_datase
         expected = similarity[rows, cols].sum() / len(sources)  # an unmatched portrait counts 0
         assert scores.face_sim == pytest.approx(expected, abs=1e-6)
         assert scores.faces_found == len(generated) and scores.missing_faces == max(len(sources) - len(generated), 0)
-        assert -1 <= scores.clip_score <= 1 and np.isfinite(scores.aesthetic) and scores.age >= 0
+        assert -1 <= scores.clip_score <= 1 and scores.age >= 0
+        # Aesthetic: the LAION MLP formula on the normalised CLIP embedding, written out.
+        x = hub.clip().encode_images([image]).float()
+        x = x / x.norm(dim=1, keepdim=True)
+        for index in (0, 2, 4, 6, 7):
+            layer = hub.aesthetic().layers[index]
+            x = x @ layer.weight.T.float() + layer.bias.float()
+        assert scores.aesthetic == pytest.approx(float(x), abs=1e-5)
 
 
 def test_external_manifest_reports_missing_and_unreadable_images(tmp_path):
