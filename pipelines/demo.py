@@ -41,32 +41,27 @@ class DemoRun:
     materialized: list[str]
 
 
-def evaluate_review_sensor(defs: dg.Definitions, instance: dg.DagsterInstance) -> list:
-    """Evaluate ``review_batches_finished`` once, as the daemon would: record the decisions it
-    reports and execute the runs it requests, in this process. Returns the runs' results."""
-    sensor = defs.get_sensor_def("review_batches_finished")
-    context = dg.build_sensor_context(instance=instance, resources={"settings": defs.resources["settings"]})
-    evaluation = sensor(context)
-    for event in evaluation.asset_events:
-        instance.report_runless_asset_event(event)
-    job = defs.resolve_job_def(sensor.job_name)
-    return [job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
-            for request in evaluation.run_requests]
-
-
-def run_benchmark_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, rounds: int = 3) -> list:
-    """Evaluate ``benchmark_new_versions`` until it has nothing more to request, executing its runs."""
-    sensor = defs.get_sensor_def("benchmark_new_versions")
+def run_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, rounds: int = 1) -> list:
+    """What the daemon does with a sensor, in this process: evaluate it (up to ``rounds`` times,
+    carrying its cursor, until it skips or requests nothing), record the asset events and the
+    partitions it reports, and execute the runs it requests. Returns the runs' results."""
+    sensor = defs.get_sensor_def(name)
     cursor, results = None, []
     for _ in range(rounds):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": defs.resources["settings"]})
         answer = sensor(context)
         if isinstance(answer, dg.SkipReason):
             break
-        requests = answer.run_requests if isinstance(answer, dg.SensorResult) else list(answer)
-        cursor = answer.cursor if isinstance(answer, dg.SensorResult) else cursor
-        for request in requests:
-            job = defs.resolve_job_def(request.job_name)
+        result = answer if isinstance(answer, dg.SensorResult) else dg.SensorResult(run_requests=list(answer))
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        for event in result.asset_events or []:
+            instance.report_runless_asset_event(event)
+        cursor = result.cursor or cursor
+        if not result.run_requests:
+            break
+        for request in result.run_requests:
+            job = defs.resolve_job_def(request.job_name or sensor.job_name)
             results.append(job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags))
     return results
 
@@ -85,9 +80,9 @@ def run_demo() -> DemoRun:
         result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
         # What the daemon does for a finished review batch (auto mode finishes it at once), then
         # registration, the benchmark of every version, promotion and the report.
-        reviewed = evaluate_review_sensor(defs, instance)
+        reviewed = run_sensor(defs, instance, "review_batches_finished")
         reviewed.append(defs.resolve_job_def("register_models").execute_in_process(instance=instance))
-        reviewed += run_benchmark_sensor(defs, instance)
+        reviewed += run_sensor(defs, instance, "benchmark_new_versions", rounds=3)
     seconds = time.perf_counter() - started
 
     storage_root = Path(defs.resources["settings"].storage_root)

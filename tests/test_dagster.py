@@ -21,7 +21,7 @@ from assets.groups import benchmark_groups, identity_splits_are_disjoint, traini
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from pipelines.definitions import build_definitions
-from pipelines.demo import evaluate_review_sensor, run_benchmark_sensor
+from pipelines.demo import run_sensor
 from pipelines.resources import resources_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
 
         # The review sensor (auto mode finished the batch) records the decisions and requests the
         # run that gates the accepted pairs and builds the DPO shards and checkpoint.
-        (reviewed,) = evaluate_review_sensor(defs, instance)
+        (reviewed,) = run_sensor(defs, instance, "review_batches_finished")
         assert reviewed.success and reviewed.dagster_run.tags["dagster/partition"] == queue["batch_id"].value
         materialized.update(_materializations(reviewed))
         accepted = materialized["accepted_pairs"].metadata
@@ -132,7 +132,7 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         materialized.update(_materializations(defs.resolve_job_def("register_models").execute_in_process(instance=instance)))
         assert set(materialized["model_registry"].metadata["registered_now"].value) == {
             "base", f"sft-{sft.metadata['lora_sha256'].value[:12]}", f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}"}
-        for run in run_benchmark_sensor(defs, instance):
+        for run in run_sensor(defs, instance, "benchmark_new_versions", rounds=3):
             assert run.success
             materialized.update(_materializations(run))
         results = pd.read_parquet(materialized["benchmark_results"].metadata["results_uri"].value)
