@@ -40,8 +40,8 @@ def review_queue(context: dg.AssetExecutionContext, settings: IdglowSettings) ->
     profile, paths = settings.resolved(), settings.paths
     batch_id, payloads = kept_pairs_batch(pd.read_parquet(paths.table("auto_filtered_pairs")))
     store = store_for(settings)
-    count = store.publish(batch_id, "auto_filtered_pairs", payloads, overlap=profile.review_overlap,
-                          rule=FinalRule.for_overlap(profile.review_overlap))
+    overlap = 1 if profile.review_mode == "auto" else profile.review_overlap  # the written rule is one reviewer
+    count = store.publish(batch_id, "auto_filtered_pairs", payloads, overlap=overlap, rule=FinalRule.for_overlap(overlap))
     context.instance.add_dynamic_partitions(review_batches.name, [batch_id])
     automatic = 0
     if profile.review_mode == "auto":

@@ -47,7 +47,8 @@ def report_checkpoint(pipes: PipesContext | None, checkpoint: Path, dist: Distri
         return
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     log = checkpoint.parent / "log.jsonl"
-    last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else {}
+    lines = log.read_text().splitlines() if log.exists() else []
+    last = json.loads(lines[-1]) if lines else {}
     metadata = {
         "checkpoint_uri": {"raw_value": str(checkpoint), "type": "path"},
         "lora_sha256": {"raw_value": manifest["lora_sha256"], "type": "text"},

@@ -248,8 +248,9 @@ class ReviewStore:
             if lease is None:
                 raise ReviewError("this item is no longer yours (its lease expired); take the next one")
             db.execute(leases.delete().where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id))
-            overlap, standing = db.execute(sa.select(batches.c.overlap, items.c.standing)
-                                           .join(batches, batches.c.id == items.c.batch_id).where(items.c.id == item_id)).one()
+            batch_id, overlap, standing = db.execute(sa.select(items.c.batch_id, batches.c.overlap, items.c.standing)
+                                                     .join(batches, batches.c.id == items.c.batch_id)
+                                                     .where(items.c.id == item_id)).one()
             if decision != "skip" and standing >= overlap:
                 raise ReviewError("this item already has all the reviews it needs")
             decision_id = db.execute(decisions.insert().values(
@@ -259,7 +260,7 @@ class ReviewStore:
             if decision != "skip":
                 db.execute(items.update().where(items.c.id == item_id).values(standing=items.c.standing + 1))
                 if standing + 1 >= overlap:
-                    self._close_finished(db, item_id, now)
+                    self._close_finished(db, batch_id, overlap, now)
         return decision_id
 
     def undo_last(self, reviewer_id: int, username: str) -> int | None:
@@ -286,18 +287,15 @@ class ReviewStore:
             return last["item_id"]
 
     def decide_automatically(self, batch_id: str, rule_name: str, decide) -> int:
-        """Review mode ``auto``: ``decide(payload) -> accept | reject`` for every open slot, each
-        decision labelled automatic and signed by the rule's name. Returns how many were written."""
+        """Review mode ``auto``: ``decide(payload) -> accept | reject`` for every item without a
+        decision, each labelled automatic and signed by the rule's name, then the batch is closed
+        (the rule is the batch's one reviewer: publish it with overlap 1). Returns how many were written."""
         now = time.time()
         written = 0
         with self.engine.begin() as db:
-            rows = db.execute(sa.select(items.c.id, items.c.payload, batches.c.overlap)
-                              .join(batches, batches.c.id == items.c.batch_id).where(items.c.batch_id == batch_id)).all()
-            for item_id, payload, overlap in rows:
-                have = db.execute(sa.select(sa.func.count()).select_from(decisions)
-                                  .where(decisions.c.item_id == item_id, self._effective())).scalar_one()
-                if have:
-                    continue
+            rows = db.execute(sa.select(items.c.id, items.c.payload)
+                              .where(items.c.batch_id == batch_id, items.c.standing == 0)).all()
+            for item_id, payload in rows:
                 db.execute(decisions.insert().values(item_id=item_id, reviewer=rule_name, decision=decide(json.loads(payload)),
                                                      reasons="[]", automatic=True, app_version=APP_VERSION, created_at=now))
                 db.execute(items.update().where(items.c.id == item_id).values(standing=items.c.standing + 1))
@@ -305,9 +303,7 @@ class ReviewStore:
             db.execute(batches.update().where(batches.c.id == batch_id, batches.c.finished_at.is_(None)).values(finished_at=now))
         return written
 
-    def _close_finished(self, db, item_id: int, now: float) -> None:
-        batch_id, overlap = db.execute(sa.select(items.c.batch_id, batches.c.overlap).join(batches, batches.c.id == items.c.batch_id)
-                                       .where(items.c.id == item_id)).one()
+    def _close_finished(self, db, batch_id: str, overlap: int, now: float) -> None:
         open_items = db.execute(sa.select(sa.func.count()).select_from(items)
                                 .where(items.c.batch_id == batch_id, items.c.standing < overlap)).scalar_one()
         if open_items == 0:
