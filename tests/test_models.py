@@ -18,7 +18,7 @@ from idglow.data.faces import render_portrait, sample_style
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from idglow.models.face_training import FaceTrainingConfig, aligned_crop, draw_scene, pil_to_bgr, write_tiny_face_pack
 from idglow.models.hub import ModelHub
-from idglow.models.registry import MissingModelFile, check_models
+from idglow.models.registry import CLIP, REAL_COMPONENTS, FileStatus, MissingModelFile, check_models
 from idglow.models.tiny_generator import write_tiny_generator
 from idglow.storage import sha256_file
 
@@ -196,6 +196,45 @@ def test_models_check_command(tiny_models_dir, tmp_path):
     present = check("--profile", "demo", "--models-dir", str(tiny_models_dir))
     assert present.returncode == 0, present.stdout
     assert all(s.present for s in check_models("demo", tiny_models_dir))
+
+
+def _complete_real_directory(root: Path) -> Path:
+    """Every file the real profile requires, as small placeholders (the check reads no content
+    unless asked to verify hashes)."""
+    for component in REAL_COMPONENTS.values():
+        for path, _ in component.files(root):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"placeholder for " + path.name.encode())
+    return root
+
+
+def test_real_check_counts_an_unverified_pinned_file_as_present(tmp_path):
+    statuses = check_models("real", _complete_real_directory(tmp_path), verify_hashes=False)
+    assert all(s.ok for s in statuses), [s.state for s in statuses if not s.ok]
+    (clip,) = [s for s in statuses if s.role == CLIP]
+    assert clip.expected_sha256 == REAL_COMPONENTS[CLIP].required[0].sha256
+    assert not clip.verified and clip.state == "present (unverified)"
+    assert {s.state for s in statuses if s.role != CLIP} == {"present"}
+
+
+def test_real_check_with_verified_hashes_rejects_a_wrong_file(tmp_path):
+    statuses = check_models("real", _complete_real_directory(tmp_path), verify_hashes=True)
+    (clip,) = [s for s in statuses if s.role == CLIP]
+    assert clip.verified and clip.actual_sha256 == sha256_file(clip.path)
+    assert not clip.ok and clip.state == "HASH MISMATCH"
+    assert all(s.ok for s in statuses if s.role != CLIP)
+    right = FileStatus(CLIP, clip.path, True, clip.expected_sha256, clip.expected_sha256)
+    assert right.ok and right.state == "present"
+
+
+def test_models_check_command_passes_on_a_complete_real_directory(tmp_path):
+    root = _complete_real_directory(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    failed = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root),
+                             "--verify-hashes"], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "HASH MISMATCH" in failed.stdout
 
 
 def test_tiny_builds_are_deterministic(tmp_path):

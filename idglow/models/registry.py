@@ -122,10 +122,26 @@ class FileStatus:
     actual_sha256: str | None = None
 
     @property
+    def verified(self) -> bool:
+        """Whether the file's hash was computed (only with ``verify_hashes`` and a pin)."""
+        return self.actual_sha256 is not None
+
+    @property
     def ok(self) -> bool:
+        """Present, and not known to be wrong: an unverified pinned file counts as ok, since its
+        hash was never computed (reading a 1.7 GB file is what ``verify_hashes`` opts into)."""
         if not self.present:
             return False
-        return self.expected_sha256 is None or self.actual_sha256 == self.expected_sha256
+        return self.expected_sha256 is None or not self.verified or self.actual_sha256 == self.expected_sha256
+
+    @property
+    def state(self) -> str:
+        """What a report shows: MISSING, HASH MISMATCH, present (unverified) or present."""
+        if not self.present:
+            return "MISSING"
+        if not self.ok:
+            return "HASH MISMATCH"
+        return "present (unverified)" if self.expected_sha256 and not self.verified else "present"
 
 
 def check_models(profile: str, models_dir: Path, verify_hashes: bool = False) -> list[FileStatus]:
