@@ -39,7 +39,7 @@ review: install
 	$(VENV)/bin/idglow review serve --host 127.0.0.1 --port 8765
 
 ui: install
-	@mkdir -p $(DAGSTER_HOME) && ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@$(PY) -m pipelines.instance >/dev/null  # links dagster.yaml and creates the storage once, under a lock
 	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # GPU machines: onnxruntime and onnxruntime-gpu install the same module, so swap one for the other.

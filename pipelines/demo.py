@@ -15,21 +15,9 @@ import dagster as dg
 
 from assets.preference import generation_rounds
 from idglow.storage import write_text_atomic
+from pipelines.instance import ensure_dagster_home
 
 DEMO_ROUND = "round-000"
-
-REPO_INSTANCE_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
-
-
-def ensure_dagster_home(default: Path | None = None) -> Path:
-    """Use ``DAGSTER_HOME`` if set, else ``./var/dagster``; make sure it holds the instance config."""
-    home = Path(os.environ.get("DAGSTER_HOME") or default or Path.cwd() / "var" / "dagster").absolute()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists() and REPO_INSTANCE_CONFIG.exists():
-        config.symlink_to(REPO_INSTANCE_CONFIG)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 @dataclass(frozen=True)
