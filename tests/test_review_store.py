@@ -26,10 +26,20 @@ def publish(store, n=3, overlap=1, batch="b1"):
 
 
 def test_schema_is_versioned_and_publishing_is_idempotent(store, tmp_path):
-    assert current_revision(store.url) == "0001"
+    assert current_revision(store.url) == "0002"
     publish(store)
     publish(store)
     assert len(store.item_outcomes("b1")) == 3
+
+
+def test_the_models_in_store_py_agree_with_the_migrations(store):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from idglow.review.store import METADATA
+
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), METADATA) == []
 
 
 def test_two_reviewers_never_hold_the_same_item_and_nobody_reviews_twice(store):
@@ -123,3 +133,39 @@ def test_final_rule_and_agreement_by_hand():
     assert pairwise_cohen_kappa(votes)[0]["cohen_kappa"] == pytest.approx(0.5)
     # Fleiss, 2 raters: P_i = 1, 1, 0, 1 -> 0.75; p_accept = 5/8 -> P_e = 25/64 + 9/64; (0.75 - 34/64) / (1 - 34/64)
     assert fleiss(votes) == pytest.approx((0.75 - 34 / 64) / (1 - 34 / 64))
+
+
+def _open_store(path: str, barrier, results) -> None:
+    """One process starting the review store on a fresh database at the same moment as the others."""
+    try:
+        barrier.wait(timeout=60)
+        store = ReviewStore(path)
+        results.put(("ok", current_revision(store.url)))
+    except BaseException as error:  # reported to the test rather than lost in the child
+        results.put(("error", repr(error)))
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_several_processes_starting_at_once_on_a_fresh_database_all_end_at_head(tmp_path, round_):
+    import multiprocessing
+
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from idglow.review.migrate import alembic_config
+    from idglow.review.store import METADATA
+
+    context = multiprocessing.get_context("fork")
+    path = str(tmp_path / "fresh" / "review.sqlite")
+    processes = 6
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=_open_store, args=(path, barrier, results)) for _ in range(processes)]
+    for child in children:
+        child.start()
+    answers = [results.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert answers == [("ok", head)] * processes
+    tables = set(sa.inspect(sa.create_engine(f"sqlite:///{path}")).get_table_names())
+    assert set(METADATA.tables) <= tables

@@ -1,14 +1,23 @@
 """Versioned schema migrations for the review database (Alembic, configured in code).
 
-    idglow review migrate --db var/review.sqlite     # or a postgresql:// URL
+    idglow review migrate --db var/storage/demo-review/review.sqlite     # or a postgresql:// URL
 
 Each revision lives in ``idglow/review/migrations/versions``; ``upgrade`` brings any database to
 the newest and is run on every start of the store, so an old database is upgraded in place.
+
+Several processes may start on a fresh database at once (the server, a Dagster run, the CLI).
+SQLite runs Alembic's DDL outside a transaction, so two of them would both see an empty database
+and both create the tables; one fails half-way. An exclusive lock on a file beside the database
+lets one upgrade while the others wait, and they then find it at the newest revision. Postgres
+takes a transaction-scoped advisory lock in ``migrations/env.py`` for the same reason.
 """
 
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -24,7 +33,22 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    with _migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        yield
+        return
+    lock = Path(url.removeprefix("sqlite:///") + ".migrate-lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def current_revision(url: str) -> str | None:

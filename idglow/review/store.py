@@ -8,11 +8,17 @@ at once never get the same item beyond its overlap and never lose or double a de
 Decisions are never updated or deleted: an undo is a row of its own that points at the decision
 it withdraws. An item's effective decisions are its accepts and rejects that no undo withdrew;
 its final decision follows the batch's rule once it has ``overlap`` of them.
+
+Signed-in sessions live here too (``review_sessions``: a cookie only names a row, so signing out
+deletes it and a copied cookie stops working), and so do the counts of failed sign-ins
+(``review_login_throttle``), so a lock holds across restarts and across server processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from sqlalchemy.engine import Engine
 
 from idglow import __version__ as APP_VERSION
 from idglow.review.rules import FinalRule, final_decision
+from idglow.review.security import LoginLimits
 
 METADATA = sa.MetaData()
 
@@ -87,7 +94,25 @@ events = sa.Table(  # housekeeping that is not a decision: reclaimed leases
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+sessions = sa.Table(  # one row per signed-in browser; the cookie carries the token, the table its hash
+    "review_sessions", METADATA,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+login_throttle = sa.Table(  # failed sign-ins per key: "account:<name>" or "address:<client address>"
+    "review_login_throttle", METADATA,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),  # attempts counted in the current window
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("locked_until", sa.Float, nullable=False),
+    sa.Column("lockouts", sa.Integer, nullable=False),  # locks in a row: each one lasts twice the last
+    sa.Column("last_attempt_at", sa.Float, nullable=False),
+)
+
 DECISIONS = ("accept", "reject", "skip")
+PREFERENCES = ("prefer-left", "prefer-right")  # resolved against the side the server showed
 REJECT_REASONS = ("identity mismatch", "artifact", "wrong number of people", "prompt mismatch")
 PREFERENCE_REVERSED = "rejected image is better"  # implied when the reviewer picks the proposed rejected image
 
@@ -104,6 +129,32 @@ class Claim:
     payload: dict
     left: str
     expires_at: float
+
+
+def preference_decision(preference: str, left: str) -> tuple[str, list[str]]:
+    """What picking a side means, given which image the server showed on the left: picking the
+    proposed chosen image accepts the pair, picking the proposed rejected image rejects it."""
+    picked = left if preference == "prefer-left" else ("rejected" if left == "chosen" else "chosen")
+    return ("accept", []) if picked == "chosen" else ("reject", [PREFERENCE_REVERSED])
+
+
+def review_home(storage_root: Path) -> Path:
+    """Where the review database and the session secret live by default: ``IDGLOW_REVIEW_HOME``,
+    or ``<storage root>-review`` beside the storage root. Never inside it: the storage root holds
+    the images the app serves, and neither the secret nor the password hashes may sit among them."""
+    if os.environ.get("IDGLOW_REVIEW_HOME"):
+        return Path(os.environ["IDGLOW_REVIEW_HOME"]).absolute()
+    root = storage_root.absolute()
+    return root.with_name(f"{root.name}-review")
+
+
+def default_database(storage_root: Path) -> Path:
+    return review_home(storage_root) / "review.sqlite"
+
+
+def _token_hash(token: str) -> str:
+    # Only a hash is stored, so a copy of the database does not hand out live sessions.
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def database_url(path_or_url: str | Path) -> str:
@@ -159,6 +210,79 @@ class ReviewStore:
             row = db.execute(sa.select(reviewers).where(reviewers.c.username == username)).mappings().first()
         return dict(row) if row else None
 
+    # ------------------------------------------------------------------- sessions
+
+    def open_session(self, reviewer_id: int, lifetime: float, now: float | None = None) -> str:
+        """A new session for the reviewer; returns the token the cookie carries."""
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(32)
+        with self.engine.begin() as db:
+            db.execute(sessions.delete().where(sessions.c.expires_at <= now))  # housekeeping, cheap with few rows
+            db.execute(sessions.insert().values(token_hash=_token_hash(token), reviewer_id=reviewer_id, created_at=now,
+                                                expires_at=now + lifetime))
+        return token
+
+    def session_reviewer(self, token: str, now: float | None = None) -> dict | None:
+        """The reviewer whose live session the token names; None when it was closed, has expired, or
+        its reviewer is gone."""
+        now = time.time() if now is None else now
+        query = (sa.select(reviewers.c.id, reviewers.c.username, reviewers.c.is_admin)
+                 .join(sessions, sessions.c.reviewer_id == reviewers.c.id)
+                 .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_at > now))
+        with self.engine.connect() as db:
+            row = db.execute(query).mappings().first()
+        return dict(row) if row else None
+
+    def close_session(self, token: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(sessions.delete().where(sessions.c.token_hash == _token_hash(token)))
+
+    # ------------------------------------------------------------ sign-in limits
+
+    def admit_sign_in(self, allowed: dict[str, int], limits: LoginLimits, now: float | None = None) -> float | None:
+        """Count a sign-in attempt against each key (key -> failures it may have in a window) before
+        the password is checked, so a burst of parallel guesses is counted as it arrives. Returns
+        None when admitted, else the seconds until the caller may try again (nothing is counted
+        then: waiting out a lock is what ends it)."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as db:
+            rows = {key: self._throttle_row(db, key, limits, now) for key in allowed}
+            waits = [row["locked_until"] - now for row in rows.values() if row["locked_until"] > now]
+            if not waits:
+                full = [key for key, row in rows.items() if row["failures"] >= allowed[key]]
+                for key in full:
+                    row = rows[key]
+                    row.update(lockouts=row["lockouts"] + 1, failures=0, window_start=now)
+                    row["locked_until"] = now + limits.lock_for(row["lockouts"])
+                    waits.append(row["locked_until"] - now)
+                for key, row in rows.items():
+                    row["failures"] += 0 if full else 1
+                    row["last_attempt_at"] = now
+                for key, row in rows.items():
+                    db.execute(login_throttle.delete().where(login_throttle.c.key == key))
+                    db.execute(login_throttle.insert().values(key=key, **row))
+        return max(waits) if waits else None
+
+    @staticmethod
+    def _throttle_row(db, key: str, limits: LoginLimits, now: float) -> dict:
+        row = db.execute(sa.select(login_throttle).where(login_throttle.c.key == key)).mappings().first()
+        fresh = {"failures": 0, "window_start": now, "locked_until": 0.0, "lockouts": 0, "last_attempt_at": now}
+        if row is None or now - row["last_attempt_at"] > limits.forget_seconds:
+            return fresh
+        row = {name: value for name, value in row.items() if name != "key"}
+        if now - row["window_start"] > limits.window_seconds and row["locked_until"] <= now:
+            row.update(failures=0, window_start=now)
+        return row
+
+    def signed_in(self, account_key: str, other_keys: list[str]) -> None:
+        """A correct password: its account starts afresh; the attempt counted against the other keys
+        (the address) is taken back, without clearing them, so one good account cannot wipe the
+        record of guesses from the same address."""
+        with self.engine.begin() as db:
+            db.execute(login_throttle.delete().where(login_throttle.c.key == account_key))
+            db.execute(login_throttle.update().where(login_throttle.c.key.in_(other_keys), login_throttle.c.failures > 0)
+                       .values(failures=login_throttle.c.failures - 1))
+
     # -------------------------------------------------------------------- batches
 
     def publish(self, batch_id: str, source: str, pairs: list[dict], overlap: int = 1, rule: FinalRule | None = None,
@@ -178,6 +302,11 @@ class ReviewStore:
             if rows:
                 db.execute(items.insert(), rows)
             return len(rows)
+
+    def item_payload(self, item_id: int) -> dict | None:
+        with self.engine.connect() as db:
+            payload = db.execute(sa.select(items.c.payload).where(items.c.id == item_id)).scalar_one_or_none()
+        return json.loads(payload) if payload is not None else None
 
     def batch_ids(self) -> list[str]:
         with self.engine.connect() as db:
@@ -235,12 +364,14 @@ class ReviewStore:
 
     def decide(self, reviewer_id: int, username: str, item_id: int, decision: str, reasons: list[str] | None = None,
                seconds: float | None = None) -> int:
-        """Record the reviewer's decision on the item they hold; returns the decision's id."""
-        if decision not in DECISIONS:
-            raise ReviewError(f"unknown decision {decision!r}; expected one of {DECISIONS}")
+        """Record the reviewer's decision on the item they hold; returns the decision's id. A
+        preference (``prefer-left``, ``prefer-right``) is read against the side the lease says was
+        shown on the left, never against what a client claims."""
+        if decision not in DECISIONS + PREFERENCES:
+            raise ReviewError(f"unknown decision {decision!r}; expected one of {DECISIONS + PREFERENCES}")
         unknown = set(reasons or []) - {*REJECT_REASONS, PREFERENCE_REVERSED}
         if unknown:
-            raise ReviewError(f"unknown reasons {sorted(unknown)}")
+            raise ReviewError(f"unknown reasons {sorted(map(str, unknown))}")
         now = time.time()
         with self.engine.begin() as db:
             lease = db.execute(sa.select(leases).where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id)
@@ -248,6 +379,9 @@ class ReviewStore:
             if lease is None:
                 raise ReviewError("this item is no longer yours (its lease expired); take the next one")
             db.execute(leases.delete().where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id))
+            if decision in PREFERENCES:
+                decision, implied = preference_decision(decision, lease["left"])
+                reasons = implied + [r for r in reasons or [] if r not in implied]
             batch_id, overlap, standing = db.execute(sa.select(items.c.batch_id, batches.c.overlap, items.c.standing)
                                                      .join(batches, batches.c.id == items.c.batch_id)
                                                      .where(items.c.id == item_id)).one()
