@@ -1,19 +1,25 @@
-"""Atomic file writes and content hashes for everything the pipeline stores.
+"""Atomic file writes, folder locks and content hashes for everything the pipeline stores.
 
 A killed run must never leave a file that looks complete: every writer here writes to a
 temporary name in the destination folder and renames it into place (``os.replace`` is atomic
-on POSIX within one file system).
+on POSIX within one file system). The temporary ``.NAME.*.partial`` stays under an exclusive
+``flock`` for as long as it is being written, so a later run can tell a partial file left by a
+killed writer (nobody holds it) from one still being written, and removes only the former.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +27,91 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 _CHUNK = 1 << 20
+
+
+def _locked_partial(create: Callable[[], str]) -> tuple[int, Path]:
+    """Create a partial file or folder with ``create`` and hold an exclusive flock on it.
+
+    A sweeper in another process may remove the new entry between its creation and the lock;
+    the lock is taken blocking and the entry checked to still be the one locked, else it is
+    created again."""
+    while True:
+        path = Path(create())
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, path
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_stale_partials(folder: str | os.PathLike[str], pattern: str = ".*.partial") -> list[Path]:
+    """Remove the partial files and folders in ``folder`` matching ``pattern`` that no writer
+    holds (left by a killed run); returns what was removed. Writers in this and other processes
+    hold a lock on theirs, so those are kept. Call it once when starting to write a folder of
+    outputs; ``atomic_path`` and ``atomic_dir`` also do it for their own destination."""
+    removed = []
+    for path in sorted(Path(folder).glob(pattern)):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone already, or not ours to open
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    log.warning("cannot lock %s to check it is stale (%s); leaving it", path, error)
+                continue  # a live writer holds it
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                continue  # replaced under us: not the entry we checked
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d stale partial file(s) in %s left by an interrupted run", len(removed), folder)
+    return removed
+
+
+def _partial_pattern(destination: Path) -> str:
+    return f".{glob.escape(destination.name)}.*.partial"
 
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; rename it into place on success.
 
-    On an exception the temporary file is removed and ``destination`` is left untouched.
+    On an exception the temporary file is removed and ``destination`` is left untouched. Stale
+    partial files of the same destination (a killed earlier write) are removed first.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale_partials(destination.parent, _partial_pattern(destination))
+
+    def create() -> str:
+        fd, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
+        os.close(fd)
+        return name
+
+    lock, tmp = _locked_partial(create)
     try:
         yield tmp
         os.replace(tmp, destination)
     finally:
         if tmp.exists():
             tmp.unlink()
+        os.close(lock)
 
 
 @contextlib.contextmanager
@@ -49,7 +120,9 @@ def atomic_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
     (whatever was there), so a reader sees the old folder or the complete new one, never a part."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    remove_stale_partials(destination.parent, _partial_pattern(destination))
+    lock, staging = _locked_partial(lambda: tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
+                                                             dir=destination.parent))
     try:
         yield staging
         if destination.exists():
@@ -58,6 +131,33 @@ def atomic_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+        os.close(lock)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_file`` (created if needed, never deleted: deleting a
+    lock file lets two processes lock two different files). A second process waits until the
+    first releases it, and logs that it is waiting for ``what``. The lock ends with the process,
+    so a killed holder never blocks the next run."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process writing %s (it holds %s)", what, lock_file)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make the renames and removals in ``folder`` durable before what depends on them."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(destination: str | os.PathLike[str], data: bytes) -> Path:
@@ -92,3 +192,52 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tensors_sha256(*paths: str | os.PathLike[str]) -> str:
+    """The SHA-256 of the tensors in safetensors files: names (sorted), dtypes, shapes and bytes,
+    then each file's metadata as canonical JSON. A model version is named by this, not by the
+    file's SHA-256: safetensors 0.8 writes the header's metadata in a different order in each
+    process, so the same weights saved twice give different files. Several files (a sharded
+    model) hash as one set of tensors, whatever the split. JSON objects inside metadata values
+    (diffusers' adapter config) are canonicalised too."""
+    from safetensors import safe_open
+
+    handles = {}
+    owner: dict[str, str] = {}
+    metadata = []
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            handle = stack.enter_context(safe_open(str(path), framework="pt"))
+            handles[str(path)] = handle
+            for name in handle.keys():
+                if name in owner:
+                    raise ValueError(f"tensor {name!r} is in both {owner[name]} and {path}")
+                owner[name] = str(path)
+            metadata.append(_canonical_metadata(handle.metadata() or {}))
+        digest = hashlib.sha256()
+        for name in sorted(owner):
+            handle = handles[owner[name]]
+            piece = handle.get_slice(name)
+            digest.update(json.dumps([name, piece.get_dtype(), list(piece.get_shape())]).encode() + b"\n")
+            digest.update(_tensor_bytes(handle.get_tensor(name)))
+    digest.update(json.dumps(sorted(set(metadata))).encode())  # the shards of one model repeat the same metadata
+    return digest.hexdigest()
+
+
+def _canonical_metadata(metadata: dict[str, str]) -> str:
+    def canonical(value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(parsed, sort_keys=True) if isinstance(parsed, dict | list) else value
+
+    return json.dumps({key: canonical(value) for key, value in metadata.items()}, sort_keys=True)
+
+
+def _tensor_bytes(tensor) -> memoryview:
+    import torch
+
+    # The bytes as stored (little-endian); bf16 and other dtypes numpy lacks go through uint8.
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
