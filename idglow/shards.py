@@ -12,25 +12,38 @@ Keys contain no dots (webdataset splits a file name at the first dot). Every sha
 homogeneous in N, so readers that infer columns from the first samples (Hugging Face
 ``datasets``) never drop a portrait. ``webdataset.ShardWriter`` writes into a staging folder and
 its ``post`` hook renames each finished shard into place; the manifest (count and SHA-256 per
-shard) is written last. A killed run leaves only complete shards; a rerun rewrites the set.
+shard) is written last, atomically. A rewrite removes the old manifest before it touches a
+shard, so a killed rewrite leaves no manifest, never one that lists other shards' hashes; and
+every reader checks each shard's SHA-256 against the manifest when it opens it (``open_shard``),
+so a shard changed after the manifest was read is refused, not read. One writer at a time per
+folder: ``write_shard_sets`` holds an exclusive lock on the folder's ``.lock`` for the whole
+write, and a second writer waits for it (then rewrites the set itself).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import webdataset as wds
 from PIL import Image
 
-from idglow.storage import sha256_file, write_json_atomic
+from idglow.storage import exclusive_lock, fsync_dir, sha256_bytes, sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+_CHUNK = 1 << 20
+
+
+class ShardIntegrityError(ValueError):
+    """A shard set whose files do not match its manifest (or that has none)."""
 
 
 def png_bytes(path: str | Path) -> bytes:
@@ -61,8 +74,18 @@ def write_shard_sets(
     samples: Iterable[dict], out_dir: Path, prefix: str, max_size_bytes: int = 512 * 1024 * 1024, max_count: int = 100_000,
 ) -> dict:
     """Write ``samples`` (each with ``__key__``, ``json['n_subjects']`` and its files) as one shard set
-    per subject count under ``out_dir``; returns the manifest."""
+    per subject count under ``out_dir``; returns the manifest. Waits while another process is
+    writing the same folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir / LOCK, f"shards in {out_dir}"):
+        # The old manifest goes before any shard changes: a reader then finds no manifest (and
+        # refuses) rather than one whose hashes belong to shards being replaced.
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        fsync_dir(out_dir)
+        return _write_locked(samples, out_dir, prefix, max_size_bytes, max_count)
+
+
+def _write_locked(samples: Iterable[dict], out_dir: Path, prefix: str, max_size_bytes: int, max_count: int) -> dict:
     staging = out_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -113,18 +136,70 @@ def write_shard_sets(
         "samples": sum(totals.values()),
         "samples_by_n_subjects": {str(n): c for n, c in sorted(totals.items())},
     }
+    fsync_dir(out_dir)  # the shards' renames are durable before the manifest that lists them
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
 
 
+def _manifest_bytes(out_dir: Path) -> bytes:
+    path = out_dir / MANIFEST
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ShardIntegrityError(
+            f"{path} does not exist: the shards in {out_dir} were never written, or a write was interrupted "
+            "(a rewrite removes the manifest first); write the shard set again") from None
+
+
+def load_manifest(out_dir: Path) -> tuple[dict, str]:
+    """The manifest and its SHA-256, from one read (so the hash names the manifest returned)."""
+    data = _manifest_bytes(out_dir)
+    return json.loads(data), sha256_bytes(data)
+
+
+def read_manifest(out_dir: Path) -> dict:
+    return load_manifest(out_dir)[0]
+
+
 def manifest_hash(out_dir: Path) -> str:
-    return sha256_file(out_dir / MANIFEST)
+    return load_manifest(out_dir)[1]
 
 
-def shard_urls(out_dir: Path, n_subjects: int | None = None) -> list[str]:
-    """The shard files of a set listed in its manifest (optionally one subject count)."""
-    manifest = json.loads((out_dir / MANIFEST).read_text())
-    return [str(out_dir / s["file"]) for s in manifest["shards"] if n_subjects in (None, s["n_subjects"])]
+def open_shard(out_dir: Path, entry: dict) -> BinaryIO:
+    """Open one shard of the manifest for reading, after checking its SHA-256 against the
+    manifest's ``entry``. The handle returned is the file that was hashed, so a shard replaced
+    after the check is not the one read."""
+    path = out_dir / entry["file"]
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise ShardIntegrityError(f"shard {path} listed in {out_dir / MANIFEST} does not exist; write the shard set again") from None
+    digest = hashlib.sha256()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+    if digest.hexdigest() != entry["sha256"]:
+        handle.close()
+        raise ShardIntegrityError(
+            f"shard {path} has SHA-256 {digest.hexdigest()} but {out_dir / MANIFEST} lists {entry['sha256']}: "
+            "the shard changed after the manifest was written (an interrupted or concurrent rewrite, or damage); "
+            "write the shard set again")
+    handle.seek(0)
+    return handle
+
+
+def shard_samples(handle: BinaryIO, url: str) -> Iterator[dict]:
+    """The raw samples of one open shard, as ``webdataset.WebDataset`` yields them."""
+    return wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": url, "stream": handle}]))
+
+
+def shard_urls(out_dir: Path, n_subjects: int | None = None, verify: bool = True) -> list[str]:
+    """The shard files of a set listed in its manifest (optionally one subject count), each
+    checked against the manifest's SHA-256 (``verify``) for readers that open them by name."""
+    entries = [s for s in read_manifest(out_dir)["shards"] if n_subjects in (None, s["n_subjects"])]
+    if verify:
+        for entry in entries:
+            open_shard(out_dir, entry).close()
+    return [str(out_dir / s["file"]) for s in entries]
 
 
 def condition_files(n_subjects: int) -> list[str]:

@@ -1,4 +1,5 @@
-"""WebDataset shards: schema, manifest, atomic writes under a kill, and two independent readers."""
+"""WebDataset shards: schema, manifest, atomic writes under a kill, two independent readers, and
+the manifest as the readers' check: a killed rewrite, a changed byte and two concurrent writers."""
 
 import io
 import json
@@ -16,8 +17,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from idglow.shards import MANIFEST, shard_urls, write_shard_sets
+from idglow.shards import MANIFEST, ShardIntegrityError, manifest_hash, read_manifest, shard_urls, write_shard_sets
 from idglow.storage import sha256_file
+from training.data import batches
 
 
 def _image_bytes(value: int, fmt: str) -> bytes:
@@ -26,15 +28,16 @@ def _image_bytes(value: int, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def samples(count_by_n: dict[int, int]):
-    """DPO-shaped samples; the smaller groups come first, as the issue's reader check asks."""
+def samples(count_by_n: dict[int, int], offset: int = 0):
+    """DPO-shaped samples; the smaller groups come first, as the issue's reader check asks.
+    ``offset`` changes the chosen and rejected images (the same keys with other content)."""
     index = 0
     for n, count in sorted(count_by_n.items()):
         for _ in range(count):
             yield {
                 "__key__": f"pair-{index:04d}",
-                "chosen.png": _image_bytes(index % 256, "PNG"),
-                "rejected.png": _image_bytes((index + 1) % 256, "PNG"),
+                "chosen.png": _image_bytes((index + offset) % 256, "PNG"),
+                "rejected.png": _image_bytes((index + offset + 1) % 256, "PNG"),
                 **{f"cond.{i}.jpg": _image_bytes((index * 7 + i) % 256, "JPEG") for i in range(n)},
                 "json": {"pair_id": f"pair-{index:04d}", "n_subjects": n, "task": "group_fusion"},
             }
@@ -90,30 +93,47 @@ def test_a_dot_in_a_key_is_refused(tmp_path):
 
 
 WRITER = textwrap.dedent('''
-    import sys, time
+    import logging, os, sys, time
     sys.path.insert(0, {tests!r})
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
     from test_shards import samples
     from idglow.shards import write_shard_sets
     def slow():
-        for i, sample in enumerate(samples({{2: 6}})):
-            if i == 3:
+        for i, sample in enumerate(samples({counts!r}, offset={offset})):
+            if i == 3 and {pause}:
                 print("first shard closed", flush=True)
-                time.sleep(120)
+                deadline = time.monotonic() + 120
+                while not os.path.exists({go!r}) and time.monotonic() < deadline:  # the test's go-ahead, else killed
+                    time.sleep(0.02)
             yield sample
     write_shard_sets(slow(), __import__("pathlib").Path({out!r}), "dpo", max_count=2)
+    print("written", flush=True)
 ''')
 
 
-def test_a_killed_run_leaves_only_complete_shards_and_a_rerun_finishes(tmp_path):
-    out = tmp_path / "shards"
-    script = WRITER.format(tests=str(Path(__file__).parent), out=str(out))
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+def start_writer(out: Path, counts: dict[int, int] | None = None, offset: int = 0, pause: bool = True,
+                 go: Path | None = None) -> subprocess.Popen:
+    """A writer process of ``samples(counts, offset)`` into ``out`` (two samples per shard); with
+    ``pause`` it stops after the first shard closed until the file ``go`` exists."""
+    script = WRITER.format(tests=str(Path(__file__).parent), out=str(out), counts=counts or {2: 6}, offset=offset,
+                           pause=pause, go=str(go or out.parent / "never"))
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def killed_mid_write(out: Path, offset: int = 0) -> None:
+    """Start a writer and SIGKILL it while the second shard is being written."""
+    process = start_writer(out, offset=offset)
     try:
         assert process.stdout.readline().strip() == "first shard closed"
         time.sleep(0.5)  # sample 3 (the second shard's first) is being written
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_a_killed_run_leaves_only_complete_shards_and_a_rerun_finishes(tmp_path):
+    out = tmp_path / "shards"
+    killed_mid_write(out)
     published = sorted(out.glob("*.tar"))
     assert [p.name for p in published] == ["dpo-n2-000000.tar"]
     with tarfile.open(published[0]) as tar:
@@ -131,3 +151,68 @@ def test_rewriting_a_smaller_set_removes_stale_shards(tmp_path):
     manifest = write_shard_sets(samples({2: 2}), tmp_path, "dpo", max_count=2)
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["dpo-n2-000000.tar"] == [s["file"] for s in manifest["shards"]]
     assert np.sum([s["samples"] for s in manifest["shards"]]) == 2
+
+
+def read_all(out: Path, manifest: dict | None = None, batch_size: int = 2) -> list[str]:
+    """Every sample key of one epoch through the training reader (two samples a batch)."""
+    count = (manifest or read_manifest(out))["samples"] // batch_size
+    stream = batches(out, batch_size, seed=0, manifest=manifest)
+    return [sample.key for _ in range(count) for sample in next(stream)]
+
+
+def test_a_killed_rewrite_leaves_no_manifest_and_the_readers_refuse_the_mixed_set(tmp_path):
+    out = tmp_path / "shards"
+    old = write_shard_sets(samples({2: 6}), out, "dpo", max_count=2)
+    killed_mid_write(out, offset=100)  # the same keys, other images
+    on_disk = {p.name: sha256_file(p) for p in out.glob("*.tar")}
+    listed = {s["file"]: s["sha256"] for s in old["shards"]}
+    assert on_disk.keys() == listed.keys() and on_disk != listed  # new first shard, old others: a mixed set
+    assert not (out / MANIFEST).exists()
+    for reader in (lambda: shard_urls(out), lambda: read_all(out), lambda: manifest_hash(out)):
+        with pytest.raises(ShardIntegrityError, match="manifest.json does not exist"):
+            reader()
+    # A reader that read the manifest before the rewrite began stops at the replaced shard.
+    with pytest.raises(ShardIntegrityError, match="dpo-n2-000000.tar has SHA-256"):
+        read_all(out, old)
+    assert write_shard_sets(samples({2: 6}), out, "dpo", max_count=2) == old  # a rerun repairs it
+    assert sorted(read_all(out)) == [f"pair-{i:04d}" for i in range(6)]
+
+
+def test_a_changed_shard_byte_is_refused_with_both_hashes(tmp_path):
+    manifest = write_shard_sets(samples({2: 4, 3: 2}), tmp_path, "dpo", max_count=2)
+    entry = manifest["shards"][1]
+    shard = tmp_path / entry["file"]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # in the tar's end padding: tar readers do not notice, the hash does
+    shard.write_bytes(bytes(data))
+    assert len(list(wds.WebDataset([str(shard)], shardshuffle=False, empty_check=False))) == entry["samples"]
+    actual = sha256_file(shard)
+    for reader in (lambda: shard_urls(tmp_path), lambda: shard_urls(tmp_path, n_subjects=2), lambda: read_all(tmp_path)):
+        with pytest.raises(ShardIntegrityError) as caught:
+            reader()
+        message = str(caught.value)
+        assert entry["file"] in message and actual in message and entry["sha256"] in message
+    assert len(shard_urls(tmp_path, n_subjects=3)) == 1  # the other subject count's shards are intact
+
+
+def test_two_concurrent_writers_wait_for_each_other_and_leave_a_consistent_set(tmp_path):
+    out, go = tmp_path / "shards", tmp_path / "go"
+    first = start_writer(out, {2: 6}, offset=0, go=go)
+    second = None
+    try:
+        assert first.stdout.readline().strip() == "first shard closed"  # it holds the folder's lock
+        second = start_writer(out, {2: 4, 3: 2}, offset=50, pause=False)
+        assert "waiting for another process writing shards in" in second.stdout.readline()
+        go.touch()
+        assert first.wait(timeout=300) == 0 and first.stdout.read().strip() == "written"
+        assert second.wait(timeout=300) == 0 and second.stdout.read().strip() == "written"
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    manifest = read_manifest(out)
+    assert manifest == write_shard_sets(samples({2: 4, 3: 2}, offset=50), tmp_path / "alone", "dpo", max_count=2)
+    assert sorted(p.name for p in out.glob("*.tar")) == [s["file"] for s in manifest["shards"]]
+    assert all(sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
+    assert sorted(read_all(out)) == [f"pair-{i:04d}" for i in range(6)]

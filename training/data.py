@@ -6,7 +6,9 @@ gives batches homogeneous in N. The shard order of every epoch is a seeded permu
 share of that order (``shards_for_rank``), and the data position is the number of batches
 already consumed: a resumed run skips exactly those. The samples are decoded in the training
 process (no DataLoader workers): the encodings are cached after the first epoch, so decoding is
-not on the step's critical path.
+not on the step's critical path. Every shard is checked against the manifest's SHA-256 each
+time it is opened (``idglow.shards.open_shard``): a shard set rewritten or damaged under a
+running job stops it with an error naming the shard, instead of feeding it other samples.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
-from idglow.shards import shard_urls
+from idglow.shards import MANIFEST, open_shard, read_manifest, shard_samples
 
 
 @dataclass
@@ -55,27 +56,30 @@ def shards_for_rank(urls: list[str], seed: int, epoch: int, rank: int = 0, world
     return [order[i % len(order)] for i in range(rank, max(len(order), world), world)]
 
 
-def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1) -> Iterator[list[Sample]]:
+def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1,
+            manifest: dict | None = None) -> Iterator[list[Sample]]:
     """Endless batches (epoch after epoch) of samples with one subject count, after skipping
     ``skip`` batches; a batch never mixes shards, so never mixes subject counts (a shard's last
     incomplete batch is dropped). Under data parallelism each rank reads its own shards
     (``shards_for_rank``); the split is by rank, not by webdataset's node splitter, because it
-    has to stay the same on resume."""
-    urls = shard_urls(shard_dir)
-    if not urls:
-        raise ValueError(f"no shards listed in {shard_dir / 'manifest.json'}")
+    has to stay the same on resume. ``manifest`` is the shard manifest already read by the
+    caller (so it is the one whose hash the caller records); by default it is read here."""
+    entries = {str(shard_dir / s["file"]): s for s in (manifest or read_manifest(shard_dir))["shards"]}
+    if not entries:
+        raise ValueError(f"no shards listed in {shard_dir / MANIFEST}")
+    urls = list(entries)
     produced, epoch = 0, 0
     while True:
         for url in shards_for_rank(urls, seed, epoch, rank, world):
-            dataset = wds.WebDataset([url], shardshuffle=False, nodesplitter=None, empty_check=False)
-            batch: list[Sample] = []
-            for raw in dataset:
-                batch.append(_decode(raw) if produced >= skip else Sample(raw["__key__"], {}, {}, []))
-                if len(batch) == batch_size:
-                    if produced >= skip:
-                        yield batch
-                    produced += 1
-                    batch = []
+            with open_shard(shard_dir, entries[url]) as handle:
+                batch: list[Sample] = []
+                for raw in shard_samples(handle, url):
+                    batch.append(_decode(raw) if produced >= skip else Sample(raw["__key__"], {}, {}, []))
+                    if len(batch) == batch_size:
+                        if produced >= skip:
+                            yield batch
+                        produced += 1
+                        batch = []
         epoch += 1
 
 
