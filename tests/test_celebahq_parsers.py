@@ -29,7 +29,8 @@ def test_mapping_line_whitespace_aligned():
     [
         ("0 119613", "expected 'idx orig_idx orig_file'"),
         ("0 119613 119613.jpg", r"not orig_idx \+ 1"),
-        ("x 119613 119614.jpg", "non-negative integers"),
+        ("x 119613 119614.jpg", "ASCII integers without leading zeros"),
+        ("-1 119613 119614.jpg", "ASCII integers without leading zeros"),
         ("0 119613 119614.png", "six-digit"),
     ],
 )
@@ -89,3 +90,66 @@ def test_duplicate_rows_are_reported_and_conflicts_marked():
     assert "same values" in reasons[2]
     assert "conflicting values" in reasons[4]
     assert reasons[5].startswith("malformed row")
+
+
+# Digits from other scripts pass str.isdigit() and regex \d, and int() reads most of them
+# ('٣' is 3, '３' is 3) but not all ('²' raises ValueError): only ASCII digits are numbers here.
+NON_ASCII_DIGITS = ["\u0663", "\uff13", "\u00b2", "\u0969", "\U0001d7d1"]
+
+
+@pytest.mark.parametrize("digit", NON_ASCII_DIGITS)
+def test_mapping_line_rejects_non_ascii_digits(digit):
+    with pytest.raises(MalformedRow, match="ASCII integers without leading zeros"):
+        parse_mapping_line(f"{digit} 119613 119614.jpg")
+    with pytest.raises(MalformedRow, match="ASCII integers without leading zeros"):
+        parse_mapping_line(f"0 11961{digit} 119614.jpg")
+    with pytest.raises(MalformedRow, match="six-digit"):
+        parse_mapping_line(f"0 119613 11961{digit}.jpg")
+
+
+@pytest.mark.parametrize("digit", NON_ASCII_DIGITS)
+def test_identity_partition_and_attribute_lines_reject_non_ascii_digits(digit):
+    with pytest.raises(MalformedRow):
+        parse_identity_line(f"000001.jpg 28{digit}")
+    with pytest.raises(MalformedRow):
+        parse_identity_line(f"00000{digit}.jpg 2880")
+    with pytest.raises(MalformedRow):
+        parse_partition_line(f"00000{digit}.jpg 0")
+    with pytest.raises(MalformedRow):
+        parse_attribute_line(f"{digit}.jpg  " + " ".join(["1"] * 40))
+
+
+def test_leading_zeros_are_not_canonical():
+    # "03" would become key 3 and collide with the row "3 ...".
+    with pytest.raises(MalformedRow, match="ASCII integers without leading zeros"):
+        parse_mapping_line("03 119613 119614.jpg")
+    with pytest.raises(MalformedRow, match="ASCII integer without leading zeros"):
+        parse_identity_line("000001.jpg 02880")
+    with pytest.raises(MalformedRow, match="canonical image name"):
+        parse_attribute_line("03.jpg  " + " ".join(["1"] * 40))
+    assert parse_mapping_line("0 0 000001.jpg") == MappingRow(0, 0, "000001.jpg")
+
+
+def test_huge_integers_are_malformed_not_a_crash():
+    # int() refuses strings over 4300 digits, and the catalog stores int64.
+    with pytest.raises(MalformedRow):
+        parse_mapping_line("9" * 5000 + " 0 000001.jpg")
+    with pytest.raises(MalformedRow):
+        parse_identity_line("000001.jpg " + "9" * 19)
+
+
+def test_attribute_line_with_a_bad_name_says_so():
+    with pytest.raises(MalformedRow, match="'x.jpg' is not a canonical image name"):
+        parse_attribute_line("x.jpg  " + " ".join(["1"] * 40))
+
+
+def test_malformed_rows_remember_their_key_when_it_is_readable():
+    lines = [(1, "0 5 000005.jpg"), (2, "x 5 000006.jpg")]
+    table = read_annotation_table(lines, "mapping", _mapping_pair_for_test)
+    assert table.malformed_keys == {0: 1}
+    assert [p.line_number for p in table.problems] == [1, 2]
+
+
+def _mapping_pair_for_test(line):
+    row = parse_mapping_line(line)
+    return row.idx, row
