@@ -11,14 +11,15 @@ PASSWORD = "correct horse battery"
 
 
 def review_setup(folder: Path, items: int = 6, overlap: int = 1) -> ReviewStore:
-    """Images under ``folder/storage``, a store with reviewer ``ann``, one batch of ``items``."""
+    """Images under ``folder/storage``, the database in the review home beside it (as by default: never
+    inside what is served), a store with reviewer ``ann``, one batch of ``items``."""
     storage = folder / "storage"
     (storage / "img").mkdir(parents=True)
     colours = {"chosen": (200, 60, 60), "rejected": (60, 60, 200), "portrait": (90, 160, 90)}
     for name, colour in colours.items():
         Image.new("RGB", (64, 64), colour).save(storage / "img" / f"{name}.png")
     (folder / "secret.txt").write_text("outside the storage root")
-    store = ReviewStore(storage / "review" / "review.sqlite", lease_seconds=120)
+    store = ReviewStore(folder / "storage-review" / "review.sqlite", lease_seconds=120)
     store.add_reviewer("ann", hash_password(PASSWORD))
     store.publish("batch-web", "test", [{
         "pair_id": f"pair-{i}", "prompt": f"Two friends, prompt {i}", "task": "group_fusion", "n_subjects": 1,

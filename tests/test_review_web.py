@@ -33,7 +33,8 @@ def test_nothing_is_served_without_a_session(app_and_store):
     for path in ("/", "/review", "/stats"):
         response = client.get(path, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/login"
-    assert client.get("/files/img/chosen.png").status_code == 401
+    for path in ("/files/img/chosen.png", "/files/1/0123456789abcdef0123456789abcdef"):
+        assert client.get(path).status_code in (401, 404)
     assert client.post("/review/decide", data={"action": "accept"}).status_code == 401
     assert client.post("/review/undo").status_code == 401
 
@@ -89,3 +90,75 @@ def test_decisions_and_statistics_through_the_forms(app_and_store):
     assert log[1]["reasons"] == '["artifact"]' and log[1]["seconds"] == 2.5
     stats = client.get("/stats").text
     assert "batch-web" in stats and "ann" in stats and "50%" in stats
+
+
+def sign_in_without_following(app) -> TestClient:
+    client = TestClient(app)
+    token = csrf(client.get("/login").text)
+    response = client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token},
+                           follow_redirects=False)
+    assert response.status_code == 303
+    return client
+
+
+@pytest.mark.parametrize("token", ["é", "forged-é-token", "\u2603" * 40])
+def test_a_non_ascii_csrf_token_is_refused_not_an_error(app_and_store, token):
+    app, store = app_and_store
+    client = TestClient(app)
+    client.get("/login")
+    response = client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 403
+    signed = sign_in_without_following(app)
+    assert signed.post("/logout", data={"csrf_token": token}).status_code == 403
+    assert signed.post("/review/undo", data={"csrf_token": token}).status_code == 403
+
+
+def test_a_csrf_token_sent_as_a_file_upload_is_refused_not_an_error(app_and_store):
+    app, _ = app_and_store
+    client = TestClient(app)
+    token = csrf(client.get("/login").text)
+    response = client.post("/login", data={"username": "ann", "password": PASSWORD},
+                           files={"csrf_token": ("token.txt", token.encode())})
+    assert response.status_code == 403
+    fields = {"username": ("u.txt", b"ann"), "password": ("p.txt", PASSWORD.encode())}
+    response = client.post("/login", data={"csrf_token": token}, files=fields)
+    assert response.status_code in (400, 401)
+
+
+def test_a_session_of_a_deleted_reviewer_is_signed_out_not_an_error(app_and_store):
+    import sqlalchemy as sa
+
+    from idglow.review.store import leases, reviewers
+
+    app, store = app_and_store
+    client = sign_in_without_following(app)
+    with store.engine.begin() as db:
+        db.execute(leases.delete())
+        db.execute(reviewers.delete().where(reviewers.c.username == "ann"))
+    assert store.reviewer("ann") is None and sa  # gone, as if removed by an administrator
+    response = client.get("/review", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/login"
+    assert client.get("/stats", follow_redirects=False).headers["location"] == "/login"
+    assert client.post("/review/decide", data={"action": "accept", "item_id": "1"}).status_code == 401
+    assert store.decision_log() == []
+
+
+def test_a_preference_is_recorded_against_the_side_the_server_showed(app_and_store):
+    app, store = app_and_store
+    client, page = signed_in(app)
+    fields = dict(re.findall(r'name="(csrf_token|item_id)" value="([^"]*)"', page))
+    shown = store.claim(store.reviewer("ann")["id"], "ann")  # the lease the page was rendered from
+    assert shown.item_id == int(fields["item_id"])
+    lie = "rejected" if shown.left == "chosen" else "chosen"
+    client.post("/review/decide", data={**fields, "left": lie, "action": "prefer-left"})
+    (row,) = store.decision_log()
+    assert row["left"] == shown.left
+    assert row["decision"] == ("accept" if shown.left == "chosen" else "reject")
+
+
+def test_the_statistics_page_shows_the_number_of_items_per_batch(app_and_store):
+    app, _ = app_and_store
+    client, _ = signed_in(app)
+    stats = client.get("/stats").text
+    assert "built-in method" not in stats
+    assert re.search(r"<td>batch-web</td><td>6</td><td>0</td>", stats), stats

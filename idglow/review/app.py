@@ -2,20 +2,28 @@
 
     idglow review serve --host 127.0.0.1 --port 8765
 
-Every page and image needs a signed-in session; every form post carries the session's CSRF
-token; images are served only from inside the storage root. A reviewer holds one item at a time
-(a lease that expires); left and right are randomised per showing and stored with the decision.
+Every page and image needs a signed-in session, and a session is a row in the database that the
+cookie names: signing out deletes it, so a copied cookie stops working. Every form post carries
+the session's CSRF token. Sign-ins are limited per account and per client address, and the
+password is checked off the event loop. Only the images that items name are served, each under
+an opaque token (``/files/<item id>/<token>``), never a path. A reviewer holds one item at a time
+(a lease that expires); left and right are randomised per showing, stored with the lease, and a
+preference is read against the lease, not against what the browser sends.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -23,44 +31,72 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from idglow.review.rules import fleiss, pairwise_cohen_kappa
-from idglow.review.security import csrf_matches, new_csrf_token, verify_password
-from idglow.review.store import PREFERENCE_REVERSED, REJECT_REASONS, ReviewError, ReviewStore
+from idglow.review.security import LoginLimits, csrf_matches, file_token, new_csrf_token, same_token, verify_password
+from idglow.review.store import REJECT_REASONS, ReviewError, ReviewStore
 
 TEMPLATES = Environment(loader=PackageLoader("idglow.review", "templates"), autoescape=select_autoescape())
+SESSION_SECONDS = 12 * 3600
 
 
-def _page(name: str, request: Request, status: int = 200, **values) -> HTMLResponse:
+def _page(name: str, request: Request, user: dict | None = None, status: int = 200, headers: dict | None = None,
+          **values) -> HTMLResponse:
     session = request.session
-    if "csrf" not in session:
+    if not isinstance(session.get("csrf"), str):
         session["csrf"] = new_csrf_token()
-    html = TEMPLATES.get_template(name).render(csrf=session["csrf"], user=session.get("user"), **values)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    html = TEMPLATES.get_template(name).render(csrf=session["csrf"], user=user, **values)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-def _signed_in(request: Request) -> dict | None:
-    return request.session.get("user")
+def _text(form: FormData, name: str) -> str | None:
+    """A form field's text; None when it is missing or was sent as a file."""
+    value = form.get(name)
+    return value if isinstance(value, str) else None
 
 
-async def _form_with_csrf(request: Request):
+async def _form_with_csrf(request: Request) -> FormData | None:
     form = await request.form()
     if not csrf_matches(request.session.get("csrf"), form.get("csrf_token")):
         return None
     return form
 
 
-def decision_from_key(action: str, left: str) -> tuple[str, list[str]]:
-    """What a key press means: 1/left and 2/right pick the better image, which accepts the pair
-    when it is the proposed chosen image and rejects it otherwise."""
-    if action in ("accept", "reject", "skip"):
-        return action, []
-    if action in ("prefer-left", "prefer-right"):
-        picked = left if action == "prefer-left" else ("rejected" if left == "chosen" else "chosen")
-        return ("accept", []) if picked == "chosen" else ("reject", [PREFERENCE_REVERSED])
-    raise ReviewError(f"unknown action {action!r}")
+def item_files(payload: dict) -> Iterator[tuple[str, int, str]]:
+    """The files an item names, as (role, index, path): the only files the app serves."""
+    for role in ("chosen", "rejected"):
+        if isinstance(payload.get(role + "_path"), str):
+            yield role, 0, payload[role + "_path"]
+    for index, path in enumerate(payload.get("condition_paths") or []):
+        if isinstance(path, str):
+            yield "condition", index, path
 
 
-def create_app(store: ReviewStore, storage_root: Path, secret: str) -> Starlette:
+def _sqlite_files(store: ReviewStore) -> set[Path]:
+    if not store.url.startswith("sqlite:///"):
+        return set()
+    database = Path(store.url.removeprefix("sqlite:///")).resolve()
+    return {database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm", "-journal"))}
+
+
+def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: LoginLimits = LoginLimits(),
+               private_files: Iterable[Path] = (), clock: Callable[[], float] = time.time) -> Starlette:
+    """The app over ``store``. Images are served only when an item names them and they lie inside
+    ``storage_root``; the database's files and ``private_files`` (the session secret) never are."""
     root = storage_root.resolve()
+    never_served = _sqlite_files(store) | {Path(p).resolve() for p in private_files}
+
+    def signed_in(request: Request) -> dict | None:
+        """The reviewer of the request's live session. A cookie naming a closed or unknown session,
+        or a reviewer who is gone, signs the browser out."""
+        token = request.session.get("sid")
+        reviewer = store.session_reviewer(token, clock()) if isinstance(token, str) and token else None
+        if reviewer is None:
+            if set(request.session) - {"csrf"}:
+                request.session.clear()
+            return None
+        return {"id": reviewer["id"], "name": reviewer["username"], "admin": bool(reviewer["is_admin"])}
+
+    def file_url(item_id: int, role: str, index: int = 0) -> str:
+        return f"/files/{item_id}/{file_token(secret, item_id, role, index)}"
 
     async def login_page(request: Request):
         return _page("login.html", request)
@@ -69,60 +105,76 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str) -> Starlette
         form = await _form_with_csrf(request)
         if form is None:
             return _page("login.html", request, status=403, error="The form expired; please sign in again.")
-        reviewer = store.reviewer(str(form.get("username", "")))
-        if not verify_password(str(form.get("password", "")), reviewer["password_hash"] if reviewer else None):
+        username, password = _text(form, "username"), _text(form, "password")
+        if username is None or password is None:
+            return _page("login.html", request, status=400, error="Send a username and a password.")
+        account = f"account:{username[:100]}"
+        address = f"address:{request.client.host if request.client else 'unknown'}"
+        wait = store.admit_sign_in({account: limits.account_failures, address: limits.address_failures}, limits, clock())
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            return _page("login.html", request, status=429, headers={"Retry-After": str(seconds)},
+                         error=f"Too many failed sign-ins; try again in {seconds} seconds.")
+        reviewer = store.reviewer(username)
+        # scrypt takes tens of milliseconds of CPU: in a worker thread, so other requests go on.
+        correct = await run_in_threadpool(verify_password, password, reviewer["password_hash"] if reviewer else None)
+        if not correct:
             return _page("login.html", request, status=401, error="Wrong username or password.")
+        store.signed_in(account, [address])
         request.session.clear()  # a fresh session (and CSRF token) on sign-in
-        request.session["user"] = {"id": reviewer["id"], "name": reviewer["username"], "admin": bool(reviewer["is_admin"])}
+        request.session["sid"] = store.open_session(reviewer["id"], SESSION_SECONDS, clock())
         request.session["csrf"] = new_csrf_token()
         return RedirectResponse("/review", status_code=303)
 
     async def logout(request: Request):
         if await _form_with_csrf(request) is None:
             return Response("missing or wrong CSRF token", status_code=403)
+        token = request.session.get("sid")
+        if isinstance(token, str):
+            store.close_session(token)
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
     async def home(request: Request):
-        return RedirectResponse("/review" if _signed_in(request) else "/login", status_code=303)
+        return RedirectResponse("/review" if signed_in(request) else "/login", status_code=303)
 
     async def review(request: Request):
-        user = _signed_in(request)
+        user = signed_in(request)
         if user is None:
             return RedirectResponse("/login", status_code=303)
         claim = store.claim(user["id"], user["name"])
         if claim is None:
-            return _page("empty.html", request)
+            return _page("empty.html", request, user)
         payload = claim.payload
-        images = {"chosen": payload["chosen_path"], "rejected": payload["rejected_path"]}
         right = "rejected" if claim.left == "chosen" else "chosen"
         return _page(
-            "review.html", request, item=claim, prompt=payload.get("prompt", ""), task=payload.get("task", ""),
-            conditions=[_url(root, p) for p in payload.get("condition_paths", [])],
-            left_url=_url(root, images[claim.left]), right_url=_url(root, images[right]),
+            "review.html", request, user, item=claim, prompt=payload.get("prompt", ""), task=payload.get("task", ""),
+            conditions=[file_url(claim.item_id, "condition", i) for i, _ in enumerate(payload.get("condition_paths", []))],
+            left_url=file_url(claim.item_id, claim.left), right_url=file_url(claim.item_id, right),
             scores={"left": _scores(payload, claim.left), "right": _scores(payload, right)},
             reasons=list(enumerate(REJECT_REASONS, start=3)), lease_seconds=int(claim.expires_at - time.time()),
             message=request.session.pop("message", None),
         )
 
     async def decide(request: Request):
-        user = _signed_in(request)
+        user = signed_in(request)
         if user is None:
             return Response("sign in first", status_code=401)
         form = await _form_with_csrf(request)
         if form is None:
             return Response("missing or wrong CSRF token", status_code=403)
         try:
-            decision, implied = decision_from_key(str(form.get("action")), str(form.get("left")))
-            reasons = implied + [r for r in form.getlist("reason") if r]
-            seconds = float(form.get("seconds") or 0) or None
-            store.decide(user["id"], user["name"], int(form.get("item_id")), decision, reasons, seconds)
-        except (ReviewError, ValueError, TypeError) as error:
+            # A "left" field from the browser is ignored: the lease knows what was shown.
+            reasons = [r for r in form.getlist("reason") if isinstance(r, str) and r]
+            seconds = float(_text(form, "seconds") or 0) or None
+            store.decide(user["id"], user["name"], int(_text(form, "item_id") or ""), _text(form, "action") or "",
+                         reasons, seconds)
+        except (ReviewError, ValueError) as error:
             request.session["message"] = str(error)
         return RedirectResponse("/review", status_code=303)
 
     async def undo(request: Request):
-        user = _signed_in(request)
+        user = signed_in(request)
         if user is None:
             return Response("sign in first", status_code=401)
         if await _form_with_csrf(request) is None:
@@ -135,15 +187,19 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str) -> Starlette
         return RedirectResponse("/review", status_code=303)
 
     async def stats(request: Request):
-        if _signed_in(request) is None:
+        user = signed_in(request)
+        if user is None:
             return RedirectResponse("/login", status_code=303)
-        return _page("stats.html", request, **review_statistics(store))
+        return _page("stats.html", request, user, **review_statistics(store))
 
     async def files(request: Request):
-        if _signed_in(request) is None:
+        if signed_in(request) is None:
             return Response("sign in first", status_code=401)
-        wanted = (root / request.path_params["path"]).resolve()
-        if not wanted.is_relative_to(root) or not wanted.is_file():
+        item_id, token = request.path_params["item_id"], request.path_params["token"]
+        payload = store.item_payload(item_id) or {}
+        named = [path for role, index, path in item_files(payload) if same_token(file_token(secret, item_id, role, index), token)]
+        wanted = Path(named[0]).resolve() if named else None
+        if wanted is None or not wanted.is_relative_to(root) or wanted in never_served or not wanted.is_file():
             return Response("not found", status_code=404)
         return FileResponse(wanted, headers={"Cache-Control": "private, max-age=300"})
 
@@ -151,16 +207,11 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str) -> Starlette
         Route("/", home), Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]), Route("/review", review, methods=["GET"]),
         Route("/review/decide", decide, methods=["POST"]), Route("/review/undo", undo, methods=["POST"]),
-        Route("/stats", stats), Route("/files/{path:path}", files),
+        Route("/stats", stats), Route("/files/{item_id:int}/{token}", files),
     ]
     middleware = [Middleware(SessionMiddleware, secret_key=secret, session_cookie="idglow_review", same_site="strict",
-                             max_age=12 * 3600)]
+                             max_age=SESSION_SECONDS)]
     return Starlette(routes=routes, middleware=middleware)
-
-
-def _url(root: Path, path: str) -> str:
-    resolved = Path(path).resolve()
-    return "/files/" + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else ""
 
 
 def _scores(payload: dict, side: str) -> dict:
