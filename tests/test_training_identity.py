@@ -3,12 +3,16 @@ no decoder or face model at all when every lambda is zero."""
 
 import hashlib
 import json
+import shutil
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
+import onnx
 from diffusers import AutoencoderKLQwenImage
+from insightface.app import FaceAnalysis
+from onnx import TensorProto, helper
 from peft import LoraConfig
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -16,9 +20,12 @@ from safetensors.torch import load_file, save_file
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.models.face_torch import detect_landmarks, to_bgr_uint8
+from idglow.models.hub import FACE_ANALYSIS, ModelHub
+from idglow.models.registry import FACE_PACK
 from idglow.storage import atomic_dir
 from training.flow import decode, noisy, pack, predict_velocity
-from training.identity import identity_losses, modulated_identity_term, source_embeddings
+from training.identity import IdentityLoss, identity_losses, modulated_identity_term, source_embeddings
+from training.sft import SFTConfig
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +79,45 @@ def test_no_decoder_and_no_face_model_when_every_lambda_is_zero(hub, monkeypatch
     assert calls == {"decode": 1, "detect": 1} and on.decoded == 1
     assert on.weighted[0] == 0 and on.detections[0] == -1
     assert on.weighted[1] == pytest.approx(0.1 * on.losses[1].item())
+
+
+def test_id_loss_detects_faces_with_the_metrics_face_analysis(hub, tmp_path):
+    """The loss and FaceSim must see the same faces: one FaceAnalysis, one det_size, one threshold."""
+    pack = hub.path(FACE_PACK)
+    config = SFTConfig(generator_dir=str(hub.path("generator")), shards=str(tmp_path), output_dir=str(tmp_path),
+                       face_pack_dir=str(pack))
+    loss, metric = IdentityLoss(hub.generator(), config), hub.face_analysis()
+    size = (FACE_ANALYSIS.det_size, FACE_ANALYSIS.det_size)
+    assert loss.app.det_size == metric.det_size == size
+    assert loss.app.det_thresh == metric.det_thresh == FACE_ANALYSIS.det_thresh
+    # the demo's detector has a static 128^2 input, which insightface keeps over det_size; a
+    # dynamic one (buffalo_l's) takes det_size: either way both see the same sizes
+    assert loss.app.det_model.input_sizes == metric.det_model.input_sizes
+    assert loss.app is metric
+
+
+def _write_landmark_model(path, outputs: int) -> None:
+    """An ONNX graph shaped like buffalo_l's landmark models (192^2 input, one output), which
+    insightface routes to its Landmark task by shape."""
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "weight"], ["fc1"])],
+        "landmarks", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, outputs])],
+        [helper.make_tensor("weight", TensorProto.FLOAT, [3, outputs], np.zeros(3 * outputs, np.float32))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+def test_face_analysis_skips_the_landmark_models_of_a_full_pack(tiny_models_dir, tmp_path):
+    pack = tmp_path / "insightface" / "tiny_pack"
+    shutil.copytree(tiny_models_dir / "insightface" / "tiny_pack", pack)
+    _write_landmark_model(pack / "1k3d68.onnx", 3309)
+    _write_landmark_model(pack / "2d106det.onnx", 212)
+    everything = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
+    assert {"landmark_3d_68", "landmark_2d_106"} <= set(everything.models)  # insightface would load them
+    app = ModelHub("demo", tmp_path, device="cpu", build_missing_twins=False).face_analysis()
+    assert set(app.models) == set(FACE_ANALYSIS.modules) == {"detection", "recognition", "genderage"}
 
 
 # ---------------------------------------------------------------- teacher forcing

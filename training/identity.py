@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,14 +82,12 @@ class IdentityLoss:
     recogniser converted to torch (frozen), and the source faces of each sample, computed once."""
 
     def __init__(self, pipeline, config):
-        from insightface.app import FaceAnalysis
         from onnx2torch import convert
 
-        from idglow.models.hub import onnx_providers
+        from idglow.models.hub import load_face_analysis
 
-        providers = onnx_providers()
-        self.app = FaceAnalysis(name=str(config.face_pack_dir), providers=providers)
-        self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=0.5)
+        # the hub's FaceAnalysis, so the loss detects faces exactly as the FaceSim metric does
+        self.app = load_face_analysis(Path(config.face_pack_dir))
         self.encoder = convert(self.app.models["recognition"].model_file).to(pipeline.transformer.device).eval()
         self.encoder.requires_grad_(False)
         self.pipeline, self.size = pipeline, config.resolution

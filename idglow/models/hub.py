@@ -44,10 +44,51 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as asked, or CUDA when available, else the CPU."""
+    return torch.device(device) if device is not None else default_device()
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 for the diffusion and VLM models on CUDA, fp32 on the CPU (bf16 matmuls on a CPU
+    are slow, and fp32 keeps the demo's numbers exact)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def onnx_providers() -> list[str]:
     """onnxruntime's CUDA provider when onnxruntime-gpu is installed, else the CPU."""
     available = onnxruntime.get_available_providers()
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class FaceAnalysisSettings:
+    """How faces are seen: by the FaceSim metric, the pair scorer and the training ID loss alike."""
+
+    det_size: int = 640  # one detection size; left unset, insightface 2.1 detects at 128^2 and 640^2 and merges
+    det_thresh: float = 0.5
+    # buffalo_l also holds two landmark models (1k3d68, 2d106det) that would run on every face
+    # although nothing reads their output
+    modules: tuple[str, ...] = ("detection", "recognition", "genderage")
+
+
+FACE_ANALYSIS = FaceAnalysisSettings()
+
+
+def load_face_analysis(pack_dir: Path, settings: FaceAnalysisSettings = FACE_ANALYSIS):
+    """insightface's ``FaceAnalysis`` over ``pack_dir``, prepared with ``settings``; one object per
+    pack folder and settings in this process."""
+    from insightface.app import FaceAnalysis
+
+    key = ("face_analysis", str(Path(pack_dir).resolve()), settings)
+    with _LOCK:
+        if key not in _CACHE:
+            providers = onnx_providers()
+            app = FaceAnalysis(name=str(pack_dir), providers=providers, allowed_modules=list(settings.modules))
+            app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=settings.det_thresh,
+                        det_size=(settings.det_size, settings.det_size))
+            _CACHE[key] = app
+        return _CACHE[key]
 
 
 def set_pipeline_reference_sizes(vae_pixels: int, condition_pixels: int) -> None:
@@ -72,7 +113,7 @@ class ModelHub:
         if self.profile not in COMPONENTS_BY_PROFILE:
             raise ValueError(f"unknown profile {self.profile!r}; choose one of {sorted(COMPONENTS_BY_PROFILE)}")
         self.models_dir = Path(self.models_dir)
-        self.device = torch.device(self.device) if self.device is not None else default_device()
+        self.device = resolve_device(self.device)
 
     # ------------------------------------------------------------------ helpers
 
@@ -82,8 +123,7 @@ class ModelHub:
 
     @property
     def dtype(self) -> torch.dtype:
-        """bf16 for the diffusion and VLM models on CUDA, fp32 on the CPU."""
-        return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        return compute_dtype(self.device)
 
     def prepare(self, progress: bool = True) -> list[str]:
         """Build any missing tiny twin (demo profile); returns the roles built."""
@@ -156,17 +196,10 @@ class ModelHub:
     def aesthetic(self) -> AestheticPredictor:
         return self._cached(AESTHETIC, lambda path: load_aesthetic(path, self.device))
 
-    def face_analysis(self, det_thresh: float = 0.5, det_size: int = 640):
-        """insightface's ``FaceAnalysis`` over the profile's pack folder, prepared."""
-        from insightface.app import FaceAnalysis
-
-        def load(path: Path):
-            providers = onnx_providers()
-            app = FaceAnalysis(name=str(path), providers=providers)
-            app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=det_thresh, det_size=(det_size, det_size))
-            return app
-
-        return self._cached(FACE_PACK, load, variant=f"analysis thresh={det_thresh} size={det_size}")
+    def face_analysis(self):
+        """insightface's ``FaceAnalysis`` over the profile's pack folder, prepared with
+        ``FACE_ANALYSIS`` (the same object the training ID loss gets for this pack)."""
+        return load_face_analysis(self.path(FACE_PACK))
 
     def face_encoder(self) -> torch.nn.Module:
         """The pack's recogniser as a frozen torch module (onnx2torch), for the training ID loss."""
