@@ -11,7 +11,15 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.prompt_synthesis import build_prompt_preferences
 from idglow.storage import write_parquet_atomic
-from training.prompt_dpo import PromptDPOConfig, load_pairs, response_logprob, sequence_dpo_loss, train
+from training.prompt_dpo import (
+    PromptDPOConfig,
+    load_pairs,
+    load_policy,
+    model_placement,
+    response_logprob,
+    sequence_dpo_loss,
+    train,
+)
 
 
 def test_sequence_dpo_loss_by_hand():
@@ -19,6 +27,28 @@ def test_sequence_dpo_loss_by_hand():
     loss = sequence_dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.5)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
     assert sequence_dpo_loss(*(torch.zeros(1),) * 4, beta=0.5).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def _placement_config(device, model_dir="unused", output_dir="unused") -> PromptDPOConfig:
+    return PromptDPOConfig(model_dir=str(model_dir), preferences="unused", catalog="unused", source_root="unused",
+                           output_dir=str(output_dir), device=device)
+
+
+def test_the_prompt_model_trains_in_bf16_on_cuda_and_fp32_on_the_cpu():
+    assert model_placement(_placement_config("cuda")) == (torch.device("cuda"), torch.bfloat16)
+    assert model_placement(_placement_config("cuda:1")) == (torch.device("cuda:1"), torch.bfloat16)
+    assert model_placement(_placement_config("cpu")) == (torch.device("cpu"), torch.float32)
+    device, dtype = model_placement(_placement_config(None))
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def test_the_policy_loads_where_the_placement_says(tiny_models_dir):
+    model = load_policy(_placement_config("cpu", tiny_models_dir / "prompt_model"))
+    assert model.device.type == "cpu"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in model.parameters())
+    assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
 
 
 def test_alignment_prefers_descriptive_prompts_and_loads_like_the_base(tiny_models_dir, demo_dataset, demo_ingest, tmp_path):

@@ -25,7 +25,7 @@ from peft import LoraConfig, get_peft_model
 from PIL import Image
 
 from idglow.prompts import dynamic_instruction
-from idglow.storage import atomic_dir, sha256_file, write_json_atomic
+from idglow.storage import atomic_dir, tensors_sha256, write_json_atomic
 from training.reporting import run_command
 
 
@@ -43,6 +43,7 @@ class PromptDPOConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     portrait_size: int = 56  # pixels per side for the vision tower (the real model takes more)
     seed: int = 0
+    device: str | None = None  # None: CUDA when available, else the CPU
 
 
 def sequence_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -66,6 +67,31 @@ def response_logprob(model, processor, portraits: list[Image.Image], instruction
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1).sum()
 
 
+def model_placement(config: PromptDPOConfig) -> tuple[torch.device, torch.dtype]:
+    """Where the VLM runs and in which dtype: bf16 on CUDA, fp32 on the CPU, as the hub loads it
+    (a 7 B model in fp32 on a CPU would take hours per step)."""
+    from idglow.models.hub import compute_dtype, resolve_device  # the hub pulls in CLIP and onnxruntime
+
+    device = resolve_device(config.device)
+    return device, compute_dtype(device)
+
+
+def load_policy(config: PromptDPOConfig):
+    """The base VLM, frozen, with a fresh LoRA; on CUDA the LoRA weights (and so the optimizer
+    state) are fp32 over the bf16 base, as in SFT."""
+    from diffusers.training_utils import cast_training_params
+    from transformers import AutoModelForImageTextToText
+
+    device, dtype = model_placement(config)
+    base = AutoModelForImageTextToText.from_pretrained(config.model_dir, dtype=dtype, local_files_only=True).to(device)
+    base.requires_grad_(False)
+    model = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, target_modules=config.lora_targets,
+                                            init_lora_weights="gaussian"))
+    if device.type == "cuda":
+        cast_training_params(model, dtype=torch.float32)
+    return model
+
+
 def load_pairs(config: PromptDPOConfig) -> list[dict]:
     preferences = pd.read_parquet(config.preferences)
     paths = pd.read_parquet(config.catalog).set_index("hq_idx")["path"]
@@ -83,7 +109,7 @@ def load_pairs(config: PromptDPOConfig) -> list[dict]:
 
 def train(config: PromptDPOConfig, on_step=None) -> Path:
     """Align the prompt model; returns the folder of the aligned model (skips if it exists)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     out = Path(config.output_dir)
     final = out / "model"
@@ -91,12 +117,10 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
         return final
     torch.manual_seed(config.seed)
     processor = AutoProcessor.from_pretrained(config.model_dir, local_files_only=True)
-    base = AutoModelForImageTextToText.from_pretrained(config.model_dir, local_files_only=True)
-    base.requires_grad_(False)
-    model = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, target_modules=config.lora_targets,
-                                            init_lora_weights="gaussian"))
+    model = load_policy(config)
+    on_gpu = model.device.type == "cuda"
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, fused=on_gpu)
     pairs = load_pairs(config)
     order = random.Random(config.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,9 +129,10 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
     for step in range(1, config.steps + 1):
         pair = pairs[order.randrange(len(pairs))]
         args = (processor, pair["portraits"], pair["instruction"])
-        policy = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
-        with torch.no_grad(), model.disable_adapter():
-            reference = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            policy = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
+            with torch.no_grad(), model.disable_adapter():
+                reference = [response_logprob(model, *args, pair[k]) for k in ("chosen", "rejected")]
         loss = sequence_dpo_loss(policy[0][None], policy[1][None], reference[0][None], reference[1][None], config.beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,7 +149,7 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
         merged.save_pretrained(staging)
         processor.save_pretrained(staging)
         weights = sorted(staging.glob("*.safetensors"))
-        digest = sha256_file(weights[0]) if len(weights) == 1 else json.dumps([sha256_file(w) for w in weights])
+        digest = tensors_sha256(*weights)  # "lora_sha256" below: the merged weights' content hash, not a file's
         write_json_atomic(staging / "manifest.json", {
             "lora_sha256": digest, "base_model": config.model_dir, "pairs": len(pairs), "step": config.steps,
             "config": asdict(config),
