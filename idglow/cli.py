@@ -173,33 +173,49 @@ app.add_typer(review_app, name="review")
 
 
 def _review_location(db: str | None, storage_root: Path | None) -> tuple[str, Path]:
-    """The database (default: <storage root>/review/review.sqlite) and the storage root images live under."""
+    """The database (default: review.sqlite in the review home, ``IDGLOW_REVIEW_HOME`` or
+    ``<storage root>-review``, beside the storage root and never inside it) and the storage root."""
     from idglow.profiles import load_profile
+    from idglow.review.store import default_database
 
     root = (storage_root or load_profile().storage_root).absolute()
-    return db or str(root / "review" / "review.sqlite"), root
+    old = root / "review" / "review.sqlite"  # the default before the review home, inside what could be served
+    if db is None and old.exists() and not default_database(root).exists():
+        typer.echo(f"warning: {old} is where the review database used to be; move it (with its -wal and -shm files) "
+                   f"to {default_database(root)}, or pass --db", err=True)
+    return db or str(default_database(root)), root
 
 
 @review_app.command("serve")
 def review_serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (keep 127.0.0.1 unless behind a TLS proxy)."),
     port: int = typer.Option(8765),
-    db: str = typer.Option(None, help="SQLite file or postgresql:// URL (default: <storage root>/review/review.sqlite)."),
+    db: str = typer.Option(None, help="SQLite file or postgresql:// URL (default: <review home>/review.sqlite)."),
     storage_root: Path = typer.Option(None, help="Images are served from inside this folder only (default: the profile's)."),
     lease_seconds: float = typer.Option(300.0, help="How long an item stays with a reviewer before it returns to the queue."),
+    account_failures: int = typer.Option(5, help="Failed sign-ins an account may have in the window before it is locked."),
+    address_failures: int = typer.Option(50, help="Failed sign-ins one client address may have in the window."),
+    failure_window: float = typer.Option(900.0, help="Seconds over which failed sign-ins are counted."),
+    lock_seconds: float = typer.Option(60.0, help="The first lock's length; each lock in a row lasts twice the last."),
 ) -> None:
     """Serve the reviewer web app."""
     import uvicorn
 
     from idglow.review.app import create_app
-    from idglow.review.security import session_secret
-    from idglow.review.store import ReviewStore
+    from idglow.review.security import LoginLimits, session_secret
+    from idglow.review.store import ReviewStore, review_home
 
     url, root = _review_location(db, storage_root)
     store = ReviewStore(url, lease_seconds=lease_seconds)
-    secret_dir = Path(url).parent if "://" not in url else root / "review"
-    typer.echo(f"review queue on http://{host}:{port} (database {store.url}, images from {root})")
-    uvicorn.run(create_app(store, root, session_secret(secret_dir)), host=host, port=port, log_level="warning")
+    home = review_home(root)
+    if store.url.startswith("sqlite:///") and Path(store.url.removeprefix("sqlite:///")).resolve().is_relative_to(root.resolve()):
+        typer.echo(f"warning: the database {store.url} is inside the storage root {root}; it is never served, "
+                   "but keep it (and its password hashes) outside, e.g. in the default review home", err=True)
+    limits = LoginLimits(account_failures=account_failures, address_failures=address_failures,
+                         window_seconds=failure_window, lock_seconds=lock_seconds)
+    typer.echo(f"review queue on http://{host}:{port} (database {store.url}, images from {root}, secret in {home})")
+    app = create_app(store, root, session_secret(home), limits=limits, private_files=[home / "session_secret"])
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @review_app.command("add-reviewer")
