@@ -11,11 +11,12 @@ SQLite storage is created once, then ``.initialized`` marks the home complete.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 import dagster as dg
+
+from idglow.storage import exclusive_lock
 
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
 INITIALIZED_MARKER = ".initialized"
@@ -29,8 +30,7 @@ def ensure_dagster_home(default: Path | None = None) -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     if (home / INITIALIZED_MARKER).exists():
         return home
-    with open(home / ".init.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive_lock(home / ".init.lock", f"the first start of the Dagster home {home}"):
         if not (home / INITIALIZED_MARKER).exists():
             config = home / "dagster.yaml"
             if not config.exists() and not config.is_symlink() and REPO_INSTANCE_CONFIG.exists():
