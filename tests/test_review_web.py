@@ -162,3 +162,17 @@ def test_the_statistics_page_shows_the_number_of_items_per_batch(app_and_store):
     stats = client.get("/stats").text
     assert "built-in method" not in stats
     assert re.search(r"<td>batch-web</td><td>6</td><td>0</td>", stats), stats
+
+
+def test_out_of_range_numbers_are_refused_not_an_error(app_and_store):
+    app, store = app_and_store
+    client, page = signed_in(app)
+    token = csrf(page)
+    huge = "9" * 30
+    assert client.get(f"/files/{huge}/{'0' * 32}").status_code == 404
+    for item_id, seconds in ((huge, "1"), ("-1", "1"), ("1", "nan"), ("1", "inf")):
+        response = client.post("/review/decide", data={"csrf_token": token, "item_id": item_id, "action": "skip",
+                                                       "seconds": seconds}, follow_redirects=False)
+        assert response.status_code == 303
+    log = store.decision_log()
+    assert len(log) == 1 and log[0]["seconds"] is None  # the one skip of the held item, its time unknown

@@ -60,6 +60,20 @@ async def _form_with_csrf(request: Request) -> FormData | None:
     return form
 
 
+def _item_id(text: str | None) -> int:
+    """An item id from a form or URL; SQLite integers are 64-bit, so anything larger names no item
+    (and would overflow the driver instead of missing)."""
+    value = int(text or "")
+    if not 0 < value < 2**63:
+        raise ValueError(f"there is no item {value}")
+    return value
+
+
+def _seconds(text: str | None) -> float | None:
+    value = float(text or 0)
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def item_files(payload: dict) -> Iterator[tuple[str, int, str]]:
     """The files an item names, as (role, index, path): the only files the app serves."""
     for role in ("chosen", "rejected"):
@@ -166,9 +180,8 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         try:
             # A "left" field from the browser is ignored: the lease knows what was shown.
             reasons = [r for r in form.getlist("reason") if isinstance(r, str) and r]
-            seconds = float(_text(form, "seconds") or 0) or None
-            store.decide(user["id"], user["name"], int(_text(form, "item_id") or ""), _text(form, "action") or "",
-                         reasons, seconds)
+            store.decide(user["id"], user["name"], _item_id(_text(form, "item_id")), _text(form, "action") or "",
+                         reasons, _seconds(_text(form, "seconds")))
         except (ReviewError, ValueError) as error:
             request.session["message"] = str(error)
         return RedirectResponse("/review", status_code=303)
@@ -196,7 +209,8 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         if signed_in(request) is None:
             return Response("sign in first", status_code=401)
         item_id, token = request.path_params["item_id"], request.path_params["token"]
-        payload = store.item_payload(item_id) or {}
+        payload = store.item_payload(item_id) if 0 < item_id < 2**63 else None
+        payload = payload or {}
         named = [path for role, index, path in item_files(payload) if same_token(file_token(secret, item_id, role, index), token)]
         wanted = Path(named[0]).resolve() if named else None
         if wanted is None or not wanted.is_relative_to(root) or wanted in never_served or not wanted.is_file():

@@ -21,7 +21,7 @@ from idglow.review.app import create_app
 from idglow.review.security import hash_password
 from idglow.review.store import ReviewStore
 
-_FIELD = re.compile(r'name="(csrf_token|item_id|left)" value="([^"]*)"')
+_FIELD = re.compile(r'name="(csrf_token|item_id)" value="([^"]*)"')
 
 
 @dataclass
