@@ -1,8 +1,13 @@
-"""Candidate group photos from a named model version, K per job, resumable within a round."""
+"""Candidate group photos from a named model version, K per job, resumable within a round.
+
+A rerun keeps an existing candidate only if it is a complete, readable image (a file
+truncated by a crash, a full disk or a copy is generated again, with its recorded seed, so it
+comes out as it would have); stale partial files of a killed run are removed first."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from idglow.storage import atomic_path
+from idglow.storage import atomic_path, remove_stale_partials
 
 CANDIDATE_COLUMNS = (
     "candidate_id", "job_id", "round", "path", "seed", "k", "model_version", "group_id", "task",
@@ -37,13 +42,39 @@ def job_seed(job_id: str, k: int, round_name: str, seed: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its CRC
+
+
+def is_complete_image(path: Path) -> bool:
+    """Whether ``path`` is a readable image whose data decodes to the end (a truncated PNG
+    still opens: it fails only when its chunks are checked or its pixels loaded; PIL does not
+    check the final chunk's CRC, so a PNG must also end with the whole IEND chunk)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(_PNG_SIGNATURE))
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - len(_PNG_END)))
+        if head == _PNG_SIGNATURE and handle.read() != _PNG_END:
+            return False
+    try:
+        with Image.open(path) as image:
+            image.verify()  # chunk CRCs and the end marker, for PNG
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):  # PIL raises these for truncated or corrupt files
+        return False
+
+
 def generate_candidates(
     pipeline, jobs: pd.DataFrame, settings: GenerationSettings, out_dir: Path, round_name: str,
     model_version: str, progress: bool = True,
 ) -> tuple[pd.DataFrame, int]:
-    """Generate K candidates per job into ``out_dir``; files already there are kept (a rerun skips
-    them). Returns the candidate table and how many images were generated now."""
+    """Generate K candidates per job into ``out_dir``; complete files already there are kept (a
+    rerun skips them, and regenerates truncated or unreadable ones). Returns the candidate table
+    and how many images were generated now."""
     records, generated = [], 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)
     total = len(jobs) * settings.candidates_per_job
     bar = tqdm(total=total, desc=f"generating {round_name}", unit="img", disable=not progress)
     for job in jobs.itertuples():
@@ -51,7 +82,7 @@ def generate_candidates(
         for k in range(settings.candidates_per_job):
             seed = job_seed(job.job_id, k, round_name, settings.seed)
             path = out_dir / f"{job.job_id}-k{k}.png"
-            if not path.exists():
+            if not (path.exists() and is_complete_image(path)):
                 references = references or [Image.open(p).convert("RGB") for p in job.condition_paths]
                 image = pipeline(
                     image=references, prompt=job.prompt, height=settings.height, width=settings.width,

@@ -1,0 +1,65 @@
+"""Candidate images across a rerun: a truncated candidate is generated again (with its recorded
+seed, so byte for byte as an uninterrupted run wrote it), a complete one is kept, and the partial
+file of a killed write is removed."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from idglow.generation import GenerationSettings, generate_candidates, is_complete_image
+
+
+@pytest.fixture(scope="module")
+def generator(hub):
+    return hub.generator()
+
+
+def jobs(folder: Path) -> pd.DataFrame:
+    portraits = []
+    for i, colour in enumerate(((200, 120, 90), (80, 140, 210))):
+        path = folder / f"portrait-{i}.png"
+        Image.new("RGB", (32, 32), colour).save(path)
+        portraits.append(str(path))
+    return pd.DataFrame([{"job_id": "job-1", "group_id": "g1", "task": "group_fusion", "prompt_kind": "static",
+                          "prompt": "Two friends smiling in a park.", "condition_paths": portraits,
+                          "identities": [1, 2], "n_subjects": 2, "photo_id": None}])
+
+
+SETTINGS = GenerationSettings(height=32, width=32, steps=2, true_cfg_scale=1.0, candidates_per_job=2, seed=0)
+
+
+def test_a_rerun_regenerates_a_truncated_candidate_and_keeps_the_rest(generator, tmp_path):
+    table = jobs(tmp_path)
+    straight, generated = generate_candidates(generator, table, SETTINGS, tmp_path / "straight", "r1", "base", progress=False)
+    assert generated == 2
+    expected = {Path(p).name: Path(p).read_bytes() for p in straight["path"]}
+
+    out = tmp_path / "rerun"
+    generate_candidates(generator, table, SETTINGS, out, "r1", "base", progress=False)
+    truncated, kept = out / "job-1-k0.png", out / "job-1-k1.png"
+    truncated.write_bytes(expected["job-1-k0.png"][: len(expected["job-1-k0.png"]) // 2])  # a crash mid-copy
+    (out / ".job-1-k0.png.abc123.partial").write_bytes(b"half")  # a killed write's leftover
+    kept_inode = kept.stat().st_ino
+    assert not is_complete_image(truncated) and is_complete_image(kept)
+
+    _, generated = generate_candidates(generator, table, SETTINGS, out, "r1", "base", progress=False)
+    assert generated == 1
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == expected
+    assert kept.stat().st_ino == kept_inode  # the complete candidate was not written again
+    assert not list(out.glob(".*.partial"))
+
+
+def test_image_completeness_check(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    data = path.read_bytes()
+    assert is_complete_image(path)
+    for cut in (1, 12, len(data) // 2, len(data) - 8):  # even one byte short of the IEND chunk's CRC
+        path.write_bytes(data[:-cut])
+        assert not is_complete_image(path), cut
+    path.write_bytes(b"not an image")
+    assert not is_complete_image(path)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "b.jpg")
+    assert is_complete_image(tmp_path / "b.jpg")
