@@ -26,7 +26,7 @@ from idglow import code_version
 from idglow.generation import GenerationSettings
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, component_fingerprint
 from idglow.plots import markdown_image
-from idglow.storage import sha256_file, write_json_atomic, write_parquet_atomic, write_text_atomic
+from idglow.storage import sha256_file, tensors_sha256, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 GROUP = "benchmark"
 model_versions = dg.DynamicPartitionsDefinition(name="model_versions")
@@ -278,7 +278,7 @@ def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, mo
         pipeline.load_lora_weights(checkpoint)
         try:
             frame = evaluate_model(pipeline, scorer, jobs, inference, folder / "images" / name.replace(" ", "_"), name,
-                                   {"checkpoint_sha256": sha256_file(checkpoint / "pytorch_lora_weights.safetensors")})
+                                   {"checkpoint_sha256": tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors")})
         finally:
             pipeline.unload_lora_weights()
         frames.append(frame)

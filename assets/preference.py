@@ -22,7 +22,7 @@ from idglow.prompt_synthesis import build_prompt_preferences, build_prompts
 from idglow.sample_sets import dpo_samples, select_sft_examples, sft_samples
 from idglow.scoring import METRICS, PairScorer, orient_by_score
 from idglow.shards import write_shard_sets
-from idglow.storage import sha256_file, write_parquet_atomic
+from idglow.storage import tensors_sha256, write_parquet_atomic
 
 generation_rounds = dg.DynamicPartitionsDefinition(name="generation_rounds")
 GROUP = "preference_data"
@@ -139,7 +139,7 @@ def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings
         if weights is None:
             raise dg.Failure(f"generation_model_version {version!r} is neither 'base' nor a LoRA folder with a .safetensors file")
         pipeline.load_lora_weights(adapter)
-        version = f"lora:{sha256_file(weights)[:12]}"
+        version = f"lora:{tensors_sha256(weights)[:12]}"  # the weights' content, as the checkpoint manifests name it
     settings_used = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
                                        profile.true_cfg_scale, profile.candidates_per_job, profile.seed)
     out_dir = paths.asset_dir("candidate_images") / round_name

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.shards import write_shard_sets
+from idglow.storage import tensors_sha256
 from training.sft import SFTConfig, load_generator, train
 
 X = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(1))
@@ -32,14 +33,24 @@ def config(tiny_models_dir, shards, out, **overrides) -> SFTConfig:
     return SFTConfig(generator_dir=str(tiny_models_dir / "generator"), shards=str(shards), output_dir=str(out), **settings)
 
 
+def log_rows(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
 def test_exact_resume_and_lora_round_trip(tiny_models_dir, sft_shards, tmp_path):
     straight = train(config(tiny_models_dir, sft_shards, tmp_path / "a"))
-    train(config(tiny_models_dir, sft_shards, tmp_path / "b"), stop_after=2)
+    train(config(tiny_models_dir, sft_shards, tmp_path / "b"), stop_after=3)  # stopped one step after a checkpoint
     assert (tmp_path / "b" / "step-000002" / "manifest.json").exists() and not (tmp_path / "b" / "step-000004").exists()
+    assert [row["step"] for row in log_rows(tmp_path / "b")] == [1, 2, 3]
     resumed = train(config(tiny_models_dir, sft_shards, tmp_path / "b"))
     a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Step 3 was trained again after the resume from step 2, and is logged once, as the straight run has it.
+    assert [row["step"] for row in log_rows(tmp_path / "b")] == [1, 2, 3, 4]
+    assert [row["loss"] for row in log_rows(tmp_path / "b")] == [row["loss"] for row in log_rows(tmp_path / "a")]
+    assert json.loads((resumed / "manifest.json").read_text())["lora_sha256"] == tensors_sha256(
+        straight / "pytorch_lora_weights.safetensors")  # the same weights, the same version
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # moved away from the zero init
     manifest = json.loads((straight / "manifest.json").read_text())
     assert manifest["step"] == 4 and len(manifest["shard_manifest_sha256"]) == 64
@@ -179,3 +190,16 @@ def test_saved_adapter_metadata_does_not_depend_on_set_order():
     b = lora_metadata(LoraConfig(r=4, target_modules=["to_out.0", "to_v", "to_k", "to_q"]))
     assert a == b and a["target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_the_log_keeps_each_step_once_when_a_run_restarts(tmp_path):
+    from training.sft import truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    truncate_log(log, 2)  # resumed from step 2: steps 3 and 4 (torn by the kill) are logged again
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+    truncate_log(log, 0)  # a fresh start after a run killed before its first checkpoint
+    assert log.read_text() == ""
+    truncate_log(tmp_path / "absent.jsonl", 3)
+    assert not (tmp_path / "absent.jsonl").exists()

@@ -19,7 +19,7 @@ from diffusers import QwenImageEditPlusPipeline
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from idglow.storage import sha256_file, write_json_atomic
+from idglow.storage import tensors_sha256, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
 from training.reporting import run_command
 from training.distributed import setup_distributed, unwrap
@@ -96,8 +96,8 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=sft_config["lora_targets"])
     QwenImageEditPlusPipeline.save_lora_weights(out, transformer_lora_layers=combined,
                                                 transformer_lora_adapter_metadata=lora_metadata(lora))
-    write_json_atomic(out / "manifest.json", {
-        "lora_sha256": sha256_file(out / "pytorch_lora_weights.safetensors"), "rank": rank,
+    write_json_atomic(out / "manifest.json", {  # lora_sha256: the tensors' content hash (see training.sft)
+        "lora_sha256": tensors_sha256(out / "pytorch_lora_weights.safetensors"), "rank": rank,
         "sft_checkpoint": str(sft_checkpoint), "dpo_checkpoint": str(dpo_checkpoint),
         "sft_manifest": json.loads((sft_checkpoint / "manifest.json").read_text()),
         "dpo_manifest": json.loads((dpo_checkpoint / "manifest.json").read_text()),

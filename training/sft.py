@@ -21,8 +21,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from idglow.shards import manifest_hash
-from idglow.storage import atomic_path, sha256_file, write_json_atomic
+from idglow.shards import load_manifest
+from idglow.storage import atomic_path, tensors_sha256, write_json_atomic, write_text_atomic
 from training import modulation
 from training.data import Sample, batches, to_tensor
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
@@ -269,7 +269,10 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: i
     })
     lora_file = folder / "pytorch_lora_weights.safetensors"
     manifest = {
-        "step": step, "lora_sha256": sha256_file(lora_file), "shard_manifest_sha256": shard_hash,
+        # "lora_sha256" is the tensors' content hash (tensors_sha256), not the file's SHA-256: the
+        # safetensors header's metadata order changes from process to process. The key keeps its
+        # name because the model versions, the registry and the Pipes reports read it.
+        "step": step, "lora_sha256": tensors_sha256(lora_file), "shard_manifest_sha256": shard_hash,
         "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(folder / "manifest.json", manifest)
@@ -296,6 +299,23 @@ def load_checkpoint(folder: Path, transformer, optimizer) -> tuple[int, int]:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     done = sorted(p.parent for p in output_dir.glob("step-*/manifest.json"))
     return done[-1] if done else None
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """Keep the log's rows up to ``step`` (the checkpoint a run resumes from, 0 for a fresh
+    start): the steps after it are trained again and logged again, and each step must appear
+    once. A torn last line (a run killed while writing it) goes too."""
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", step + 1) <= step:
+            kept.append(line + "\n")
+    write_text_atomic(log, "".join(kept))
 
 
 # --------------------------------------------------------------------------- loop
@@ -356,10 +376,12 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     resume_from = latest_checkpoint(output_dir)
     if resume_from is not None:
         step, position = load_checkpoint(resume_from, transformer, optimizer)
-    shard_hash = manifest_hash(Path(config.shards))
-    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world)
+    shard_manifest, shard_hash = load_manifest(Path(config.shards))
+    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world,
+                     manifest=shard_manifest)
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        truncate_log(output_dir / "log.jsonl", step)
 
     def next_batch():
         nonlocal position
