@@ -249,19 +249,25 @@ class ReviewStore:
             rows = {key: self._throttle_row(db, key, limits, now) for key in allowed}
             waits = [row["locked_until"] - now for row in rows.values() if row["locked_until"] > now]
             if not waits:
-                full = [key for key, row in rows.items() if row["failures"] >= allowed[key]]
-                for key in full:
-                    row = rows[key]
-                    row.update(lockouts=row["lockouts"] + 1, failures=0, window_start=now)
-                    row["locked_until"] = now + limits.lock_for(row["lockouts"])
-                    waits.append(row["locked_until"] - now)
-                for key, row in rows.items():
-                    row["failures"] += 0 if full else 1
-                    row["last_attempt_at"] = now
+                waits = self._count_or_lock(rows, allowed, limits, now)
                 for key, row in rows.items():
                     db.execute(login_throttle.delete().where(login_throttle.c.key == key))
                     db.execute(login_throttle.insert().values(key=key, **row))
         return max(waits) if waits else None
+
+    @staticmethod
+    def _count_or_lock(rows: dict[str, dict], allowed: dict[str, int], limits: LoginLimits, now: float) -> list[float]:
+        """A key that has used up its failures is locked now and the attempt refused (the seconds to
+        wait are returned); otherwise the attempt counts against every key."""
+        full = [key for key, row in rows.items() if row["failures"] >= allowed[key]]
+        for key in full:
+            row = rows[key]
+            row.update(lockouts=row["lockouts"] + 1, failures=0, window_start=now)
+            row["locked_until"] = now + limits.lock_for(row["lockouts"])
+        for row in rows.values():
+            row["failures"] += 0 if full else 1
+            row["last_attempt_at"] = now
+        return [rows[key]["locked_until"] - now for key in full]
 
     @staticmethod
     def _throttle_row(db, key: str, limits: LoginLimits, now: float) -> dict:
