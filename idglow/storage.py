@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import glob
 import hashlib
 import json
 import logging
@@ -50,13 +49,20 @@ def _locked_partial(create: Callable[[], str]) -> tuple[int, Path]:
         os.close(fd)
 
 
-def remove_stale_partials(folder: str | os.PathLike[str], pattern: str = ".*.partial") -> list[Path]:
-    """Remove the partial files and folders in ``folder`` matching ``pattern`` that no writer
-    holds (left by a killed run); returns what was removed. Writers in this and other processes
-    hold a lock on theirs, so those are kept. Call it once when starting to write a folder of
-    outputs; ``atomic_path`` and ``atomic_dir`` also do it for their own destination."""
+def remove_stale_partials(folder: str | os.PathLike[str], destination_name: str | None = None) -> list[Path]:
+    """Remove the partial files and folders in ``folder`` (of ``destination_name`` only, if
+    given) that no writer holds, i.e. left by a killed run; returns what was removed. Writers in
+    this and other processes hold a lock on theirs, so those are kept. Call it once when starting
+    to write a folder of outputs; ``atomic_path`` and ``atomic_dir`` also do it for their own
+    destination before each write (a plain scan with string tests: cheap in a large folder)."""
+    prefix = "." if destination_name is None else f".{destination_name}."
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if e.name.startswith(prefix) and e.name.endswith(".partial"))
+    except FileNotFoundError:
+        return []
     removed = []
-    for path in sorted(Path(folder).glob(pattern)):
+    for path in (Path(folder) / name for name in names):
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:  # gone already, or not ours to open
@@ -84,10 +90,6 @@ def remove_stale_partials(folder: str | os.PathLike[str], pattern: str = ".*.par
     return removed
 
 
-def _partial_pattern(destination: Path) -> str:
-    return f".{glob.escape(destination.name)}.*.partial"
-
-
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; rename it into place on success.
@@ -97,7 +99,7 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(destination.parent, _partial_pattern(destination))
+    remove_stale_partials(destination.parent, destination.name)
 
     def create() -> str:
         fd, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
@@ -120,7 +122,7 @@ def atomic_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
     (whatever was there), so a reader sees the old folder or the complete new one, never a part."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(destination.parent, _partial_pattern(destination))
+    remove_stale_partials(destination.parent, destination.name)
     lock, staging = _locked_partial(lambda: tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
                                                              dir=destination.parent))
     try:
