@@ -42,6 +42,8 @@ def _migration_lock(url: str) -> Iterator[None]:
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         yield
         return
+    # Like idglow.storage.exclusive_lock, kept here so the review store does not import pandas.
+    # The lock file is never deleted: deleting it would let two processes lock two different files.
     lock = Path(url.removeprefix("sqlite:///") + ".migrate-lock")
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even if the process dies
