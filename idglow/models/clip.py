@@ -2,18 +2,29 @@
 
 The OpenAI weights were trained with quick-GELU, so the real model must be built as
 ``ViT-L-14-quickgelu``; plain ``ViT-L-14`` runs them with the wrong activation and only warns.
+
+Two file formats load, chosen by what the file is (never by profile): OpenAI's TorchScript
+archive as released (``ViT-L-14.pt``), which ``torch.load(weights_only=True)`` refuses, goes
+through open_clip's own OpenAI loader after its SHA-256 is checked; open_clip's state dicts
+(``open_clip_pytorch_model.bin``, ``*.safetensors``) go through ``create_model_and_transforms``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.factory import set_model_preprocess_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import save_file
+
+from idglow.models.registry import COMPONENTS_BY_PROFILE
+from idglow.storage import sha256_file
 
 TINY_CLIP_NAME = "idglow-tiny-clip"
 TINY_CLIP_CONFIG = {
@@ -67,9 +78,86 @@ def write_tiny_clip(folder: Path, seed: int) -> Path:
     return folder
 
 
-def load_clip(model_name: str, weights: Path, device: torch.device, config_dir: Path | None = None) -> ClipModel:
-    """Build ``model_name`` and load ``weights`` (a local file) into it; nothing is downloaded."""
+class WeightsHashMismatch(ValueError):
+    """A weights file is not the release its name promises; the message names both hashes."""
+
+
+def released_sha256(weights: Path) -> str | None:
+    """The pinned SHA-256 of a released file of this name (the registry's), else None."""
+    for components in COMPONENTS_BY_PROFILE.values():
+        for component in components.values():
+            for path, required in component.files(Path()):
+                if required.sha256 and path.name == weights.name:
+                    return required.sha256
+    return None
+
+
+def verify_sha256(weights: Path, expected: str) -> None:
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise WeightsHashMismatch(
+            f"{weights}: SHA-256 {actual}, expected {expected}; this is not the released file "
+            f"(a partial download or another checkpoint). Replace it; nothing is downloaded."
+        )
+
+
+def is_torchscript_archive(weights: Path) -> bool:
+    """A TorchScript archive is a zip holding ``constants.pkl`` (torch's own test); a
+    ``torch.save`` zip has no such record, and safetensors is no zip at all."""
+    if not zipfile.is_zipfile(weights):
+        return False
+    with zipfile.ZipFile(weights) as archive:
+        return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def _structure(model: torch.nn.Module) -> list[tuple]:
+    """What makes two CLIPs the same network: every module's type and head count, every tensor's
+    shape (the activation shows as QuickGELU against GELU)."""
+    modules = [(name, type(m).__name__, getattr(m, "num_heads", None)) for name, m in model.named_modules()]
+    return modules + sorted((name, tuple(t.shape)) for name, t in model.state_dict().items())
+
+
+def _require_architecture(model: torch.nn.Module, model_name: str, weights: Path) -> None:
+    """open_clip's OpenAI loader infers the network from the weights; it must be the one
+    ``model_name`` names (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        named = open_clip.create_model(model_name, pretrained=None, device="meta")
+    expected, found = _structure(named), _structure(model)
+    if expected != found:
+        first = next((e, f) for e, f in zip(expected + [None], found + [None], strict=False) if e != f)
+        raise ValueError(f"{weights} holds a different network than {model_name!r}: first difference "
+                         f"{first[1]} where {model_name!r} has {first[0]}")
+
+
+def _load_openai_torchscript(model_name: str, weights: Path, device: torch.device, expected_sha256: str | None):
+    """OpenAI's TorchScript release, loaded as open_clip's own OpenAI path does (``torch.jit.load``
+    on the CPU, then a plain CLIP rebuilt from its state dict, fp32). TorchScript is no
+    weights-only format, so the file must match a known SHA-256 first."""
+    pin = expected_sha256 or released_sha256(weights)
+    if pin is None:
+        raise ValueError(f"{weights} is a TorchScript archive with no known SHA-256: name it as released "
+                         f"(ViT-L-14.pt) or pass expected_sha256")
+    verify_sha256(weights, pin)
+    model = open_clip.load_openai_model(str(weights), precision="fp32", device="cpu")
+    _require_architecture(model, model_name, weights)
+    # the preprocessing create_model gives a checkpoint file: open_clip's defaults at the model's size
+    set_model_preprocess_cfg(model, {**asdict(PreprocessCfg()), "size": model.visual.image_size})
+    return model.to(device), image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+
+
+def load_clip(model_name: str, weights: Path, device: torch.device, config_dir: Path | None = None,
+              expected_sha256: str | None = None) -> ClipModel:
+    """Build ``model_name`` and load ``weights`` (a local file) into it; nothing is downloaded.
+
+    ``expected_sha256``: the hash to check the file against; a TorchScript archive named as a
+    pinned release is checked against the pin without it."""
+    weights = Path(weights)
     if config_dir is not None:
         open_clip.add_model_config(config_dir)
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(weights), device=device)
+    if is_torchscript_archive(weights):
+        model, preprocess = _load_openai_torchscript(model_name, weights, device, expected_sha256)
+    else:
+        if expected_sha256 is not None:
+            verify_sha256(weights, expected_sha256)
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=str(weights), device=device)
     return ClipModel(model_name, model.eval(), preprocess, open_clip.get_tokenizer(model_name), device)
