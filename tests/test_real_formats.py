@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from idglow.models.clip import WeightsHashMismatch, is_torchscript_archive, load_clip
 from idglow.models.hub import ModelHub
-from idglow.models.registry import CLIP, REAL_COMPONENTS
+from idglow.models.registry import CLIP, REAL_COMPONENTS, check_models, require_component
 from idglow.storage import sha256_file
 
 TEST_CLIP = "idglow-test-clip-openai"
@@ -140,3 +140,19 @@ def test_an_archive_is_held_to_the_named_architecture(clip_files):
     archive = clip_files / "ViT-test.pt"
     with pytest.raises(ValueError, match="different network.*QuickGELU"):
         load_clip(TEST_CLIP_GELU, archive, torch.device("cpu"), clip_files, expected_sha256=sha256_file(archive))
+
+
+def test_the_real_profile_takes_open_clips_copy_when_the_openai_file_is_absent(tmp_path):
+    component = REAL_COMPONENTS[CLIP]
+    copy_of_release = tmp_path / "clip" / "open_clip_pytorch_model.safetensors"
+    assert copy_of_release.relative_to(tmp_path).as_posix() in component.alternatives
+    copy_of_release.parent.mkdir(parents=True)
+    copy_of_release.write_bytes(b"weights")
+    assert require_component("real", CLIP, tmp_path) == copy_of_release
+    (status,) = [s for s in check_models("real", tmp_path, verify_hashes=True) if s.role == CLIP]
+    assert status.path == copy_of_release and status.ok and status.expected_sha256 is None  # no pin for the copy
+    released = tmp_path / component.path
+    released.write_bytes(b"release")
+    assert require_component("real", CLIP, tmp_path) == released  # OpenAI's file, when there, is the one checked
+    (status,) = [s for s in check_models("real", tmp_path, verify_hashes=True) if s.role == CLIP]
+    assert status.path == released and status.expected_sha256 == component.required[0].sha256 and not status.ok

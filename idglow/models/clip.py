@@ -86,8 +86,8 @@ def released_sha256(weights: Path) -> str | None:
     """The pinned SHA-256 of a released file of this name (the registry's), else None."""
     for components in COMPONENTS_BY_PROFILE.values():
         for component in components.values():
-            for path, required in component.files(Path()):
-                if required.sha256 and path.name == weights.name:
+            for required in component.required:
+                if required.sha256 and Path(component.path, required.relative_path).name == weights.name:
                     return required.sha256
     return None
 

@@ -35,10 +35,21 @@ class Component:
     source: str
     license: str
     loader_name: str = ""  # open_clip model name, or the diffusers/transformers class
+    # other released forms of a one-file component, used in this order when ``path`` is absent;
+    # they carry no pin (``required``'s hashes are ``path``'s)
+    alternatives: tuple[str, ...] = ()
+
+    def chosen_path(self, models_dir: Path) -> str:
+        """``path``, or the first alternative present; ``path`` when none is."""
+        if (models_dir / self.path).exists():
+            return self.path
+        return next((p for p in self.alternatives if (models_dir / p).is_file()), self.path)
 
     def files(self, models_dir: Path) -> list[tuple[Path, RequiredFile]]:
-        base = models_dir / self.path
-        return [(base / f.relative_path if f.relative_path else base, f) for f in self.required]
+        chosen = self.chosen_path(models_dir)
+        base = models_dir / chosen
+        required = self.required if chosen == self.path else (RequiredFile(""),)
+        return [(base / f.relative_path if f.relative_path else base, f) for f in required]
 
 
 REAL_COMPONENTS: dict[str, Component] = {
@@ -62,9 +73,11 @@ REAL_COMPONENTS: dict[str, Component] = {
     CLIP: Component(
         CLIP, "clip/ViT-L-14.pt",
         (RequiredFile("", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),),
-        source="OpenAI CLIP ViT-L/14 weights as released (ViT-L-14.pt)",
+        source="OpenAI CLIP ViT-L/14 weights as released (ViT-L-14.pt), or open_clip's copy of them "
+               "(timm/vit_large_patch14_clip_224.openai: open_clip_pytorch_model.safetensors or .bin)",
         license="MIT",
         loader_name="ViT-L-14-quickgelu",
+        alternatives=("clip/open_clip_pytorch_model.safetensors", "clip/open_clip_pytorch_model.bin"),
     ),
     AESTHETIC: Component(
         AESTHETIC, "aesthetic/sac+logos+ava1-l14-linearMSE.pth",
@@ -160,11 +173,12 @@ def require_component(profile: str, role: str, models_dir: Path) -> Path:
     component = COMPONENTS_BY_PROFILE[profile][role]
     for path, _ in component.files(models_dir):
         if not path.is_file():
+            alternatives = "".join(f" or {models_dir / a}" for a in component.alternatives)
             raise MissingModelFile(
-                f"{role} for the {profile} profile: missing {path} (expected layout in docs/models.md; "
+                f"{role} for the {profile} profile: missing {path}{alternatives} (expected layout in docs/models.md; "
                 f"source: {component.source}; licence: {component.license}). Nothing is downloaded."
             )
-    return models_dir / component.path
+    return models_dir / component.chosen_path(models_dir)
 
 
 def component_fingerprint(profile: str, role: str, models_dir: Path) -> str:
@@ -172,7 +186,7 @@ def component_fingerprint(profile: str, role: str, models_dir: Path) -> str:
     for larger weight shards (hashing a 40 GB generator on every check costs minutes)."""
     import hashlib
 
-    root = models_dir / COMPONENTS_BY_PROFILE[profile][role].path
+    root = models_dir / COMPONENTS_BY_PROFILE[profile][role].chosen_path(models_dir)
     files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file() and not p.name.startswith("."))
     digest = hashlib.sha256()
     for path in files:
