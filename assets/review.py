@@ -16,7 +16,7 @@ import dagster as dg
 from assets.metadata import file_metadata, preview
 from assets.resources import IdglowSettings
 from idglow.review.rules import AUTO_RULE_NAME, FinalRule, auto_decision
-from idglow.review.store import ReviewStore
+from idglow.review.store import ReviewStore, default_database
 from idglow.review.batches import kept_pairs_batch
 from idglow.storage import write_parquet_atomic
 
@@ -30,7 +30,7 @@ review_decisions = dg.AssetSpec(
 
 
 def store_for(settings: IdglowSettings) -> ReviewStore:
-    return ReviewStore(settings.paths.root / "review" / "review.sqlite")
+    return ReviewStore(default_database(settings.paths.root))
 
 
 @dg.asset(group_name=GROUP, code_version="1", deps=["auto_filtered_pairs"], kinds={"sqlite"})

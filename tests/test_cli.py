@@ -60,11 +60,11 @@ def test_review_commands_add_a_reviewer_and_migrate(tmp_path):
                            capture_output=True, text=True, timeout=120, env=env)
     assert twice.returncode == 2 and "exists already" in twice.stderr
     migrated = idglow("review", "migrate", "--db", str(db))
-    assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
+    assert migrated.returncode == 0 and "revision 0002" in migrated.stdout
 
 
 def test_review_publish_puts_the_kept_pairs_up_for_people(tmp_path):
-    from idglow.review.store import ReviewStore
+    from idglow.review.store import ReviewStore, default_database
     from idglow.scoring import METRICS
     from idglow.storage import write_parquet_atomic
 
@@ -75,7 +75,7 @@ def test_review_publish_puts_the_kept_pairs_up_for_people(tmp_path):
     write_parquet_atomic(tmp_path / "auto_filtered_pairs" / "auto_filtered_pairs.parquet", pd.DataFrame(rows))
     result = idglow("review", "publish", "--storage-root", str(tmp_path), "--overlap", "2")
     assert result.returncode == 0, result.stderr
-    store = ReviewStore(tmp_path / "review" / "review.sqlite")
+    store = ReviewStore(default_database(tmp_path))
     (batch,) = store.batch_ids()
     assert batch.startswith("manual-") and f"batch {batch}: 2 items, overlap 2" in result.stdout
     assert store.decision_log() == []  # nothing decided automatically
