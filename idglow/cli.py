@@ -59,8 +59,7 @@ def models_check_command(
         raise typer.Exit(2)
     statuses = check_models(profile, models_dir, verify_hashes=verify_hashes)
     for status in statuses:
-        mark = "present" if status.ok else ("HASH MISMATCH" if status.present else "MISSING")
-        line = f"{mark:<13} {status.role:<13} {status.path}"
+        line = f"{status.state:<20} {status.role:<13} {status.path}"
         if status.expected_sha256:
             line += f"  sha256 {status.expected_sha256}"
         typer.echo(line)

@@ -232,6 +232,7 @@ def test_models_check_command_passes_on_a_complete_real_directory(tmp_path):
     result = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "present (unverified)" in result.stdout  # the pinned CLIP file, its hash not computed
     failed = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root),
                              "--verify-hashes"], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "HASH MISMATCH" in failed.stdout
