@@ -68,6 +68,14 @@ class Profile:
     prompt_dpo_steps: int = 8
     retrain_min_new_pairs: int = 10  # newly accepted pairs that trigger a retraining run (sensor)
     training_gpus: int = 0  # GPUs per training run: 0 = one process on whatever device; > 1 = torchrun
+    # The generator's pixel budgets per reference portrait: for the VAE (the pipeline's
+    # VAE_IMAGE_SIZE) and for the text encoder's vision input (CONDITION_IMAGE_SIZE). Training
+    # encodes references with these, and inference must too, or the LoRA learns from inputs it
+    # never sees again. The demo's equal idglow.models.hub's DEMO_* constants (tested).
+    reference_pixels: int = 64 * 64
+    condition_pixels: int = 56 * 56
+    checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
+    checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
 
     @property
     def benchmark_identities(self) -> int:
@@ -145,6 +153,8 @@ def _real(storage_root: Path) -> Profile:
         retrain_min_new_pairs=2000,
         lora_rank=32,
         training_gpus=1,
+        reference_pixels=1024 * 1024,  # diffusers QwenImageEditPlus: VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE (tested)
+        condition_pixels=384 * 384,
     )
 
 

@@ -193,6 +193,31 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         assert again["candidate_images"].metadata["skipped_existing"].value == candidates["dagster/row_count"].value
 
 
+def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(storage_env, tiny_models_dir, sft_shards, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("IDGLOW_MODELS_DIR", str(tiny_models_dir))
+    shutil.copytree(sft_shards, storage_env / "sft_shards")
+    profile = load_profile()
+    from assets.training import build_training_assets
+
+    sft = build_training_assets(profile.training_gpus, profile)[0]
+    runs = {}
+    with dg.DagsterInstance.ephemeral() as instance:
+        for lambda_id in (0.1, 0.25):
+            result = dg.materialize([sft], instance=instance, resources=resources_for(profile), run_config={
+                "ops": {"sft_checkpoint": {"config": {"steps": 1, "lambda_id": lambda_id, "modulation": "constant"}}}})
+            runs[lambda_id] = _materializations(result)["sft_checkpoint"].metadata
+    for lambda_id, metadata in runs.items():
+        assert metadata["config"].value["lambda_id"] == lambda_id and metadata["config"].value["steps"] == 1
+        saved = json.loads(Path(metadata["checkpoint_uri"].value, "manifest.json").read_text())["config"]
+        assert saved == metadata["config"].value  # what the checkpoint says it trained with
+    # Another lambda_id is another run: its own folder, not the first run's checkpoint.
+    assert Path(runs[0.1]["checkpoint_uri"].value).parent != Path(runs[0.25]["checkpoint_uri"].value).parent
+    for metadata in runs.values():  # each run trained its own step
+        assert len(Path(metadata["checkpoint_uri"].value).parent.joinpath("log.jsonl").read_text().splitlines()) == 1
+
+
 def test_overlapping_split_fails_the_check_and_blocks_downstream(storage_env):
     @dg.asset(name="identity_splits", group_name="identities")
     def overlapping_splits(settings: IdglowSettings) -> dg.MaterializeResult:

@@ -203,3 +203,26 @@ def test_the_log_keeps_each_step_once_when_a_run_restarts(tmp_path):
     assert log.read_text() == ""
     truncate_log(tmp_path / "absent.jsonl", 3)
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_resume_refuses_a_folder_trained_with_other_settings(tiny_models_dir, sft_shards, tmp_path):
+    from training.sft import ConfigMismatch
+
+    out = tmp_path / "run"
+    train(config(tiny_models_dir, sft_shards, out, modulation="none"), stop_after=2)
+    saved = json.loads((out / "step-000002" / "manifest.json").read_text())["config"]
+    assert saved["lambda_id"] == 0.1 and saved["modulation"] == "none"
+    with pytest.raises(ConfigMismatch, match=r"lambda_id: saved 0\.1, now 0\.3") as refused:
+        train(config(tiny_models_dir, sft_shards, out, modulation="none", lambda_id=0.3))
+    assert "tau" not in str(refused.value)  # only what differs is named
+    assert not (out / "step-000004").exists()
+    # Where the run lives and runs may change: the same settings on another device string resume it.
+    resumed = train(config(tiny_models_dir, sft_shards, out, modulation="none", device="cpu"))
+    assert resumed.name == "step-000004"
+
+
+def test_the_loop_checkpoints_on_the_minute_cadence_too(tiny_models_dir, sft_shards, tmp_path):
+    # Zero minutes: every step is due by time, whatever the step cadence says (no clock is involved).
+    train(config(tiny_models_dir, sft_shards, tmp_path / "run", steps=3, checkpoint_every=100, modulation="none",
+                 checkpoint_every_minutes=0))
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-000001", "step-000002", "step-000003"]

@@ -38,6 +38,18 @@ class DPOConfig(SFTConfig):
     sft_weight: float = 0.1
 
 
+# SFTConfig fields the DPO loss never reads (the identity loss and its modulation): the DPO
+# asset's run config leaves them out.
+UNUSED_SFT_FIELDS = ("modulation", "lambda_id", "tau", "t1", "t2", "face_pack_dir")
+
+FIELD_HELP = {
+    "beta": "beta of Eq. 7 (Diffusion-DPO used 2500 to 5000)",
+    "chosen_weight": "w of Eq. 7, the weight on the chosen term (>= 1)",
+    "margin": "m of Eq. 7, the additive margin (>= 0)",
+    "sft_weight": "lambda_sft of Eq. 7, the SFT term on the chosen image (>= 0)",
+}
+
+
 def merge_sft(pipeline: QwenImageEditPlusPipeline, checkpoint: Path) -> None:
     """Fold the SFT LoRA into the transformer's weights (the frozen reference network)."""
     pipeline.load_lora_weights(checkpoint, adapter_name="sft")

@@ -46,6 +46,16 @@ class PromptDPOConfig:
     device: str | None = None  # None: CUDA when available, else the CPU
 
 
+FIELD_HELP = {  # what the launchpad shows beside each run-config field (assets/training.py)
+    "steps": "optimizer steps (one preference pair each)",
+    "learning_rate": "AdamW learning rate of the LoRA weights",
+    "beta": "beta of the sequence DPO loss",
+    "lora_rank": "LoRA rank r (alpha = r)",
+    "lora_targets": "VLM module names that get a LoRA",
+    "portrait_size": "pixels per side of each portrait the VLM sees",
+}
+
+
 def sequence_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
                       reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO on sequence log-likelihoods (Rafailov et al.): -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))),

@@ -63,7 +63,8 @@ class SFTConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     resolution_shift: bool = True
-    checkpoint_every: int = 5
+    checkpoint_every: int = 5  # steps between checkpoints (the last step always gets one)
+    checkpoint_every_minutes: float | None = None  # also checkpoint when this long has passed since the last one
     gradient_checkpoint_blocks: int = 0  # recompute the first N transformer blocks in backward (-1: all)
     compile: bool = False  # torch.compile the repeated transformer block (regional compilation)
     attention_backend: str | None = None  # diffusers attention backend, e.g. "_native_cudnn"; None: its default
@@ -73,6 +74,64 @@ class SFTConfig:
     @classmethod
     def from_file(cls, path: Path) -> SFTConfig:
         return cls(**json.loads(Path(path).read_text()))
+
+
+# What the launchpad shows beside each run-config field (assets/training.py); docs/training.md
+# has the same table with the reasons behind the defaults.
+FIELD_HELP = {
+    "steps": "optimizer steps of the run",
+    "batch_size": "samples per batch (per rank under torchrun)",
+    "learning_rate": "AdamW learning rate of the LoRA weights",
+    "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "gradient clipping norm",
+    "gradient_accumulation": "batches per optimizer step",
+    "lora_rank": "LoRA rank r (alpha = r)",
+    "lora_targets": "transformer module names that get a LoRA",
+    "modulation": "lambda(t): task (annealing for Task 1, gate for Task 2), annealing, gate, constant, none",
+    "lambda_id": "lambda_id, the identity loss weight (Eq. 4-5)",
+    "tau": "tau, the annealing threshold (Eq. 4)",
+    "t1": "t_1, the gate's lower end (Eq. 5)",
+    "t2": "t_2, the gate's upper end (Eq. 5)",
+    "logit_mean": "mean of the logit-normal t sampling",
+    "logit_std": "standard deviation of the logit-normal t sampling",
+    "resolution_shift": "move t by the scheduler's resolution shift",
+    "checkpoint_every": "steps between checkpoints (the last step always gets one)",
+    "checkpoint_every_minutes": "also checkpoint when this many minutes passed since the last one (null: steps only)",
+    "gradient_checkpoint_blocks": "transformer blocks recomputed in backward (-1: all)",
+    "compile": "torch.compile the repeated transformer block",
+    "attention_backend": "diffusers attention backend, e.g. _native_cudnn (null: its default)",
+}
+
+# What may change between a run's start and its resume: where the run lives and which device
+# it runs on, not what it trains. Every other field must equal the checkpoint's saved config.
+MAY_DIFFER_ON_RESUME = ("output_dir", "device")
+
+
+class ConfigMismatch(ValueError):
+    """A run folder holds checkpoints of a run with other settings."""
+
+
+def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
+    """Fields whose saved and current values differ, as (saved, current); "<absent>" for a field
+    one side lacks (a checkpoint written before the field existed)."""
+    names = sorted((saved.keys() | current.keys()) - set(MAY_DIFFER_ON_RESUME))
+    absent = "<absent>"
+    return {name: (saved.get(name, absent), current.get(name, absent)) for name in names
+            if saved.get(name, absent) != current.get(name, absent)}
+
+
+def check_resumable(checkpoint: Path, config: SFTConfig) -> None:
+    """Refuse to resume ``checkpoint`` with a config other than the one it was trained with:
+    the result would be neither run."""
+    saved = json.loads((checkpoint / "manifest.json").read_text())["config"]
+    differences = config_differences(saved, json.loads(json.dumps(asdict(config))))  # compared as the manifest holds it
+    if differences:
+        listed = "; ".join(f"{name}: saved {old!r}, now {new!r}" for name, old, new in
+                           ((name, *values) for name, values in differences.items()))
+        raise ConfigMismatch(
+            f"{checkpoint.parent} holds a run trained with other settings ({listed}); it cannot be resumed "
+            f"with these. Use another output_dir (the Dagster assets key each run's folder by its whole config), "
+            f"or restore the saved values to resume it.")
 
 
 # ------------------------------------------------------------------------- set-up
@@ -296,6 +355,14 @@ def load_checkpoint(folder: Path, transformer, optimizer) -> tuple[int, int]:
     return meta["step"], meta["data_position"]
 
 
+def checkpoint_due(step: int, config: SFTConfig, seconds_since_last: float) -> bool:
+    """Whether the loop saves a checkpoint after ``step``: every ``checkpoint_every`` steps, when
+    ``checkpoint_every_minutes`` have passed since the last one, and at the end."""
+    if step == config.steps or step % config.checkpoint_every == 0:
+        return True
+    return config.checkpoint_every_minutes is not None and seconds_since_last >= 60 * config.checkpoint_every_minutes
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     done = sorted(p.parent for p in output_dir.glob("step-*/manifest.json"))
     return done[-1] if done else None
@@ -375,6 +442,7 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     step, position = 0, 0
     resume_from = latest_checkpoint(output_dir)
     if resume_from is not None:
+        check_resumable(resume_from, config)
         step, position = load_checkpoint(resume_from, transformer, optimizer)
     shard_manifest, shard_hash = load_manifest(Path(config.shards))
     stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world,
@@ -388,6 +456,7 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
         position += 1
         return next(stream)
 
+    last_saved = time.monotonic()
     while step < config.steps:
         def one_batch(samples, _step=step):
             return step_fn(model, samples, sample_generators(config.seed, _step, [s.key for s in samples]))
@@ -400,9 +469,10 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
                 handle.write(json.dumps(row) + "\n")
             if on_step is not None:
                 on_step(row)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if checkpoint_due(step, config, time.monotonic() - last_saved):
                 save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position,
                                 config, lora, shard_hash)
+                last_saved = time.monotonic()
         if stop_after is not None and step >= stop_after:
             break
     dist.barrier()  # the other ranks return the checkpoint rank 0 has finished writing

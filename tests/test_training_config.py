@@ -1,0 +1,102 @@
+"""Training settings as Dagster run config: the profile's defaults, the run folder keyed by the
+whole config, and the reference budgets training shares with inference."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from assets.training import build_training_assets, in_run_dir, profile_filled, run_key, training_config
+from idglow.profiles import load_profile
+from training.dpo import DPOConfig
+from training.sft import SFTConfig, checkpoint_due
+
+PATHS = {"generator_dir": "models/generator", "shards": "storage/sft_shards"}
+INPUTS = "a" * 64
+
+
+def _defaults(asset) -> dict:
+    fields = asset.op.config_schema.config_type.fields
+    return {name: field.default_value if field.default_provided else None for name, field in fields.items()}
+
+
+def _class_default(config_type, name):
+    spec = next(f for f in dataclasses.fields(config_type) if f.name == name)
+    return spec.default
+
+
+def test_run_config_shows_the_profiles_defaults():
+    for name in ("demo", "real"):
+        profile = load_profile(name, env={})
+        sft, dpo, prompt = build_training_assets(profile.training_gpus, profile)
+        sft_defaults, dpo_defaults, prompt_defaults = _defaults(sft), _defaults(dpo), _defaults(prompt)
+        assert sft_defaults["steps"] == profile.sft_steps and dpo_defaults["steps"] == profile.dpo_steps
+        assert prompt_defaults["steps"] == profile.prompt_dpo_steps
+        assert sft_defaults["lora_rank"] == dpo_defaults["lora_rank"] == profile.lora_rank
+        assert sft_defaults["checkpoint_every"] == profile.checkpoint_every_steps
+        assert sft_defaults["checkpoint_every_minutes"] == profile.checkpoint_every_minutes
+        # The method's constants keep the one default their config class gives them.
+        for knob in ("lambda_id", "tau", "t1", "t2", "modulation", "learning_rate", "gradient_accumulation", "compile"):
+            assert sft_defaults[knob] == _class_default(SFTConfig, knob)
+        for knob in ("beta", "chosen_weight", "margin", "sft_weight"):
+            assert dpo_defaults[knob] == _class_default(DPOConfig, knob)
+        # Paths, the seed and the sizes inference shares are not run config; DPO shows no ID-loss knobs.
+        assert not {"output_dir", "shards", "seed", "resolution", "reference_resolution", "condition_pixels"} & set(sft_defaults)
+        assert not {"lambda_id", "modulation", "sft_checkpoint"} & set(dpo_defaults)
+    assert _defaults(build_training_assets(1, load_profile("real", env={}))[0])["checkpoint_every"] < load_profile("real", env={}).sft_steps
+
+
+def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
+    profile = load_profile("demo", env={})
+    base = training_config(SFTConfig, profile, {}, **PATHS)
+    folder = Path(in_run_dir(base, tmp_path, INPUTS, 0).output_dir)
+    assert folder.parent == tmp_path and folder == Path(in_run_dir(base, tmp_path, INPUTS, 0).output_dir)
+    for change in ({"lambda_id": 0.2}, {"tau": 0.3}, {"t1": 0.2}, {"t2": 0.8}, {"modulation": "gate"},
+                   {"learning_rate": 5e-5}, {"batch_size": 2}, {"gradient_accumulation": 4}, {"compile": True},
+                   {"checkpoint_every": 7}, {"gradient_checkpoint_blocks": -1}):
+        other = training_config(SFTConfig, profile, change, **PATHS)
+        assert Path(in_run_dir(other, tmp_path, INPUTS, 0).output_dir) != folder, change
+    dpo = training_config(DPOConfig, profile, {}, **PATHS, sft_checkpoint="sft/step-4")
+    assert run_key(dpo, INPUTS, 0) != run_key(dataclasses.replace(dpo, beta=5000.0), INPUTS, 0)
+    assert run_key(dpo, INPUTS, 0) != run_key(dataclasses.replace(dpo, sft_checkpoint="sft/step-8"), INPUTS, 0)
+    assert run_key(base, INPUTS, 0) != run_key(base, "b" * 64, 0)  # other shards
+    assert run_key(base, INPUTS, 0) != run_key(base, INPUTS, 2)  # more ranks
+    assert run_key(base, INPUTS, 0) == run_key(dataclasses.replace(base, output_dir="elsewhere"), INPUTS, 0)
+
+
+def _fresh_edit_plus_module():
+    """diffusers' QwenImageEditPlus pipeline module, executed anew: the hub sets its size
+    constants for the tiny models in place, so the imported module may hold the demo's."""
+    spec = importlib.util.find_spec("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_encodes_references_with_the_inference_budgets():
+    from idglow.models.hub import DEMO_CONDITION_IMAGE_PIXELS, DEMO_VAE_IMAGE_PIXELS
+
+    pipeline = _fresh_edit_plus_module()
+    real = training_config(SFTConfig, load_profile("real", env={}), {}, **PATHS)
+    assert real.reference_resolution ** 2 == pipeline.VAE_IMAGE_SIZE == 1024 * 1024
+    assert real.condition_pixels == pipeline.CONDITION_IMAGE_SIZE == 384 * 384
+    assert real.resolution == load_profile("real", env={}).generation_size == 1024
+    demo = training_config(DPOConfig, load_profile("demo", env={}), {}, **PATHS)
+    assert demo.reference_resolution ** 2 == DEMO_VAE_IMAGE_PIXELS and demo.condition_pixels == DEMO_CONDITION_IMAGE_PIXELS
+
+
+def test_reference_budgets_must_make_whole_latent_tokens():
+    from idglow.profiles import ProfileError
+
+    profile = dataclasses.replace(load_profile("demo", env={}), reference_pixels=60 * 60)
+    with pytest.raises(ProfileError, match="reference_pixels 3600"):
+        profile_filled(profile)
+
+
+def test_checkpoints_follow_the_step_and_the_minute_cadence():
+    config = SFTConfig(generator_dir="", shards="", output_dir="", steps=10, checkpoint_every=4, checkpoint_every_minutes=30)
+    assert [s for s in range(1, 11) if checkpoint_due(s, config, seconds_since_last=0)] == [4, 8, 10]
+    assert checkpoint_due(5, config, seconds_since_last=30 * 60) and not checkpoint_due(5, config, seconds_since_last=29 * 60)
+    steps_only = dataclasses.replace(config, checkpoint_every_minutes=None)
+    assert not checkpoint_due(5, steps_only, seconds_since_last=10 ** 6)
