@@ -358,6 +358,17 @@ def test_exif_orientation_other_than_upright_is_quarantined(tmp_path):
     assert list(result.catalog["hq_idx"]) == [0, 3]
 
 
+def test_a_damaged_orientation_tag_is_quarantined_not_taken_as_upright(tmp_path):
+    # An IFD whose orientation entry points past the end of the EXIF block: PIL only warns
+    # ("Skipping tag 274") and would report no orientation at all.
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x0112, 3, 1000, 4096) + struct.pack("<I", 0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), (40, 50, 60)).save(buffer, format="JPEG", exif=b"Exif\x00\x00" + tiff)
+    result = ingest(simple_root(tmp_path, {"0.jpg": buffer.getvalue(), "1.jpg": jpeg()}, range(2)))
+    assert reasons_by_path(result) == {f"{IMAGE_DIR}/0.jpg": "damaged header metadata (EXIF orientation unknown)"}
+    assert "274" in result.quarantine["detail"].iloc[0]
+
+
 def test_grayscale_and_cmyk_sources_are_catalogued_with_their_mode_and_load_as_rgb(tmp_path):
     images = {"0.jpg": jpeg_with("RGB"), "1.jpg": jpeg_with("L"), "2.jpg": jpeg_with("CMYK")}
     root = simple_root(tmp_path, images, range(3))

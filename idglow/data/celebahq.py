@@ -21,7 +21,8 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ REASON_NOT_IMAGE = "not an image"
 REASON_NOT_JPEG = "not a JPEG (found {kind})"
 REASON_SIZE = "size {width}x{height}, expected {expected}x{expected}"
 REASON_MODE = "unsupported colour mode {mode}"
-REASON_EXIF_UNREADABLE = "unreadable EXIF data (orientation unknown)"
+REASON_METADATA_DAMAGED = "damaged header metadata (EXIF orientation unknown)"
 REASON_EXIF_ORIENTATION = "EXIF orientation {value} (rotated or mirrored)"
 # -- an image file, from decoding it
 REASON_CORRUPT = "corrupt or truncated image"
@@ -367,8 +368,9 @@ def _check_open_file(handle: BinaryIO, status: os.stat_result, path: str, expect
     opened = _open_header(handle, path)
     if isinstance(opened, ImageCheck):
         return opened
-    with opened as image:
-        refused = _check_header(image, path, expected_size)
+    image, header_warnings = opened
+    with image:
+        refused = _check_header(image, header_warnings, path, expected_size)
         if refused is not None:
             return refused
         width, height, mode = image.width, image.height, image.mode
@@ -381,38 +383,55 @@ def _check_open_file(handle: BinaryIO, status: os.stat_result, path: str, expect
     return ImageCheck(path, None, width, height, _sha256_of(handle), mode)
 
 
-def _open_header(handle: BinaryIO, path: str) -> Image.Image | ImageCheck:
+@contextmanager
+def _pil_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect what PIL only warns about while it reads a header.
+
+    PIL warns, rather than raises, about damaged metadata (it then skips the tag: a damaged
+    orientation would pass as upright), and about an image over its pixel limit (above twice
+    the limit it raises). A bomb is turned into an exception here; the rest is collected.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield caught
+
+
+def _open_header(handle: BinaryIO, path: str) -> tuple[Image.Image, list[str]] | ImageCheck:
     """PIL's lazy open: it reads the header only, so format, size and mode are known undecoded."""
     try:
-        with warnings.catch_warnings():
-            # PIL warns above its pixel limit and refuses above twice that; for a CelebA-HQ
-            # file both mean a decompression bomb, so the warning is refused the same way.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(handle)
+        with _pil_warnings() as caught:
+            image = Image.open(handle)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return ImageCheck(path, REASON_PIXEL_LIMIT, detail=_describe(error))
     except UnidentifiedImageError:
         return ImageCheck(path, REASON_NOT_IMAGE)
     except Exception as error:  # noqa: BLE001 -- a hostile header can break a plugin in any way
         return ImageCheck(path, REASON_CORRUPT, detail=_describe(error))
+    return image, [str(warning.message) for warning in caught]
 
 
-def _check_header(image: Image.Image, path: str, expected_size: int) -> ImageCheck | None:
+def _check_header(image: Image.Image, header_warnings: list[str], path: str, expected_size: int) -> ImageCheck | None:
     width, height = image.size
     if image.format != "JPEG":
         return ImageCheck(path, REASON_NOT_JPEG.format(kind=image.format), width, height)
     if (width, height) != (expected_size, expected_size):
         return ImageCheck(path, REASON_SIZE.format(width=width, height=height, expected=expected_size), width, height)
-    if image.mode not in SOURCE_MODES:
-        return ImageCheck(path, REASON_MODE.format(mode=image.mode), width, height, mode=image.mode)
+    mode = image.mode
+    if mode not in SOURCE_MODES:
+        return ImageCheck(path, REASON_MODE.format(mode=mode), width, height, mode=mode)
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+        with _pil_warnings() as caught:
+            orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     except Exception as error:  # noqa: BLE001 -- EXIF is a format of its own inside the header
-        return ImageCheck(path, REASON_EXIF_UNREADABLE, width, height, mode=image.mode, detail=_describe(error))
+        return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail=_describe(error))
+    header_warnings = header_warnings + [str(warning.message) for warning in caught]
+    if header_warnings:
+        return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail="; ".join(header_warnings)[:200])
     # Quarantined rather than rotated: the shards pass JPEG bytes through and every later reader
     # decodes raw pixels, so an orientation tag would be honoured by some readers and not others.
     if orientation in _TRANSPOSING_ORIENTATIONS:
-        return ImageCheck(path, REASON_EXIF_ORIENTATION.format(value=orientation), width, height, mode=image.mode)
+        return ImageCheck(path, REASON_EXIF_ORIENTATION.format(value=orientation), width, height, mode=mode)
     return None
 
 
