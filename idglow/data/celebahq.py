@@ -397,6 +397,11 @@ def _pil_warnings() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
 
 
+def _pil_messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    # The filter is process-wide for a moment: keep only what PIL's own modules said.
+    return [str(warning.message) for warning in caught if Path(warning.filename).parent.name == "PIL"]
+
+
 def _open_header(handle: BinaryIO, path: str) -> tuple[Image.Image, list[str]] | ImageCheck:
     """PIL's lazy open: it reads the header only, so format, size and mode are known undecoded."""
     try:
@@ -408,7 +413,7 @@ def _open_header(handle: BinaryIO, path: str) -> tuple[Image.Image, list[str]] |
         return ImageCheck(path, REASON_NOT_IMAGE)
     except Exception as error:  # noqa: BLE001 -- a hostile header can break a plugin in any way
         return ImageCheck(path, REASON_CORRUPT, detail=_describe(error))
-    return image, [str(warning.message) for warning in caught]
+    return image, _pil_messages(caught)
 
 
 def _check_header(image: Image.Image, header_warnings: list[str], path: str, expected_size: int) -> ImageCheck | None:
@@ -425,7 +430,7 @@ def _check_header(image: Image.Image, header_warnings: list[str], path: str, exp
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     except Exception as error:  # noqa: BLE001 -- EXIF is a format of its own inside the header
         return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail=_describe(error))
-    header_warnings = header_warnings + [str(warning.message) for warning in caught]
+    header_warnings = header_warnings + _pil_messages(caught)
     if header_warnings:
         return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail="; ".join(header_warnings)[:200])
     # Quarantined rather than rotated: the shards pass JPEG bytes through and every later reader
