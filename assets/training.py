@@ -64,9 +64,11 @@ def profile_filled(profile: Profile) -> dict:
 
 
 def training_config(config_type: type, profile: Profile, run: dict, **paths: str):
-    """The config a run trains with: its run config's values, the profile's fixed settings, and
-    the asset's paths; ``output_dir`` stays empty until ``in_run_dir`` names the run's folder."""
-    return config_type(**{"output_dir": "", **paths, **profile_filled(profile), **run})
+    """The config a run trains with: its run config's values (the profile's defaults for those it
+    leaves out), the profile's fixed settings, and the asset's paths; ``output_dir`` stays empty
+    until ``in_run_dir`` names the run's folder."""
+    return config_type(**{"output_dir": "", **profile_defaults(profile, config_type), **run, **paths,
+                          **profile_filled(profile)})
 
 
 def profile_defaults(profile: Profile, config_type: type) -> dict:
@@ -75,7 +77,16 @@ def profile_defaults(profile: Profile, config_type: type) -> dict:
         return {"steps": profile.prompt_dpo_steps}
     steps = profile.dpo_steps if issubclass(config_type, DPOConfig) else profile.sft_steps
     return {"steps": steps, "lora_rank": profile.lora_rank, "checkpoint_every": profile.checkpoint_every_steps,
-            "checkpoint_every_minutes": profile.checkpoint_every_minutes}
+            "checkpoint_every_minutes": profile.checkpoint_every_minutes,
+            "gradient_checkpoint_blocks": profile.gradient_checkpoint_blocks}
+
+
+def _config_type(hint, default):
+    """The Dagster config type of a field, and its default: Dagster config has no unions but
+    Optional, so a count-or-"auto" field is text there (the config class parses it back)."""
+    if hint == int | str:
+        return str, str(default)
+    return hint, default
 
 
 def run_config_class(name: str, config_type: type, profile: Profile, left_out: tuple[str, ...],
@@ -89,8 +100,8 @@ def run_config_class(name: str, config_type: type, profile: Profile, left_out: t
         if spec.name in left_out:
             continue
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        fields[spec.name] = (hints[spec.name], pydantic.Field(default=defaults.get(spec.name, default),
-                                                              description=help_text.get(spec.name)))
+        hint, default = _config_type(hints[spec.name], defaults.get(spec.name, default))
+        fields[spec.name] = (hint, pydantic.Field(default=default, description=help_text.get(spec.name)))
     return pydantic.create_model(name, __base__=dg.Config, __doc__=f"{config_type.__name__}'s settings a run may change "
                                  f"(profile {profile.name!r} defaults; docs/training.md).", **fields)
 

@@ -42,6 +42,7 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG
 from training.dpo import DPOConfig, dpo_loss
 from training.identity import modulated_identity_term
+from training.memory import plan_checkpointing
 from training.sft import EncodedBatch, SFTConfig, checkpoint_blocks, optimizer_step, prepare_trainable, sft_loss
 
 PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
@@ -129,37 +130,13 @@ def timed_steps(run: Callable[[], None], warmup: int, steps: int) -> tuple[float
     return (time.perf_counter() - start) / steps, peak_bytes() / 2**30
 
 
-def plan_checkpointing(run: Callable[[], None], transformer, budget_bytes: float) -> tuple[int, dict]:
-    """The fewest recomputed blocks whose step fits ``budget_bytes``: one step with every block
-    recomputed, one with a tenth fewer, give the memory each kept block costs."""
+def plan_for(run: Callable[[], None], transformer, budget_bytes: float) -> tuple[int, dict]:
+    """The training loop's memory planner (training.memory) over a full step; on the CPU (the
+    --tiny dry run) there are no memory figures, and every block is recomputed."""
     layers = len(transformer.transformer_blocks)
-    if not on_cuda():  # no memory figures to plan with
+    if not on_cuda():
         return checkpoint_blocks(transformer, layers), {}
-    probe = max(1, layers // 10)
-
-    def peak(count: int) -> float | None:
-        checkpoint_blocks(transformer, count)
-        reset_peak()
-        try:
-            run()
-            synchronize()
-        except torch.OutOfMemoryError:
-            return None
-        return peak_bytes()
-
-    every = peak(layers)
-    if every is None:
-        raise RuntimeError("out of memory even with every block checkpointed")
-    fewer = peak(layers - probe)
-    per_block = (fewer - every) / probe if fewer is not None else budget_bytes
-    count = layers - int(max(budget_bytes - every, 0) // max(per_block, 1))
-    count = min(max(count, 0), layers)
-    while count < layers and peak(count) is None:  # the estimate was short: recompute more
-        count = min(layers, count + probe)
-    checkpoint_blocks(transformer, count)
-    torch.cuda.empty_cache()
-    return count, {"peak_all_checkpointed_gib": round(every / 2**30, 1),
-                   "gib_per_kept_block": round(per_block / 2**30, 2)}
+    return plan_checkpointing(run, lambda count: checkpoint_blocks(transformer, count), layers, budget_bytes)
 
 
 class Harness:
@@ -202,7 +179,7 @@ class Harness:
         if plan and self.args.checkpoint_blocks is not None:  # a fixed count, to compare paths at equal recomputation
             checkpoint_blocks(self.transformer, self.args.checkpoint_blocks)
             plan = False
-        count, plan_info = (plan_checkpointing(run, self.transformer, self.budget) if plan
+        count, plan_info = (plan_for(run, self.transformer, self.budget) if plan
                             else (sum(b.recompute_in_backward for b in self.transformer.transformer_blocks), {}))
         seconds, peak = timed_steps(run, self.args.warmup, self.args.steps)
         side = resolution // 16

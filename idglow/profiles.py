@@ -76,6 +76,7 @@ class Profile:
     condition_pixels: int = 56 * 56
     checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
     checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
+    gradient_checkpoint_blocks: int | str = 0  # SFT / DPO blocks recomputed in backward; "auto": planned for the GPU's memory
 
     @property
     def benchmark_identities(self) -> int:
@@ -155,6 +156,7 @@ def _real(storage_root: Path) -> Profile:
         training_gpus=1,
         reference_pixels=1024 * 1024,  # diffusers QwenImageEditPlus: VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE (tested)
         condition_pixels=384 * 384,
+        gradient_checkpoint_blocks="auto",
     )
 
 

@@ -44,6 +44,7 @@ def test_run_config_shows_the_profiles_defaults():
         # Paths, the seed and the sizes inference shares are not run config; DPO shows no ID-loss knobs.
         assert not {"output_dir", "shards", "seed", "resolution", "reference_resolution", "condition_pixels"} & set(sft_defaults)
         assert not {"lambda_id", "modulation", "sft_checkpoint"} & set(dpo_defaults)
+        assert sft_defaults["gradient_checkpoint_blocks"] == str(profile.gradient_checkpoint_blocks)
     assert _defaults(build_training_assets(1, load_profile("real", env={}))[0])["checkpoint_every"] < load_profile("real", env={}).sft_steps
 
 
@@ -82,6 +83,7 @@ def test_training_encodes_references_with_the_inference_budgets():
     assert real.reference_resolution ** 2 == pipeline.VAE_IMAGE_SIZE == 1024 * 1024
     assert real.condition_pixels == pipeline.CONDITION_IMAGE_SIZE == 384 * 384
     assert real.resolution == load_profile("real", env={}).generation_size == 1024
+    assert real.steps == 2000 and real.lora_rank == 32  # the real profile's run, not the class defaults
     demo = training_config(DPOConfig, load_profile("demo", env={}), {}, **PATHS)
     assert demo.reference_resolution ** 2 == DEMO_VAE_IMAGE_PIXELS and demo.condition_pixels == DEMO_CONDITION_IMAGE_PIXELS
 
@@ -100,3 +102,48 @@ def test_checkpoints_follow_the_step_and_the_minute_cadence():
     assert checkpoint_due(5, config, seconds_since_last=30 * 60) and not checkpoint_due(5, config, seconds_since_last=29 * 60)
     steps_only = dataclasses.replace(config, checkpoint_every_minutes=None)
     assert not checkpoint_due(5, steps_only, seconds_since_last=10 ** 6)
+
+
+def test_the_recomputed_block_count_is_auto_or_a_count():
+    real = load_profile("real", env={})
+    assert real.gradient_checkpoint_blocks == "auto" and load_profile("demo", env={}).gradient_checkpoint_blocks == 0
+    sft = build_training_assets(1, real)[0]
+    assert _defaults(sft)["gradient_checkpoint_blocks"] == "auto"  # text in the launchpad: Dagster config has no unions
+    assert training_config(SFTConfig, real, {"gradient_checkpoint_blocks": "12"}, **PATHS).gradient_checkpoint_blocks == 12
+    assert training_config(SFTConfig, real, {}, **PATHS).gradient_checkpoint_blocks == "auto"
+    with pytest.raises(ValueError, match="block count or 'auto'"):
+        SFTConfig(generator_dir="", shards="", output_dir="", gradient_checkpoint_blocks="most")
+
+
+def _memory(layers: int, base: float, per_block: float, capacity: float, extra_per_kept: float = 0.0):
+    """Peak bytes of a step with ``count`` blocks recomputed: each kept block holds its
+    activations (``extra_per_kept`` makes the cost grow faster than the planner's estimate)."""
+    calls = []
+
+    def peak(count: int) -> float | None:
+        calls.append(count)
+        kept = layers - count
+        used = base + per_block * kept + extra_per_kept * kept ** 2
+        return None if used > capacity else used
+
+    return peak, calls
+
+
+def test_the_planner_keeps_the_most_blocks_that_fit():
+    from training.memory import plan_recomputed_blocks
+
+    gib = 2 ** 30
+    peak, _ = _memory(60, base=40 * gib, per_block=2 * gib, capacity=139 * gib)
+    count, info = plan_recomputed_blocks(60, peak, budget_bytes=125 * gib)
+    assert count == 60 - 42  # (125 - 40) // 2 blocks keep their activations
+    assert info == {"peak_all_checkpointed_gib": 40.0, "gib_per_kept_block": 2.0}
+    # The estimate from two probes is short when the cost grows: it recomputes a tenth more until the step fits.
+    peak, calls = _memory(60, base=40 * gib, per_block=2 * gib, capacity=100 * gib, extra_per_kept=0.05 * gib)
+    count, _ = plan_recomputed_blocks(60, peak, budget_bytes=100 * gib)
+    assert calls == [60, 54, 34, 40] and count == 40  # 34 ran out of memory; 40 keeps 20 blocks at exactly 100 GiB
+    # Nothing to keep when even the fully recomputed step fills the budget; an error when it cannot run.
+    peak, _ = _memory(60, base=90 * gib, per_block=2 * gib, capacity=139 * gib)
+    assert plan_recomputed_blocks(60, peak, budget_bytes=80 * gib)[0] == 60
+    peak, _ = _memory(60, base=150 * gib, per_block=2 * gib, capacity=139 * gib)
+    with pytest.raises(RuntimeError, match="even with all 60 blocks recomputed"):
+        plan_recomputed_blocks(60, peak, budget_bytes=125 * gib)

@@ -216,8 +216,8 @@ def test_resume_refuses_a_folder_trained_with_other_settings(tiny_models_dir, sf
         train(config(tiny_models_dir, sft_shards, out, modulation="none", lambda_id=0.3))
     assert "tau" not in str(refused.value)  # only what differs is named
     assert not (out / "step-000004").exists()
-    # Where the run lives and runs may change: the same settings on another device string resume it.
-    resumed = train(config(tiny_models_dir, sft_shards, out, modulation="none", device="cpu"))
+    # Where the run lives and runs, and how much it recomputes, may change: these settings resume it.
+    resumed = train(config(tiny_models_dir, sft_shards, out, modulation="none", device="cpu", gradient_checkpoint_blocks=1))
     assert resumed.name == "step-000004"
 
 
@@ -226,3 +226,14 @@ def test_the_loop_checkpoints_on_the_minute_cadence_too(tiny_models_dir, sft_sha
     train(config(tiny_models_dir, sft_shards, tmp_path / "run", steps=3, checkpoint_every=100, modulation="none",
                  checkpoint_every_minutes=0))
     assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-000001", "step-000002", "step-000003"]
+
+
+def test_auto_recomputation_means_none_on_the_cpu(tiny_models_dir, sft_shards, tmp_path):
+    from training.sft import prepare_trainable
+
+    auto = config(tiny_models_dir, sft_shards, tmp_path / "auto", gradient_checkpoint_blocks="auto", modulation="none", steps=1)
+    pipeline = load_generator(auto)
+    prepare_trainable(pipeline.transformer, auto)
+    assert not any(block.recompute_in_backward for block in pipeline.transformer.transformer_blocks)
+    train(auto)
+    assert (tmp_path / "auto" / "step-000001").is_dir() and not (tmp_path / "auto" / "memory_plan.json").exists()

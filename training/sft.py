@@ -9,9 +9,10 @@ encodings of one batch (cached per sample), one training step, checkpoints, and 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,12 +29,16 @@ from training.data import Sample, batches, to_tensor
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
 from training.flow import Generators, encode, flow_matching_loss, noisy, pack, predict_velocity, randn, sample_generators, sample_sigmas
 from training.identity import IdentityLoss
+from training.memory import plan_checkpointing
 from training.reporting import run_command
 
 DEFAULT_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
     "img_mlp.net.2", "txt_mlp.net.2",
 )
+
+
+AUTO = "auto"  # gradient_checkpoint_blocks: the memory planner's count on CUDA (training.memory), 0 on the CPU
 
 
 @dataclass
@@ -65,11 +70,21 @@ class SFTConfig:
     resolution_shift: bool = True
     checkpoint_every: int = 5  # steps between checkpoints (the last step always gets one)
     checkpoint_every_minutes: float | None = None  # also checkpoint when this long has passed since the last one
-    gradient_checkpoint_blocks: int = 0  # recompute the first N transformer blocks in backward (-1: all)
+    gradient_checkpoint_blocks: int | str = 0  # recompute the first N transformer blocks in backward (-1: all; "auto": planned)
+    memory_fraction: float = 0.9  # share of the GPU's memory the "auto" plan may fill
     compile: bool = False  # torch.compile the repeated transformer block (regional compilation)
     attention_backend: str | None = None  # diffusers attention backend, e.g. "_native_cudnn"; None: its default
     seed: int = 0
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        # Run config carries the count as text ("auto" or a number: Dagster config has no unions).
+        blocks = self.gradient_checkpoint_blocks
+        if isinstance(blocks, str) and blocks != AUTO:
+            try:
+                self.gradient_checkpoint_blocks = int(blocks)
+            except ValueError:
+                raise ValueError(f"gradient_checkpoint_blocks must be a block count or {AUTO!r}, not {blocks!r}") from None
 
     @classmethod
     def from_file(cls, path: Path) -> SFTConfig:
@@ -97,14 +112,17 @@ FIELD_HELP = {
     "resolution_shift": "move t by the scheduler's resolution shift",
     "checkpoint_every": "steps between checkpoints (the last step always gets one)",
     "checkpoint_every_minutes": "also checkpoint when this many minutes passed since the last one (null: steps only)",
-    "gradient_checkpoint_blocks": "transformer blocks recomputed in backward (-1: all)",
+    "gradient_checkpoint_blocks": "transformer blocks recomputed in backward: a count (-1: all), or auto (the fewest "
+                                  "that fit memory_fraction of the GPU, planned on the first batch; 0 on the CPU)",
+    "memory_fraction": "share of the GPU's memory the auto plan may fill",
     "compile": "torch.compile the repeated transformer block",
     "attention_backend": "diffusers attention backend, e.g. _native_cudnn (null: its default)",
 }
 
-# What may change between a run's start and its resume: where the run lives and which device
-# it runs on, not what it trains. Every other field must equal the checkpoint's saved config.
-MAY_DIFFER_ON_RESUME = ("output_dir", "device")
+# What may change between a run's start and its resume: where the run lives, which device it
+# runs on and how much it recomputes to fit there (recomputation leaves the gradients as they
+# are, tested), not what it trains. Every other field must equal the checkpoint's saved config.
+MAY_DIFFER_ON_RESUME = ("output_dir", "device", "gradient_checkpoint_blocks", "memory_fraction")
 
 
 class ConfigMismatch(ValueError):
@@ -399,7 +417,8 @@ def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[
         cast_training_params(transformer, dtype=torch.float32)
     if config.attention_backend:
         transformer.set_attention_backend(config.attention_backend)
-    checkpoint_blocks(transformer, config.gradient_checkpoint_blocks)
+    # "auto" starts with none recomputed; on CUDA the loop plans the count on its first batch.
+    checkpoint_blocks(transformer, 0 if config.gradient_checkpoint_blocks == AUTO else config.gradient_checkpoint_blocks)
     if config.compile:
         transformer.compile_repeated_blocks(dynamic=False)
     parameters = [p for p in transformer.parameters() if p.requires_grad]
@@ -425,20 +444,40 @@ def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig
     return loss, grad_norm, logs
 
 
+def plan_recomputation(transformer, parameters, optimizer, config: SFTConfig, loss_fn) -> tuple[int, dict]:
+    """The ``auto`` count of recomputed blocks on CUDA: the memory planner (training.memory) over
+    the forward and backward of ``loss_fn`` (one batch, no update, gradients cleared after), the
+    budget ``memory_fraction`` of the card. AdamW's two moments, allocated at the first update,
+    are counted on top when they do not exist yet."""
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = loss_fn()
+        loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    moments = 0.0 if optimizer.state else 2.0 * sum(p.numel() * p.element_size() for p in parameters)
+    budget = torch.cuda.get_device_properties(transformer.device).total_memory * config.memory_fraction
+    return plan_checkpointing(run, lambda count: checkpoint_blocks(transformer, count), len(transformer.transformer_blocks),
+                              budget, moments)
+
+
 def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None,
-             dist: DistributedContext | None = None, on_step=None) -> Path:
+             dist: DistributedContext | None = None, on_step=None, plan_step_fn=None) -> Path:
     """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
     checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
     ``step_fn(model, samples, generators)`` returns (loss, logs) for one batch. Under torchrun the
     transformer is wrapped in DistributedDataParallel, each rank reads its own shards, and only
     rank 0 writes the log and the checkpoints (and calls ``on_step`` with each log row). Returns
     the latest checkpoint; ``stop_after`` ends the run early (a simulated interruption for resume
-    tests)."""
+    tests). With ``gradient_checkpoint_blocks: auto`` on CUDA each rank plans its recomputation on
+    its first batch with ``plan_step_fn`` (the step's heaviest form; default ``step_fn``), before
+    the wrap, so that no probe takes part in DDP's all-reduce."""
     dist = dist or DistributedContext()
     output_dir = Path(config.output_dir)
     transformer = pipeline.transformer
     lora, parameters, optimizer = prepare_trainable(transformer, config)
-    model = wrap_for_data_parallel(transformer, dist)
     step, position = 0, 0
     resume_from = latest_checkpoint(output_dir)
     if resume_from is not None:
@@ -447,9 +486,20 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
     shard_manifest, shard_hash = load_manifest(Path(config.shards))
     stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world,
                      manifest=shard_manifest)
+    plan = None
+    if config.gradient_checkpoint_blocks == AUTO and transformer.device.type == "cuda":
+        first = next(stream)
+        stream = itertools.chain([first], stream)  # the probe reads the first batch; training still starts with it
+        generators = sample_generators(config.seed, step, [s.key for s in first])
+        count, info = plan_recomputation(transformer, parameters, optimizer, config,
+                                         lambda: (plan_step_fn or step_fn)(transformer, first, generators))
+        plan = {"recomputed_blocks": count, "of": len(transformer.transformer_blocks), **info}
+    model = wrap_for_data_parallel(transformer, dist)
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         truncate_log(output_dir / "log.jsonl", step)
+        if plan is not None:
+            write_json_atomic(output_dir / "memory_plan.json", plan)
 
     def next_batch():
         nonlocal position
@@ -490,8 +540,11 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
     if identity_factory is None and config.face_pack_dir:
         identity_factory = IdentityLoss
     identity = identity_factory(pipeline, config) if identity_factory else None
+    # The ID path's memory only counts when lambda(t) > 0; the plan must hold a step where every sample takes it.
+    worst = replace(config, modulation="constant")
     return run_loop(config, pipeline, lambda model, samples, generators: sft_step(
-        model, pipeline, cache, samples, config, generators, identity), stop_after, dist, on_step)
+        model, pipeline, cache, samples, config, generators, identity), stop_after, dist, on_step,
+        plan_step_fn=lambda model, samples, generators: sft_step(model, pipeline, cache, samples, worst, generators, identity))
 
 
 def main() -> None:
