@@ -5,9 +5,10 @@ the checkpoint's SHA-256.
 
 Each asset takes its training settings as Dagster run config (``SFTRunConfig``, ``DPORunConfig``,
 ``PromptDPORunConfig``, built per profile so the launchpad shows the profile's defaults). A run's
-folder is keyed by the hash of its whole config and its inputs, so a rerun with the same settings
-on the same data resumes or returns the finished checkpoint, and any change trains anew; the
-loops refuse to resume a checkpoint whose saved config differs (training.sft.check_resumable).
+folder is keyed by the hash of its config (less where it runs and how much it recomputes) and its
+inputs, so a rerun with the same settings on the same data resumes or returns the finished
+checkpoint, and any other change trains anew; the loops refuse to resume a checkpoint whose saved
+config differs (training.sft.check_resumable).
 
 Both assets run in the ``gpu`` pool (dagster.yaml limits it) and carry ``dagster-k8s/config``
 tags that request the run's GPUs when a cluster launches them (docs/deployment.md)."""
@@ -107,9 +108,10 @@ def run_config_class(name: str, config_type: type, profile: Profile, left_out: t
 
 
 def run_key(config, inputs_sha256: str, gpus: int) -> str:
-    """The hash a run's folder is named by: the whole config but where it is written, its inputs'
-    hash, and the GPU count (more ranks, a larger effective batch: another run)."""
-    settings = {name: value for name, value in asdict(config).items() if name != "output_dir"}
+    """The hash a run's folder is named by: the whole config but what may differ when a run is
+    resumed (where it is written, its device and recomputation: training.sft.MAY_DIFFER_ON_RESUME),
+    its inputs' hash, and the GPU count (more ranks, a larger effective batch: another run)."""
+    settings = {name: value for name, value in asdict(config).items() if name not in sft_module.MAY_DIFFER_ON_RESUME}
     payload = json.dumps({"config": settings, "inputs": inputs_sha256, "gpus": gpus}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -55,7 +55,7 @@ def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
     assert folder.parent == tmp_path and folder == Path(in_run_dir(base, tmp_path, INPUTS, 0).output_dir)
     for change in ({"lambda_id": 0.2}, {"tau": 0.3}, {"t1": 0.2}, {"t2": 0.8}, {"modulation": "gate"},
                    {"learning_rate": 5e-5}, {"batch_size": 2}, {"gradient_accumulation": 4}, {"compile": True},
-                   {"checkpoint_every": 7}, {"gradient_checkpoint_blocks": -1}):
+                   {"checkpoint_every": 7}, {"checkpoint_every_minutes": None}, {"lora_rank": 8}):
         other = training_config(SFTConfig, profile, change, **PATHS)
         assert Path(in_run_dir(other, tmp_path, INPUTS, 0).output_dir) != folder, change
     dpo = training_config(DPOConfig, profile, {}, **PATHS, sft_checkpoint="sft/step-4")
@@ -63,7 +63,10 @@ def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
     assert run_key(dpo, INPUTS, 0) != run_key(dataclasses.replace(dpo, sft_checkpoint="sft/step-8"), INPUTS, 0)
     assert run_key(base, INPUTS, 0) != run_key(base, "b" * 64, 0)  # other shards
     assert run_key(base, INPUTS, 0) != run_key(base, INPUTS, 2)  # more ranks
-    assert run_key(base, INPUTS, 0) == run_key(dataclasses.replace(base, output_dir="elsewhere"), INPUTS, 0)
+    # What a resume may change leaves the folder: a run recomputing more to fit a smaller card resumes.
+    for same in ({"output_dir": "elsewhere"}, {"device": "cuda:1"}, {"gradient_checkpoint_blocks": -1},
+                 {"memory_fraction": 0.8}):
+        assert run_key(base, INPUTS, 0) == run_key(dataclasses.replace(base, **same), INPUTS, 0), same
 
 
 def _fresh_edit_plus_module():
