@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import webdataset as wds
-from PIL import Image
 
+from idglow.data.images import is_rgb_source, load_rgb
 from idglow.storage import exclusive_lock, fsync_dir, sha256_bytes, sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -46,24 +46,25 @@ class ShardIntegrityError(ValueError):
     """A shard set whose files do not match its manifest (or that has none)."""
 
 
-def png_bytes(path: str | Path) -> bytes:
-    """The file itself when it is a PNG, else its pixels encoded losslessly as PNG."""
+def _encoded(path: str | Path, magic: bytes, image_format: str, **options) -> bytes:
+    """The file itself when it already is ``image_format`` with RGB pixels; else its pixels as
+    RGB (grayscale and CMYK sources converted, see idglow/data/images.py) encoded that way."""
     data = Path(path).read_bytes()
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
+    if data.startswith(magic) and is_rgb_source(path):
         return data
     buffer = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buffer, format="PNG")
+    load_rgb(path).save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def png_bytes(path: str | Path) -> bytes:
+    """The image as RGB PNG bytes (the file itself when it is one)."""
+    return _encoded(path, b"\x89PNG\r\n\x1a\n", "PNG")
 
 
 def jpeg_bytes(path: str | Path) -> bytes:
-    """The file itself when it is a JPEG, else encoded as JPEG (quality 95)."""
-    data = Path(path).read_bytes()
-    if data[:3] == b"\xff\xd8\xff":
-        return data
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+    """The image as RGB JPEG bytes (the file itself when it is one, else quality 95)."""
+    return _encoded(path, b"\xff\xd8\xff", "JPEG", quality=95)
 
 
 def safe_key(text: str) -> str:

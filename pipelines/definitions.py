@@ -33,7 +33,7 @@ def build_definitions(profile: Profile) -> dg.Definitions:
     """
     executor = dg.in_process_executor if profile.name == "demo" else dg.multiprocess_executor
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus),
+        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus, profile),
                 review.review_decisions],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[everything_job, data_foundation_job, review.train_on_reviewed_pairs, benchmark.register_models,

@@ -17,7 +17,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from idglow.shards import MANIFEST, ShardIntegrityError, manifest_hash, read_manifest, shard_urls, write_shard_sets
+from idglow.shards import MANIFEST, ShardIntegrityError, jpeg_bytes, manifest_hash, png_bytes, read_manifest, shard_urls, write_shard_sets
 from idglow.storage import sha256_file
 from training.data import batches
 
@@ -216,3 +216,13 @@ def test_two_concurrent_writers_wait_for_each_other_and_leave_a_consistent_set(t
     assert sorted(p.name for p in out.glob("*.tar")) == [s["file"] for s in manifest["shards"]]
     assert all(sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
     assert sorted(read_all(out)) == [f"pair-{i:04d}" for i in range(6)]
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGB"])
+def test_portraits_reach_a_shard_as_rgb_whatever_their_source_mode(tmp_path, mode):
+    source = tmp_path / f"{mode}.jpg"
+    Image.new(mode, (16, 16), (200,) if mode == "L" else (10, 20, 30, 40) if mode == "CMYK" else (10, 20, 30)).save(source)
+    for encoded in (jpeg_bytes(source), png_bytes(source)):
+        image = Image.open(io.BytesIO(encoded))
+        assert image.mode == "RGB" and image.size == (16, 16)
+    assert (jpeg_bytes(source) == source.read_bytes()) == (mode == "RGB")  # an RGB JPEG goes in as it is
