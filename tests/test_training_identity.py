@@ -122,7 +122,7 @@ def test_face_analysis_skips_the_landmark_models_of_a_full_pack(tiny_models_dir,
 
 # ---------------------------------------------------------------- teacher forcing
 
-FIT_RECIPE = {"version": 1, "base_dim": 12, "steps": 400, "lr": 2e-3, "face_weight": 4.0, "seed": 0}
+FIT_RECIPE = {"version": 2, "base_dim": 12, "steps": 700, "lr": 2e-3, "face_weight": 4.0, "seed": 0}
 
 
 def fit_reconstructing_decoder(image: torch.Tensor, face_boxes: np.ndarray) -> tuple[AutoencoderKLQwenImage, torch.Tensor]:
@@ -131,7 +131,9 @@ def fit_reconstructing_decoder(image: torch.Tensor, face_boxes: np.ndarray) -> t
     The tiny generator's VAE has random weights and decodes any latent to noise, so no clean
     estimate of it can hold a face. This fixture stands in for a trained VAE: an auto-decoder
     fitted to the one group photo the test needs (face regions weighted up so the features
-    survive), about two minutes on one CPU thread, then cached beside the tiny twins."""
+    survive), about three minutes on one CPU thread, then cached beside the tiny twins. 700 steps:
+    the tiny detector scores the demo photo's faces barely above its threshold (0.57 for one), and
+    after 400 steps the reconstruction of that face fell below it on one machine."""
     torch.manual_seed(FIT_RECIPE["seed"])
     vae = AutoencoderKLQwenImage(base_dim=FIT_RECIPE["base_dim"], z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                                  temperal_downsample=[False, True, True], latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
