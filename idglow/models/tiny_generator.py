@@ -39,32 +39,33 @@ QWEN_IMAGE_SCHEDULER_CONFIG = {
 }
 
 
-def build_tiny_generator(seed: int) -> QwenImageEditPlusPipeline:
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
-    text_encoder = build_model(tokenizer, seed)
+TINY_TRANSFORMER_CONFIG = {
+    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 16,
+    "num_attention_heads": 2, "axes_dims_rope": (4, 6, 6), "zero_cond_t": True,
+}
+TINY_VAE_CONFIG = {
+    "base_dim": 24, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True], "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16,
+}
+
+
+def build_generator(
+    seed: int,
+    tokenizer,
+    processor,
+    text_encoder,
+    transformer_config: dict,
+    vae_config: dict,
+    dtype: torch.dtype = torch.float32,
+) -> QwenImageEditPlusPipeline:
+    """The pipeline around ``text_encoder`` with a transformer and VAE of the given configs, random
+    weights fixed by ``seed``; the transformer reads the text encoder's hidden width."""
     torch.manual_seed(seed + 1)
     transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=64,
-        out_channels=16,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=text_encoder.config.text_config.hidden_size,
-        axes_dims_rope=(4, 6, 6),
-        zero_cond_t=True,
-    )
+        joint_attention_dim=text_encoder.config.text_config.hidden_size, **transformer_config
+    ).to(dtype)
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKLQwenImage(
-        base_dim=24,
-        z_dim=16,
-        dim_mult=[1, 2, 4, 4],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16,
-        latents_std=[1.0] * 16,
-    )
+    vae = AutoencoderKLQwenImage(**vae_config).to(dtype)
     return QwenImageEditPlusPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
         vae=vae.eval(),
@@ -73,6 +74,13 @@ def build_tiny_generator(seed: int) -> QwenImageEditPlusPipeline:
         processor=processor,
         transformer=transformer.eval(),
     )
+
+
+def build_tiny_generator(seed: int) -> QwenImageEditPlusPipeline:
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    text_encoder = build_model(tokenizer, seed)
+    return build_generator(seed, tokenizer, processor, text_encoder, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG)
 
 
 def write_tiny_generator(folder: Path, seed: int) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,8 +54,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
-    """A byte-level BPE trained on a fixed corpus, with Qwen's special tokens."""
+def train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE trained on the fixed corpus."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -70,6 +71,12 @@ def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
             for line in (Path(folder) / "merges.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")
         ]
+    return vocab, merges
+
+
+def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
+    """A byte-level BPE trained on a fixed corpus, with Qwen's special tokens."""
+    vocab, merges = train_bpe(vocab_size)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, bos_token=None,
         eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -79,42 +86,78 @@ def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=112 * 112)
+def build_processor(
+    tokenizer: Qwen2Tokenizer, min_pixels: int = 28 * 28, max_pixels: int = 112 * 112, chat_template: str = CHAT_TEMPLATE
+) -> Qwen2VLProcessor:
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
-def build_model(tokenizer: Qwen2Tokenizer, seed: int, hidden_size: int = 32) -> Qwen2_5_VLForConditionalGeneration:
-    """A two-layer Qwen2.5-VL whose special-token ids match ``tokenizer``."""
+@dataclass(frozen=True)
+class VLSizes:
+    """The widths, depths and dtype of a Qwen2.5-VL; the defaults are the tiny twin's.
+
+    ``text_extra``/``vision_extra`` carry configuration beyond the sizes (the real release's
+    norm epsilon, sliding-window settings...); the tiny twin leaves them empty so its config
+    stays what it always was.
+    """
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 2
+    head_dim: int = 16
+    num_key_value_heads: int = 1
+    vocab_size: int | None = None  # None: the tokenizer's length
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    mrope_section: tuple[int, int, int] = (2, 3, 3)
+    vision_depth: int = 1
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_num_heads: int = 2
+    vision_out_hidden_size: int = 32
+    fullatt_block_indexes: tuple[int, ...] = (0,)
+    text_extra: dict = field(default_factory=dict)
+    vision_extra: dict = field(default_factory=dict)
+    top_extra: dict = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+
+
+def build_model(
+    tokenizer: Qwen2Tokenizer, seed: int, sizes: VLSizes = VLSizes()
+) -> Qwen2_5_VLForConditionalGeneration:
+    """A Qwen2.5-VL of ``sizes`` whose special-token ids match ``tokenizer``."""
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
-    head_dim = 16
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2,
-            "num_attention_heads": hidden_size // head_dim,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "vocab_size": sizes.vocab_size or len(tokenizer),
+            "hidden_size": sizes.hidden_size,
+            "intermediate_size": sizes.intermediate_size,
+            "num_hidden_layers": sizes.num_hidden_layers,
+            "num_attention_heads": sizes.hidden_size // sizes.head_dim,
+            "num_key_value_heads": sizes.num_key_value_heads,
+            "max_position_embeddings": sizes.max_position_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": sizes.rope_theta,
+                                "mrope_section": list(sizes.mrope_section)},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
+            **sizes.text_extra,
         },
         vision_config={
-            "depth": 1,
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_heads": 2,
-            "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [0],
+            "depth": sizes.vision_depth,
+            "hidden_size": sizes.vision_hidden_size,
+            "intermediate_size": sizes.vision_intermediate_size,
+            "num_heads": sizes.vision_num_heads,
+            "out_hidden_size": sizes.vision_out_hidden_size,
+            "fullatt_block_indexes": list(sizes.fullatt_block_indexes),
             "window_size": 112,
+            **sizes.vision_extra,
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -123,9 +166,13 @@ def build_model(tokenizer: Qwen2Tokenizer, seed: int, hidden_size: int = 32) -> 
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
+        **sizes.top_extra,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    if sizes.dtype == torch.float32:  # the tiny twin's config has never named a dtype: keep its bytes
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    else:  # built directly in the dtype: a 7B-wide embedding alone is 2 GB in fp32 before any cast
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=sizes.dtype)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     return model.eval()
