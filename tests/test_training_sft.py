@@ -54,6 +54,8 @@ def test_exact_resume_and_lora_round_trip(tiny_models_dir, sft_shards, tmp_path)
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # moved away from the zero init
     manifest = json.loads((straight / "manifest.json").read_text())
     assert manifest["step"] == 4 and len(manifest["shard_manifest_sha256"]) == 64
+    # Both runs kept their encodings beside their folders, one file per sample: run b read run a's.
+    assert len(list((tmp_path / "encodings").glob("*.safetensors"))) == json.loads((sft_shards / "manifest.json").read_text())["samples"]
 
     # The trained model, rebuilt the way training holds it, against stock diffusers loading the file.
     trained = load_generator(config(tiny_models_dir, sft_shards, tmp_path / "c"))

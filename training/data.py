@@ -5,8 +5,8 @@ gives batches homogeneous in N. The shard order of every epoch is a seeded permu
 (``shardshuffle`` is done here, explicitly, so the order is reproducible), each rank takes its
 share of that order (``shards_for_rank``), and the data position is the number of batches
 already consumed: a resumed run skips exactly those. The samples are decoded in the training
-process (no DataLoader workers): the encodings are cached after the first epoch, so decoding is
-not on the step's critical path. Every shard is checked against the manifest's SHA-256 each
+process (no DataLoader workers): the encodings are cached on disk (``training.encodings``), so
+decoding is not on the step's critical path. Every shard is checked against the manifest's SHA-256 each
 time it is opened (``idglow.shards.open_shard``): a shard set rewritten or damaged under a
 running job stops it with an error naming the shard, instead of feeding it other samples.
 """

@@ -23,8 +23,9 @@ from idglow.storage import tensors_sha256, write_json_atomic
 from training.losses import dpo_statistics, weighted_dpo_loss
 from training.reporting import run_command
 from training.distributed import setup_distributed, unwrap
+from training.encodings import EncodedBatch, EncodingCache, stack
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
-from training.sft import EncodedBatch, EncodingCache, SFTConfig, load_generator, lora_metadata, run_loop
+from training.sft import SFTConfig, load_generator, lora_metadata, run_loop
 
 
 @dataclass
@@ -88,9 +89,11 @@ def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Te
 
 
 def dpo_step(model, pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: Generators):
-    """One batch of pairs: encodings from the cache, then ``dpo_loss`` through ``model``."""
-    chosen = cache.batch(samples, "chosen")
-    return dpo_loss(model, pipeline.scheduler, chosen, cache.batch(samples, "rejected").x0, config, generator)
+    """One batch of pairs: encodings from the cache (each pair's file read once: it holds both
+    images' latents), then ``dpo_loss`` through ``model``."""
+    encodings = [cache.get(s) for s in samples]
+    chosen, rejected = stack(encodings, "chosen", config), stack(encodings, "rejected", config)
+    return dpo_loss(model, pipeline.scheduler, chosen, rejected.x0, config, generator)
 
 
 def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) -> Path:

@@ -2,8 +2,9 @@
 
     python -m training.sft --config sft.json
 
-Read top to bottom: configuration, model set-up (LoRA with peft on the transformer), the
-encodings of one batch (cached per sample), one training step, checkpoints, and the loop.
+Read top to bottom: configuration, model set-up (LoRA with peft on the transformer), one
+training step (on encodings cached per sample on disk: training.encodings), checkpoints, and
+the loop.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from safetensors.torch import load_file, save_file
 from idglow.shards import load_manifest
 from idglow.storage import atomic_path, tensors_sha256, write_json_atomic, write_text_atomic
 from training import modulation
-from training.data import Sample, batches, to_tensor
+from training.data import Sample, batches
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
-from training.flow import Generators, encode, flow_matching_loss, noisy, pack, predict_velocity, randn, sample_generators, sample_sigmas
+from training.encodings import EncodedBatch, EncodingCache
+from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_generators, sample_sigmas
 from training.identity import IdentityLoss
 from training.memory import plan_checkpointing
 from training.reporting import run_command
@@ -76,6 +78,8 @@ class SFTConfig:
     attention_backend: str | None = None  # diffusers attention backend, e.g. "_native_cudnn"; None: its default
     seed: int = 0
     device: str | None = None
+    # Per-sample encodings on disk, shared by runs (training.encodings); None: encodings/ beside output_dir.
+    encoding_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         # Run config carries the count as text ("auto" or a number: Dagster config has no unions).
@@ -117,12 +121,14 @@ FIELD_HELP = {
     "memory_fraction": "share of the GPU's memory the auto plan may fill",
     "compile": "torch.compile the repeated transformer block",
     "attention_backend": "diffusers attention backend, e.g. _native_cudnn (null: its default)",
+    "encoding_cache_dir": "folder of the per-sample encodings, shared by runs (null: encodings/ beside the run folder)",
 }
 
-# What may change between a run's start and its resume: where the run lives, which device it
-# runs on and how much it recomputes to fit there (recomputation leaves the gradients as they
-# are, tested), not what it trains. Every other field must equal the checkpoint's saved config.
-MAY_DIFFER_ON_RESUME = ("output_dir", "device", "gradient_checkpoint_blocks", "memory_fraction")
+# What may change between a run's start and its resume: where the run and its encodings live,
+# which device it runs on and how much it recomputes to fit there (recomputation leaves the
+# gradients as they are, and a cached encoding equals a fresh one: both tested), not what it
+# trains. Every other field must equal the checkpoint's saved config.
+MAY_DIFFER_ON_RESUME = ("output_dir", "device", "gradient_checkpoint_blocks", "memory_fraction", "encoding_cache_dir")
 
 
 class ConfigMismatch(ValueError):
@@ -218,59 +224,7 @@ def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torc
 # ---------------------------------------------------------------------- encodings
 
 
-@dataclass
-class EncodedBatch:
-    """What the transformer needs for one batch: target tokens (B, T, 64), reference tokens
-    (B, R, 64), prompt embeddings (B, L, D), their padding mask (None when no prompt is padded,
-    which lets attention take its fastest kernel: a mask forces SDPA off flash attention), and
-    the token grid of the target and of each reference."""
-
-    x0: torch.Tensor
-    refs: torch.Tensor
-    prompt: torch.Tensor
-    mask: torch.Tensor | None
-    shapes: list[tuple[int, int, int]]
-
-
-class EncodingCache:
-    """Target latents, reference latents and prompt embeddings per sample key (they never change
-    during LoRA training of the transformer, so each is computed once)."""
-
-    def __init__(self, pipeline: QwenImageEditPlusPipeline, config: SFTConfig):
-        self.pipeline, self.config = pipeline, config
-        self.entries: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def get(self, sample: Sample, image_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (sample.key, image_name)
-        if key not in self.entries:
-            pipeline, config = self.pipeline, self.config
-            device, dtype = pipeline.transformer.device, pipeline.transformer.dtype
-            target = to_tensor(sample.images[image_name], config.resolution)[None].to(device, dtype)
-            references = torch.stack([to_tensor(c, config.reference_resolution) for c in sample.conditions]).to(device, dtype)
-            x0 = pack(encode(pipeline.vae, target))[0]
-            refs = pack(encode(pipeline.vae, references)).reshape(1, -1, x0.shape[-1])[0]
-            side = config.condition_pixels ** 0.5
-            conditions = [c.resize((int(side), int(side))) for c in sample.conditions]
-            prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=conditions, device=device)
-            self.entries[key] = (x0, refs, prompt[0])
-        return self.entries[key]
-
-    def batch(self, samples: list[Sample], image_name: str) -> EncodedBatch:
-        """Stacked tokens and padded prompt embeddings for a batch homogeneous in N."""
-        rows = [self.get(s, image_name) for s in samples]
-        x0 = torch.stack([r[0] for r in rows])
-        refs = torch.stack([r[1] for r in rows])
-        lengths = [r[2].shape[0] for r in rows]
-        length = max(lengths)
-        prompt = torch.stack([torch.cat([r[2], r[2].new_zeros(length - r[2].shape[0], r[2].shape[1])]) for r in rows])
-        mask = None
-        if min(lengths) < length:
-            mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
-        side = self.config.resolution // 16
-        ref_side = self.config.reference_resolution // 16
-        shapes = [(1, side, side)] + [(1, ref_side, ref_side)] * len(samples[0].conditions)
-        return EncodedBatch(x0, refs, prompt, mask, shapes)
+# EncodedBatch and EncodingCache live in training.encodings (per-sample files on disk, read per step).
 
 
 # --------------------------------------------------------------------------- step

@@ -1,0 +1,239 @@
+"""What the transformer sees of a sample, encoded once and kept on disk.
+
+Training a LoRA on the transformer leaves the VAE and the text encoder frozen, so a sample's
+target latents, reference latents and prompt embeddings are the same every epoch and every run
+with the same encoders and sizes. They are written once to ``<cache dir>/<key>.safetensors``,
+where the key is a SHA-256 of the sample's content (its decoded pixels and its prompt) and of the encoding settings (the encoders' files,
+resolution, reference and condition budgets, dtype, library versions). Each step reads its
+samples' files to the CPU, moves them to the device, and drops them after the step: nothing in
+memory grows with the sample count (a few thousand 1024² samples with two or three references
+do not fit in GPU memory), and a second run with the same settings reads instead of encoding.
+Files are written atomically (``idglow.storage.atomic_path``), so ranks or runs that encode the
+same sample at once each publish a whole file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import diffusers
+import torch
+import transformers
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from idglow.storage import atomic_path, sha256_file
+from training.data import Sample, to_tensor
+from training.flow import encode, pack
+
+# Bump when encode_sample computes something else from the same inputs: old files then stop matching.
+ENCODING_VERSION = 1
+
+# The generator's folders the encodings come from (the transformer and scheduler do not matter).
+ENCODER_FOLDERS = ("vae", "text_encoder", "tokenizer", "processor")
+
+FULL_HASH_LIMIT = 2 << 30  # larger weight shards count by name and size, as registry.component_fingerprint does
+
+
+class EncodingConfig(Protocol):
+    """The fields of an SFT or DPO config the encodings depend on or are stored by."""
+
+    generator_dir: str
+    output_dir: str
+    resolution: int
+    reference_resolution: int
+    condition_pixels: int
+    encoding_cache_dir: str | None
+
+
+@dataclass
+class EncodedBatch:
+    """What the transformer needs for one batch: target tokens (B, T, 64), reference tokens
+    (B, R, 64), prompt embeddings (B, L, D), their padding mask (None when no prompt is padded,
+    which lets attention take its fastest kernel: a mask forces SDPA off flash attention), and
+    the token grid of the target and of each reference."""
+
+    x0: torch.Tensor
+    refs: torch.Tensor
+    prompt: torch.Tensor
+    mask: torch.Tensor | None
+    shapes: list[tuple[int, int, int]]
+
+
+@dataclass
+class SampleEncoding:
+    """One sample's tokens: one (T, 64) latent per image (``target``, or ``chosen`` and
+    ``rejected``), the (R, 64) reference latents, the (L, D) prompt embeddings."""
+
+    latents: dict[str, torch.Tensor]
+    references: torch.Tensor
+    prompt: torch.Tensor
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The safetensors layout, on the CPU and contiguous (what ``save_file`` takes)."""
+        named = {f"latents.{name}": value for name, value in self.latents.items()}
+        named.update(references=self.references, prompt=self.prompt)
+        return {name: value.detach().to("cpu").contiguous() for name, value in named.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SampleEncoding:
+        latents = {name.removeprefix("latents."): value for name, value in tensors.items() if name.startswith("latents.")}
+        if not latents or "references" not in tensors or "prompt" not in tensors:
+            raise KeyError(f"an encoding file needs latents.*, references and prompt; it has {sorted(tensors)}")
+        return cls(latents, tensors["references"], tensors["prompt"])
+
+    def to(self, device: torch.device) -> SampleEncoding:
+        return SampleEncoding({k: v.to(device) for k, v in self.latents.items()}, self.references.to(device),
+                              self.prompt.to(device))
+
+
+def encoder_fingerprint(generator_dir: str | Path) -> str:
+    """A SHA-256 over the generator's encoder files (``ENCODER_FOLDERS``): full content below
+    2 GiB, name and size above (hashing a text encoder's 5 GB shards at every start costs minutes)."""
+    root = Path(generator_dir)
+    digest = hashlib.sha256()
+    for folder in ENCODER_FOLDERS:
+        base = root / folder
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            size = path.stat().st_size
+            content = sha256_file(path) if size < FULL_HASH_LIMIT else f"size:{size}"
+            digest.update(f"{path.relative_to(root)}:{content}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Everything besides the sample that the encodings depend on."""
+
+    model: str  # encoder_fingerprint of the generator
+    resolution: int
+    reference_resolution: int
+    condition_pixels: int
+    dtype: str
+    versions: str = f"encoding {ENCODING_VERSION}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
+
+    @classmethod
+    def of(cls, pipeline, config: EncodingConfig) -> EncodingSettings:
+        return cls(encoder_fingerprint(config.generator_dir), config.resolution, config.reference_resolution,
+                   config.condition_pixels, str(pipeline.transformer.dtype))
+
+
+def _pixels_sha256(image: Image.Image) -> str:
+    return hashlib.sha256(f"{image.mode}:{image.size}:".encode() + image.tobytes()).hexdigest()
+
+
+def sample_content(sample: Sample) -> dict:
+    """What the encodings read of a sample: its decoded pixels (hashed: about 2 ms for a 1024²
+    image, against a step of a second or more) and its prompt. Pixels rather than the shard's
+    file bytes: what the encoders see is what counts, whichever way the sample was built or
+    changed after reading. The sample's key is not part of it: the same content under another
+    name is the same encoding."""
+    return {
+        "images": {name: _pixels_sha256(image) for name, image in sorted(sample.images.items())},
+        "conditions": [_pixels_sha256(image) for image in sample.conditions],
+        "prompt": sample.meta["prompt"],
+    }
+
+
+def encoding_key(sample: Sample, settings: EncodingSettings) -> str:
+    payload = json.dumps({"sample": sample_content(sample), "settings": asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@torch.no_grad()
+def encode_sample(pipeline, sample: Sample, config: EncodingConfig) -> SampleEncoding:
+    """The VAE latents of every image of ``sample`` and of its conditions, and its prompt
+    embeddings (the pipeline's own ``encode_prompt``, with the portraits), on the transformer's
+    device and dtype. No cache: the reference the cached path must equal."""
+    device, dtype = pipeline.transformer.device, pipeline.transformer.dtype
+    latents = {}
+    for name, image in sample.images.items():
+        target = to_tensor(image, config.resolution)[None].to(device, dtype)
+        latents[name] = pack(encode(pipeline.vae, target))[0]
+    references = torch.stack([to_tensor(c, config.reference_resolution) for c in sample.conditions]).to(device, dtype)
+    channels = next(iter(latents.values())).shape[-1]
+    refs = pack(encode(pipeline.vae, references)).reshape(1, -1, channels)[0]
+    side = int(config.condition_pixels ** 0.5)
+    conditions = [c.resize((side, side)) for c in sample.conditions]
+    prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=conditions, device=device)
+    return SampleEncoding(latents, refs, prompt[0])
+
+
+def stack(encodings: list[SampleEncoding], image_name: str, config: EncodingConfig) -> EncodedBatch:
+    """Stacked tokens of ``image_name`` and padded prompt embeddings for a batch homogeneous in N."""
+    x0 = torch.stack([e.latents[image_name] for e in encodings])
+    refs = torch.stack([e.references for e in encodings])
+    lengths = [e.prompt.shape[0] for e in encodings]
+    length = max(lengths)
+    prompt = torch.stack([torch.cat([e.prompt, e.prompt.new_zeros(length - e.prompt.shape[0], e.prompt.shape[1])])
+                          for e in encodings])
+    mask = None
+    if min(lengths) < length:
+        mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
+    side = config.resolution // 16
+    ref_side = config.reference_resolution // 16
+    references = refs.shape[1] // (ref_side * ref_side)
+    shapes = [(1, side, side)] + [(1, ref_side, ref_side)] * references
+    return EncodedBatch(x0, refs, prompt, mask, shapes)
+
+
+def default_cache_dir(config: EncodingConfig) -> Path | None:
+    """``encoding_cache_dir``, else ``encodings/`` beside the run folder (shared by the runs kept
+    side by side, as the Dagster assets keep them); None for a config without a run folder."""
+    if config.encoding_cache_dir:
+        return Path(config.encoding_cache_dir)
+    if config.output_dir:
+        return Path(config.output_dir).absolute().parent / "encodings"
+    return None
+
+
+class EncodingCache:
+    """Encodings per sample in safetensors files; ``get`` encodes a sample the first time any run
+    meets it and reads its file afterwards. It keeps no tensors between calls. ``encoded`` and
+    ``read`` count what it did (a reused folder shows as reads only)."""
+
+    def __init__(self, pipeline, config: EncodingConfig, directory: str | Path | None = None):
+        self.pipeline, self.config = pipeline, config
+        chosen = Path(directory) if directory is not None else default_cache_dir(config)
+        self._scratch = None
+        if chosen is None:  # a step driven from code without a run folder: a folder for this object only
+            import tempfile
+
+            self._scratch = tempfile.TemporaryDirectory(prefix="idglow-encodings-")
+            chosen = Path(self._scratch.name)
+        self.directory = chosen
+        self.settings = EncodingSettings.of(pipeline, config)
+        self.encoded = 0
+        self.read = 0
+
+    def path(self, sample: Sample) -> Path:
+        return self.directory / f"{encoding_key(sample, self.settings)}.safetensors"
+
+    def get(self, sample: Sample) -> SampleEncoding:
+        """The sample's encodings on the transformer's device."""
+        path = self.path(sample)
+        device = self.pipeline.transformer.device
+        if path.exists():
+            try:
+                encoding = SampleEncoding.from_tensors(load_file(str(path), device="cpu"))
+            except (SafetensorError, OSError, KeyError) as error:  # damaged outside our atomic writes
+                warnings.warn(f"encoding file {path} cannot be read ({error}); encoding it again", stacklevel=2)
+            else:  # the key covers the image names, so the file holds every latent the sample has
+                self.read += 1
+                return encoding.to(device)
+        encoding = encode_sample(self.pipeline, sample, self.config)
+        metadata = {"sample_key": sample.key, "content": json.dumps(sample_content(sample), sort_keys=True),
+                    "settings": json.dumps(asdict(self.settings), sort_keys=True)}
+        with atomic_path(path) as tmp:
+            save_file(encoding.tensors(), str(tmp), metadata=metadata)
+        self.encoded += 1
+        return encoding
+
+    def batch(self, samples: list[Sample], image_name: str) -> EncodedBatch:
+        return stack([self.get(s) for s in samples], image_name, self.config)
