@@ -13,7 +13,7 @@ import typer
 app = typer.Typer(help="IdGlow: identity-preserving group photo generation, as a pipeline.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Read source datasets into catalogs.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
-models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins.", no_args_is_help=True)
+models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins or a rehearsal directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -59,7 +59,7 @@ def models_check_command(
         raise typer.Exit(2)
     statuses = check_models(profile, models_dir, verify_hashes=verify_hashes)
     for status in statuses:
-        line = f"{status.state:<20} {status.role:<13} {status.path}"
+        line = f"{status.state:<13} {status.role:<13} {status.path}"
         if status.expected_sha256:
             line += f"  sha256 {status.expected_sha256}"
         typer.echo(line)
@@ -75,13 +75,25 @@ def models_check_command(
 
 @models_app.command("build")
 def models_build_command(
-    models_dir: Path = typer.Option(..., help="Where to write the tiny twins."),
+    models_dir: Path = typer.Option(..., help="Where to write the models."),
     seed: int = typer.Option(0),
+    layout: str = typer.Option("tiny", help="tiny: the demo profile's twins; real: a rehearsal directory in the "
+                                            "real profile's layout and formats, random weights (docs/models.md)."),
+    depth: int = typer.Option(1, min=1, help="real layout: blocks per transformer tower (the widths are the releases')."),
 ) -> None:
-    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes)."""
-    from idglow.models.tiny import ensure_tiny_models
+    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes),
+    or with --layout real a rehearsal directory that `idglow models check --profile real` passes."""
+    if layout == "tiny":
+        from idglow.models.tiny import ensure_tiny_models
 
-    built = ensure_tiny_models(models_dir, seed=seed)
+        built = ensure_tiny_models(models_dir, seed=seed)
+    elif layout == "real":
+        from idglow.models.rehearsal import build_rehearsal_models
+
+        built = build_rehearsal_models(models_dir, seed=seed, depth=depth)
+    else:
+        typer.echo(f"error: unknown layout {layout!r}; choose tiny or real", err=True)
+        raise typer.Exit(2)
     typer.echo(f"built: {', '.join(built) or 'nothing (all present)'} in {models_dir}")
 
 
@@ -137,14 +149,16 @@ def eval_external_command(
 ) -> None:
     """Score images made elsewhere on the benchmark groups with the same metrics; the next
     benchmark_report includes them. Missing, unreadable or unknown images are listed, never skipped silently."""
+    from dataclasses import replace
+
     import pandas as pd
 
     from evaluation.benchmark import ImageScorer, read_external_manifest
     from evaluation.protocol import score_external
     from idglow.models.hub import ModelHub
-    from idglow.paths import ArtifactPaths
+    from idglow.paths import ArtifactPaths, TableRoots
     from idglow.profiles import load_profile
-    from idglow.storage import write_parquet_atomic
+    from idglow.storage import copy_in, write_parquet_atomic
 
     profile = load_profile()
     paths = ArtifactPaths((storage_root or profile.storage_root).absolute())
@@ -152,9 +166,14 @@ def eval_external_command(
         typer.echo(f"error: {paths.table('prompts')} does not exist; materialise the prompts asset first", err=True)
         raise typer.Exit(2)
     rows, problems = read_external_manifest(manifest)
+    # The images are copied under the storage root, so the results (and the report's sample
+    # grid) name them relative to it, as every table does.
+    imported = paths.asset_dir("benchmark_results") / "images" / f"external-{name}"
+    rows = rows.assign(image=[str(copy_in(image, imported)) for image in rows["image"]]) if len(rows) else rows
+    roots = TableRoots(paths.root, replace(profile, storage_root=paths.root).celebahq_source.absolute())
     scores, unknown = score_external(ImageScorer(ModelHub(profile.name, profile.models_dir)), rows,
-                                     pd.read_parquet(paths.table("prompts")), f"external-{name}")
-    out = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"external-{name}.parquet", scores)
+                                     roots.resolve_frame(pd.read_parquet(paths.table("prompts"))), f"external-{name}")
+    out = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"external-{name}.parquet", roots.store_frame(scores))
     for problem in problems:
         typer.echo(f"  not scored: row {problem.row}: {problem.image}: {problem.reason}", err=True)
     for problem in unknown:
