@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,8 +204,6 @@ class EncodingCache:
         chosen = Path(directory) if directory is not None else default_cache_dir(config)
         self._scratch = None
         if chosen is None:  # a step driven from code without a run folder: a folder for this object only
-            import tempfile
-
             self._scratch = tempfile.TemporaryDirectory(prefix="idglow-encodings-")
             chosen = Path(self._scratch.name)
         self.directory = chosen
