@@ -243,3 +243,40 @@ def _tensor_bytes(tensor) -> memoryview:
 
     # The bytes as stored (little-endian); bf16 and other dtypes numpy lacks go through uint8.
     return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def relative_to_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """``path`` as a POSIX path relative to ``root``: the form tables and manifests store, so a
+    root that is moved or mounted elsewhere keeps every stored path valid. A path outside the
+    root has no such form and is refused (it would break when the root moves)."""
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not path.is_relative_to(root):
+        raise ValueError(f"{path} is outside {root}: a stored path must lie under the root it is stored against "
+                         "(copy the file under the root, or store it relative to its own root)")
+    return path.relative_to(root).as_posix()
+
+
+def resolve_under(root: str | os.PathLike[str], relative: str) -> Path:
+    """The file a stored relative path names under the current ``root``. An absolute path (a
+    table written before paths were stored relative) or one that climbs out of the root is
+    refused: either would read from wherever the root used to be."""
+    if Path(relative).is_absolute():
+        raise ValueError(f"{relative!r} is absolute, but stored paths are relative to the storage root "
+                         "(a table written by an older version: materialise it again)")
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(root / relative))
+    if not path.is_relative_to(root):
+        raise ValueError(f"{relative!r} points outside the storage root {root}")
+    return path
+
+
+def copy_in(source: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """A copy of ``source`` (a file from outside the storage root, e.g. a user's manifest) in
+    ``folder``, named by the hash of the source path so two files with one name stay apart; a
+    copy of the same size already there is kept."""
+    source = Path(os.path.abspath(source))
+    copy = Path(folder) / f"{hashlib.sha256(str(source).encode()).hexdigest()[:16]}{source.suffix}"
+    if not copy.is_file() or copy.stat().st_size != source.stat().st_size:
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(source, tmp)
+    return copy

@@ -176,3 +176,28 @@ def test_out_of_range_numbers_are_refused_not_an_error(app_and_store):
         assert response.status_code == 303
     log = store.decision_log()
     assert len(log) == 1 and log[0]["seconds"] is None  # the one skip of the held item, its time unknown
+
+
+def test_relative_payload_paths_are_served_from_the_storage_root_the_app_is_started_with(tmp_path):
+    from PIL import Image
+
+    from idglow.review.security import hash_password
+    from idglow.review.store import ReviewStore
+
+    # What review_queue publishes: paths relative to the storage root, which may have moved since.
+    storage = tmp_path / "mounted" / "storage"
+    (storage / "img").mkdir(parents=True)
+    for name in ("chosen", "rejected", "portrait"):
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(storage / "img" / f"{name}.png")
+    (tmp_path / "mounted" / "secret.png").write_bytes((storage / "img" / "chosen.png").read_bytes())
+    store = ReviewStore(tmp_path / "review" / "review.sqlite", lease_seconds=120)
+    store.add_reviewer("ann", hash_password(PASSWORD))
+    store.publish("batch-relative", "test", [{
+        "pair_id": "pair-0", "prompt": "Two friends, relative", "task": "group_fusion", "n_subjects": 1,
+        "condition_paths": ["../secret.png"], "chosen_path": "img/chosen.png", "rejected_path": "img/rejected.png",
+        "scores": {"chosen": {"identity": 0.5}, "rejected": {"identity": 0.3}}, "deltas": {"identity": 0.2},
+    }])
+    client, page = signed_in(create_app(store, storage, "test-secret-" + "x" * 20))
+    images = dict.fromkeys(re.findall(r'src="(/files/[^"]+)"', page))
+    # Both sides from the root given now; the portrait that climbs out of it is never served.
+    assert sorted(client.get(url).status_code for url in images) == [200, 200, 404]

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from idglow.review.rules import fleiss, pairwise_cohen_kappa
 from idglow.review.security import LoginLimits, csrf_matches, file_token, new_csrf_token, same_token, verify_password
 from idglow.review.store import REJECT_REASONS, ReviewError, ReviewStore
+from idglow.storage import resolve_under
 
 TEMPLATES = Environment(loader=PackageLoader("idglow.review", "templates"), autoescape=select_autoescape())
 SESSION_SECONDS = 12 * 3600
@@ -89,6 +90,18 @@ def _sqlite_files(store: ReviewStore) -> set[Path]:
         return set()
     database = Path(store.url.removeprefix("sqlite:///")).resolve()
     return {database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm", "-journal"))}
+
+
+def _served_file(root: Path, named: str) -> Path | None:
+    """The file a payload names: a relative path (what tables store) under the storage root the
+    app serves now, an absolute one (payloads published before paths were stored relative) as
+    it is; None for a path that climbs out of the root. The caller still checks it is inside."""
+    if Path(named).is_absolute():
+        return Path(named).resolve()
+    try:
+        return resolve_under(root, named).resolve()
+    except ValueError:
+        return None
 
 
 def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: LoginLimits = LoginLimits(),
@@ -212,7 +225,7 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         payload = store.item_payload(item_id) if 0 < item_id < 2**63 else None
         payload = payload or {}
         named = [path for role, index, path in item_files(payload) if same_token(file_token(secret, item_id, role, index), token)]
-        wanted = Path(named[0]).resolve() if named else None
+        wanted = _served_file(root, named[0]) if named else None
         if wanted is None or not wanted.is_relative_to(root) or wanted in never_served or not wanted.is_file():
             return Response("not found", status_code=404)
         return FileResponse(wanted, headers={"Cache-Control": "private, max-age=300"})
