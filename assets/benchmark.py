@@ -17,7 +17,7 @@ import time
 import pandas as pd
 
 import dagster as dg
-from assets.metadata import file_metadata, preview
+from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
 from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci
 from evaluation.protocol import benchmark_jobs, evaluate_model
@@ -26,7 +26,7 @@ from idglow import code_version
 from idglow.generation import GenerationSettings
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, component_fingerprint
 from idglow.plots import markdown_image
-from idglow.storage import sha256_file, tensors_sha256, write_json_atomic, write_parquet_atomic, write_text_atomic
+from idglow.storage import resolve_under, sha256_file, tensors_sha256, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 GROUP = "benchmark"
 model_versions = dg.DynamicPartitionsDefinition(name="model_versions")
@@ -45,7 +45,7 @@ def current_version(settings: IdglowSettings) -> str:
     return json.loads(path.read_text())["version"] if path.exists() else "base"
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["sft_checkpoint", "dpo_checkpoint"], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=["sft_checkpoint", "dpo_checkpoint"], kinds={"parquet"})
 def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
     """Every model version with its lineage; which one is current (``base`` until one is promoted)."""
     registry = read_registry(settings)
@@ -60,7 +60,8 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
         sha = metadata["lora_sha256"].value
         version = f"{kind}-{sha[:12]}"
         if version not in known:
-            new.append({"version": version, "kind": kind, "lora_dir": metadata["checkpoint_uri"].value,
+            checkpoint_of(metadata, settings.paths.root)  # refuses a materialization with no storage-relative path
+            new.append({"version": version, "kind": kind, "lora_dir": metadata[CHECKPOINT_PATH].value,
                         "checkpoint_sha256": sha, "shard_manifest_sha256": metadata["shard_manifest_sha256"].value,
                         "registered_at": time.time()})
     registry = pd.concat([registry, pd.DataFrame(new, columns=REGISTRY_COLUMNS)], ignore_index=True)
@@ -73,7 +74,7 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
     }, data_version=dg.DataVersion(hashlib.sha256(",".join(registry["version"]).encode()).hexdigest()))
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[model_registry, "prompts", "model_weights"],
+@dg.asset(group_name=GROUP, code_version="2", deps=[model_registry, "prompts", "model_weights"],
           partitions_def=model_versions, kinds={"parquet"}, pool="gpu")
 def benchmark_results(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
     """The evaluation protocol for one model version: benchmark groups x both tasks x static and
@@ -93,14 +94,14 @@ def benchmark_results(context: dg.AssetExecutionContext, settings: IdglowSetting
                                    profile.true_cfg_scale, 1, profile.seed)
     pipeline = hub.generator()
     if entry["lora_dir"]:
-        pipeline.load_lora_weights(entry["lora_dir"])
+        pipeline.load_lora_weights(resolve_under(paths.root, entry["lora_dir"]))
     try:
-        frame = evaluate_model(pipeline, ImageScorer(hub), benchmark_jobs(pd.read_parquet(prompts_path)), inference,
-                               paths.asset_dir("benchmark_results") / "images" / version, version, lineage)
+        frame = evaluate_model(pipeline, ImageScorer(hub), benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(prompts_path))),
+                               inference, paths.asset_dir("benchmark_results") / "images" / version, version, lineage)
     finally:
         if entry["lora_dir"]:
             pipeline.unload_lora_weights()
-    path = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"{version}.parquet", frame)
+    path = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"{version}.parquet", settings.roots.store_frame(frame))
     summary = aggregate(frame, ["task", "prompt_kind"])
     data_version = hashlib.sha256(json.dumps({**lineage, "inference": inference.__dict__}, sort_keys=True).encode()).hexdigest()
     return dg.MaterializeResult(metadata={
@@ -178,7 +179,8 @@ def benchmark_report(context: dg.AssetExecutionContext, settings: IdglowSettings
     tables = results_table(summary)
     pareto = pareto_plot(aggregate(samples, ["method"]), folder / "pareto.png")
     grid_rows = samples[samples["prompt_kind"] == "static"].groupby(["method", "task"], sort=False).head(1)
-    grid = sample_grid(grid_rows.assign(caption=grid_rows["task"].str.replace("_", " ")), folder / "samples.png")
+    grid = sample_grid(settings.roots.resolve_frame(grid_rows.assign(caption=grid_rows["task"].str.replace("_", " "))),
+                       folder / "samples.png")
     notice = DEMO_NOTICE if profile.name == "demo" else ""
     text = "\n\n".join(filter(None, [
         "# Benchmark report", notice,
@@ -246,7 +248,7 @@ ABLATION = (  # Table 3's SFT configurations: (name, SFTConfig.modulation)
 )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
+@dg.asset(group_name=GROUP, code_version="2", deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
           kinds={"pytorch", "markdown"}, pool="gpu")
 def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
     """Table 3 on static prompts: SFT without the ID loss, with a constant one, task-adaptive
@@ -261,7 +263,7 @@ def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, mo
     folder = paths.asset_dir("sft_ablation")
     common = {"generator_dir": str(hub.path(GENERATOR)), "steps": profile.sft_steps, "resolution": profile.generation_size,
               "seed": profile.seed, "lora_rank": profile.lora_rank, "checkpoint_every": profile.sft_steps}
-    jobs = benchmark_jobs(pd.read_parquet(paths.table("prompts")))
+    jobs = benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(paths.table("prompts"))))
     jobs = jobs[jobs["prompt_kind"] == "static"]
     inference = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
                                    profile.true_cfg_scale, 1, profile.seed)
@@ -287,7 +289,7 @@ def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, mo
     labels = {("task-adaptive", "group_fusion"): "annealing", ("task-adaptive", "age_transformed"): "gating"}
     summary["method"] = [labels.get((m, t), m) for m, t in zip(summary["method"], summary["task"], strict=True)]
     table = ablation_table(summary)
-    write_parquet_atomic(folder / "samples.parquet", samples)
+    write_parquet_atomic(folder / "samples.parquet", settings.roots.store_frame(samples))
     report = write_text_atomic(folder / "ablation.md", "\n\n".join(filter(None, [
         "# SFT ablation (static prompts, layout of Table 3)", DEMO_NOTICE if profile.name == "demo" else "", table])) + "\n")
     return dg.MaterializeResult(metadata={

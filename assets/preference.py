@@ -11,7 +11,7 @@ from PIL import Image
 import dagster as dg
 from assets.metadata import data_version_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
-from idglow.data.group_photos import GROUP_PHOTO_COLUMNS, read_group_photo_manifest, write_demo_group_photos
+from idglow.data.group_photos import GROUP_PHOTO_COLUMNS, copy_outside_files, read_group_photo_manifest, write_demo_group_photos
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import GenerationSettings, generate_candidates
 from idglow.models.face_training import pil_to_bgr
@@ -28,7 +28,7 @@ generation_rounds = dg.DynamicPartitionsDefinition(name="generation_rounds")
 GROUP = "preference_data"
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"})
 def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
     """Static and dynamic prompts for every benchmark and training group and both tasks, and the
     prompt preference set (barren vs descriptive) for aligning the prompt model (section 3.2).
@@ -36,7 +36,7 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     A dynamic prompt must name each subject, fit the text encoder's token budget and, for Task 2,
     ask for children; one that fails falls back to the static template and records why. The
     demo's random tiny prompt model nearly always falls back, which the fallback rate shows."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
     groups = pd.concat([pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True)
     tokenizer = hub.generator_tokenizer()
     aligned = None
@@ -54,7 +54,7 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))
     prompt_path, preference_path = paths.table("prompts"), paths.asset_dir("prompts") / "prompt_preferences.parquet"
-    write_parquet_atomic(prompt_path, table)
+    write_parquet_atomic(prompt_path, roots.store_frame(table))
     write_parquet_atomic(preference_path, preferences)
     dynamic = table[table["prompt_kind"] == "dynamic"]
     reasons = dynamic.loc[dynamic["fallback"], "fallback_reason"].str.replace(r"\d+ tokens", "N tokens", regex=True)
@@ -73,16 +73,16 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["training_groups", "celebahq_images"], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=["training_groups", "celebahq_images"], kinds={"parquet"})
 def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
     """Authentic multi-person photos, each with one single portrait per person as conditions:
     the manifest in IDGLOW_GROUP_PHOTOS_MANIFEST, or on the demo profile a few drawn photos of
     training groups (the same faces as their portraits). Records whose files are missing go to a
     quarantine with the reason."""
-    profile, paths = settings.resolved(), settings.paths
+    profile, paths, roots = settings.resolved(), settings.paths, settings.roots
     out_dir = paths.asset_dir("real_group_photos")
     if profile.group_photos_manifest is not None:
-        photos = read_group_photo_manifest(profile.group_photos_manifest)
+        photos = copy_outside_files(read_group_photo_manifest(profile.group_photos_manifest), roots, out_dir / "imported")
     elif profile.demo_group_photos > 0:
         photos = write_demo_group_photos(
             pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog), profile.celebahq_source,
@@ -96,7 +96,7 @@ def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSetting
     quarantine = photos.loc[~exists, ["photo_id", "photo_path"]].assign(reason="photo or condition portrait file missing")
     photos = photos.loc[exists].reset_index(drop=True)
     table_path, quarantine_path = paths.table("real_group_photos"), out_dir / "quarantine.parquet"
-    write_parquet_atomic(table_path, photos)
+    write_parquet_atomic(table_path, roots.store_frame(photos))
     write_parquet_atomic(quarantine_path, quarantine)
     return dg.MaterializeResult(
         metadata={
@@ -122,15 +122,16 @@ def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.Dat
     return pd.concat([jobs, real], ignore_index=True)
 
 
-@dg.asset(group_name=GROUP, code_version="1", partitions_def=generation_rounds, deps=[prompts, real_group_photos],
+@dg.asset(group_name=GROUP, code_version="2", partitions_def=generation_rounds, deps=[prompts, real_group_photos],
           pool="gpu", kinds={"pytorch"})
 def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
     """K candidate group photos per training prompt and per real photo's caption, from the
     explicitly named model version (`generation_model_version`: `base` or a LoRA folder), seeds
     recorded. One partition per generation round; a rerun of a round skips what is written."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
     round_name = context.partition_key
-    jobs = _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
+    jobs = roots.resolve_frame(_generation_jobs(pd.read_parquet(paths.table("prompts")),
+                                                pd.read_parquet(paths.table("real_group_photos"))))
     pipeline = hub.generator()
     version = profile.generation_model_version
     if version != "base":
@@ -154,7 +155,7 @@ def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings
     faces_found = [min(len(app.get(pil_to_bgr(Image.open(p)))), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)]
     detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
     table_path = out_dir / "candidates.parquet"
-    write_parquet_atomic(table_path, table)
+    write_parquet_atomic(table_path, roots.store_frame(table))
     return dg.MaterializeResult(
         metadata={
             **file_metadata("candidates", table_path),
@@ -171,18 +172,18 @@ def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[candidate_images, real_group_photos], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=[candidate_images, real_group_photos], kinds={"parquet"})
 def preference_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     """Quadruples (chosen, rejected, condition portraits, prompt) from the four sources: real vs
     perturbed, real vs synthetic, synthetic vs synthetic (orientation decided by the scores),
     synthetic vs perturbed; each with its provenance and a stable pair_id. Reads every round."""
-    profile, paths = settings.resolved(), settings.paths
+    profile, paths, roots = settings.resolved(), settings.paths, settings.roots
     rounds = sorted(paths.asset_dir("candidate_images").glob("*/candidates.parquet"))
     candidates = pd.concat([pd.read_parquet(p) for p in rounds], ignore_index=True) if rounds else pd.DataFrame()
-    pairs = build_pairs(candidates, pd.read_parquet(paths.table("real_group_photos")),
+    pairs = build_pairs(roots.resolve_frame(candidates), roots.resolve_frame(pd.read_parquet(paths.table("real_group_photos"))),
                         paths.asset_dir("preference_pairs") / "perturbed", profile.seed)
     table_path = paths.table("preference_pairs")
-    write_parquet_atomic(table_path, pairs)
+    write_parquet_atomic(table_path, roots.store_frame(pairs))
     counts = pairs["source"].value_counts()
     return dg.MaterializeResult(
         metadata={
@@ -195,19 +196,19 @@ def preference_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[preference_pairs], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=[preference_pairs], kinds={"parquet"})
 def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
     """Eq. 8: identity, object, semantic, aesthetic and people-count scores of both sides of each
     pair and their deltas (batched: each image and portrait analysed once)."""
-    paths = settings.paths
-    pairs = pd.read_parquet(paths.table("preference_pairs"))
+    paths, roots = settings.paths, settings.roots
+    pairs = roots.resolve_frame(pd.read_parquet(paths.table("preference_pairs")))
     started = time.perf_counter()
     scores = PairScorer(models.hub()).score(pairs)
     seconds = time.perf_counter() - started
     scores, oriented = orient_by_score(scores, pairs)
     scores_path, oriented_path = paths.table("pair_scores"), paths.asset_dir("pair_scores") / "oriented_pairs.parquet"
-    write_parquet_atomic(scores_path, scores)
-    write_parquet_atomic(oriented_path, oriented)
+    write_parquet_atomic(scores_path, roots.store_frame(scores))
+    write_parquet_atomic(oriented_path, roots.store_frame(oriented))
     return dg.MaterializeResult(
         metadata={
             **file_metadata("scores", scores_path),
@@ -220,7 +221,7 @@ def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.Materi
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[pair_scores], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=[pair_scores], kinds={"parquet"})
 def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     """Eq. 9, stage 1: a pair is kept when some delta reaches its threshold and no delta falls
     below minus its tolerance (thresholds in docs/configuration.md). Every pair is listed with
@@ -252,7 +253,7 @@ def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[auto_filtered_pairs, real_group_photos], kinds={"parquet"})
+@dg.asset(group_name=GROUP, code_version="2", deps=[auto_filtered_pairs, real_group_photos], kinds={"parquet"})
 def sft_examples(settings: IdglowSettings) -> dg.MaterializeResult:
     """SFT targets: the real group photos with their people's portraits (Task 1), and chosen
     synthetic outputs of kept pairs whose identity and aesthetic scores clear the profile's
@@ -288,17 +289,17 @@ def _shard_result(out_dir, manifest) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[sft_examples], kinds={"webdataset"})
+@dg.asset(group_name=GROUP, code_version="2", deps=[sft_examples], kinds={"webdataset"})
 def sft_shards(settings: IdglowSettings) -> dg.MaterializeResult:
     """WebDataset shards of the SFT examples, one shard set per subject count, with a manifest."""
     profile, paths = settings.resolved(), settings.paths
     out_dir = paths.asset_dir("sft_shards")
-    manifest = write_shard_sets(sft_samples(pd.read_parquet(paths.table("sft_examples"))), out_dir, "sft",
+    manifest = write_shard_sets(sft_samples(pd.read_parquet(paths.table("sft_examples")), settings.roots.resolve), out_dir, "sft",
                                 max_size_bytes=profile.shard_max_bytes)
     return _shard_result(out_dir, manifest)
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["accepted_pairs"], kinds={"webdataset"})
+@dg.asset(group_name=GROUP, code_version="3", deps=["accepted_pairs"], kinds={"webdataset"})
 def dpo_shards(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
     """WebDataset shards of the pairs that passed the automatic filter and then review (every
     finished batch's accepted pairs), one shard set per subject count. Each sample records how it
@@ -312,5 +313,5 @@ def dpo_shards(context: dg.AssetExecutionContext, settings: IdglowSettings) -> d
     if automatic:
         context.log.warning(f"{automatic} of {len(accepted)} pairs were approved by the written rule, not by people")
     out_dir = paths.asset_dir("dpo_shards")
-    manifest = write_shard_sets(dpo_samples(accepted), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
+    manifest = write_shard_sets(dpo_samples(accepted, settings.roots.resolve), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
     return _shard_result(out_dir, manifest)

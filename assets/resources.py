@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from idglow.models.hub import ModelHub
-from idglow.paths import ArtifactPaths
+from idglow.paths import ArtifactPaths, TableRoots
 from idglow.profiles import Profile, load_profile
 
 
@@ -60,6 +60,11 @@ class IdglowSettings(dg.ConfigurableResource):
     @property
     def paths(self) -> ArtifactPaths:
         return ArtifactPaths(Path(self.storage_root))
+
+    @property
+    def roots(self) -> TableRoots:
+        """What the paths in tables are stored relative to, and resolved against, in this run."""
+        return TableRoots(Path(self.storage_root).absolute(), self.resolved().celebahq_source.absolute())
 
 
 class ModelHubResource(dg.ConfigurableResource):

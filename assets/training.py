@@ -26,7 +26,7 @@ from pathlib import Path
 import dagster as dg
 import pydantic
 
-from assets.metadata import file_metadata
+from assets.metadata import checkpoint_of, checkpoint_path_metadata, file_metadata
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL
 from idglow.profiles import Profile, ProfileError, load_profile
@@ -138,9 +138,10 @@ def gpu_op_tags(gpus: int) -> dict:
         "requests": {"nvidia.com/gpu": count}, "limits": {"nvidia.com/gpu": count}}}}}
 
 
-def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus: int, extra_metadata: dict):
+def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus: int, root: Path):
     """Write ``config`` into its run folder, run the module on it through Pipes, and report the
-    launched process's materialization with the config it trained with."""
+    launched process's materialization with the config it trained with and its checkpoint
+    relative to the storage ``root`` (what later assets read, so they survive the root moving)."""
     folder = Path(config.output_dir)
     config_file = write_json_atomic(folder / "config.json", asdict(config))
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
@@ -148,7 +149,8 @@ def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus
     result = client.run(command=training_command(module, config_file, gpus), context=context, env=env)
     materialization = result.get_materialize_result()
     return dg.MaterializeResult(metadata={**materialization.metadata, "config": dg.MetadataValue.json(asdict(config)),
-                                          **extra_metadata}, data_version=materialization.data_version)
+                                          **checkpoint_path_metadata(materialization.metadata, root)},
+                                data_version=materialization.data_version)
 
 
 def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.AssetsDefinition]:
@@ -162,7 +164,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
     prompt_run_config = run_config_class("PromptDPORunConfig", PromptDPOConfig, profile, PROMPT_DPO_FILLED,
                                          prompt_dpo_module.FIELD_HELP)
 
-    @dg.asset(group_name=GROUP, code_version="3", deps=["sft_shards", "model_weights"], pool="gpu", kinds={"pytorch"},
+    @dg.asset(group_name=GROUP, code_version="4", deps=["sft_shards", "model_weights"], pool="gpu", kinds={"pytorch"},
               op_tags=tags)
     def sft_checkpoint(context: dg.AssetExecutionContext, config: sft_run_config, settings: IdglowSettings,
                        models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -173,9 +175,9 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         training = training_config(SFTConfig, profile, config.model_dump(), generator_dir=str(hub.path(GENERATOR)),
                                    shards=str(shards), face_pack_dir=str(hub.path(FACE_PACK)))
         training = in_run_dir(training, paths.asset_dir("sft_checkpoint"), manifest_hash(shards), profile.training_gpus)
-        return _launch(context, pipes_subprocess_client, "training.sft", training, profile.training_gpus, {})
+        return _launch(context, pipes_subprocess_client, "training.sft", training, profile.training_gpus, paths.root)
 
-    @dg.asset(group_name=GROUP, code_version="3", deps=["dpo_shards", sft_checkpoint], pool="gpu", kinds={"pytorch"},
+    @dg.asset(group_name=GROUP, code_version="4", deps=["dpo_shards", sft_checkpoint], pool="gpu", kinds={"pytorch"},
               op_tags=tags)
     def dpo_checkpoint(context: dg.AssetExecutionContext, config: dpo_run_config, settings: IdglowSettings,
                        models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -183,17 +185,17 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         as one LoRA against the base model (SFT and DPO factors concatenated along the rank)."""
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         event = context.instance.get_latest_materialization_event(sft_checkpoint.key)
-        sft = Path(event.asset_materialization.metadata["checkpoint_uri"].value)
+        sft = checkpoint_of(event.asset_materialization.metadata, paths.root)
         shards = paths.asset_dir("dpo_shards")
         training = training_config(DPOConfig, profile, config.model_dump(), generator_dir=str(hub.path(GENERATOR)),
                                    shards=str(shards), sft_checkpoint=str(sft))
         training = in_run_dir(training, paths.asset_dir("dpo_checkpoint"), manifest_hash(shards), profile.training_gpus)
         lora = Path(training.output_dir) / "combined" / "pytorch_lora_weights.safetensors"
-        result = _launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, {})
+        result = _launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, paths.root)
         return dg.MaterializeResult(metadata={**result.metadata, **file_metadata("lora", lora)},
                                     data_version=result.data_version)
 
-    @dg.asset(group_name=GROUP, code_version="2", deps=["prompts", "model_weights"], pool="gpu", kinds={"pytorch"},
+    @dg.asset(group_name=GROUP, code_version="3", deps=["prompts", "model_weights"], pool="gpu", kinds={"pytorch"},
               op_tags=gpu_op_tags(1))
     def prompt_model_alignment(context: dg.AssetExecutionContext, config: prompt_run_config, settings: IdglowSettings,
                                models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -208,7 +210,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
                                    seed=profile.seed, **config.model_dump())
         inputs = sha256_file(preferences)
         training = dataclasses.replace(training, output_dir=str(paths.asset_dir("prompt_model_alignment") / run_key(training, inputs, 1)))
-        result = _launch(context, pipes_subprocess_client, "training.prompt_dpo", training, 1, {})
+        result = _launch(context, pipes_subprocess_client, "training.prompt_dpo", training, 1, paths.root)
         folder = Path(result.metadata["checkpoint_uri"].value)
         return dg.MaterializeResult(metadata={
             **result.metadata, "prompt_model_version": dg.MetadataValue.text(f"aligned:{result.data_version.value[:12]}"),

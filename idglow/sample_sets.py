@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,30 +35,32 @@ def select_sft_examples(photos: pd.DataFrame, filtered: pd.DataFrame, min_identi
     return pd.DataFrame(rows, columns=list(SFT_COLUMNS))
 
 
-def _conditions(paths) -> dict[str, bytes]:
-    return {f"cond.{i}.jpg": jpeg_bytes(p) for i, p in enumerate(paths)}
+def _conditions(paths, resolve: Callable[[str], Path]) -> dict[str, bytes]:
+    return {f"cond.{i}.jpg": jpeg_bytes(resolve(p)) for i, p in enumerate(paths)}
 
 
-def sft_samples(examples: pd.DataFrame) -> Iterator[dict]:
+def sft_samples(examples: pd.DataFrame, resolve: Callable[[str], Path] = Path) -> Iterator[dict]:
+    """The samples of ``examples``, whose stored paths ``resolve`` turns into files (the table's
+    stored form is what a sample records, so shards name no machine's absolute path)."""
     for row in examples.sort_values(["n_subjects", "example_id"]).itertuples():
         yield {
             "__key__": row.example_id,
-            "target.png": png_bytes(row.target_path),
-            **_conditions(row.condition_paths),
+            "target.png": png_bytes(resolve(row.target_path)),
+            **_conditions(row.condition_paths, resolve),
             "json": {"task": row.task, "group_id": row.group_id, "identities": list(row.identities),
                      "n_subjects": int(row.n_subjects), "prompt": row.prompt, "sources": [row.source],
                      "target_file": str(row.target_path)},
         }
 
 
-def dpo_samples(pairs: pd.DataFrame) -> Iterator[dict]:
+def dpo_samples(pairs: pd.DataFrame, resolve: Callable[[str], Path] = Path) -> Iterator[dict]:
     for row in pairs.sort_values(["n_subjects", "pair_id"]).to_dict("records"):
         metrics = {f"{side}_{m}": float(row[f"{side}_{m}"]) for side in ("chosen", "rejected") for m in METRICS}
         yield {
             "__key__": safe_key(row["pair_id"]),
-            "chosen.png": png_bytes(row["chosen_path"]),
-            "rejected.png": png_bytes(row["rejected_path"]),
-            **_conditions(row["condition_paths"]),
+            "chosen.png": png_bytes(resolve(row["chosen_path"])),
+            "rejected.png": png_bytes(resolve(row["rejected_path"])),
+            **_conditions(row["condition_paths"], resolve),
             "json": {
                 "task": row["task"], "pair_id": row["pair_id"], "group_id": row["group_id"],
                 "identities": list(row["identities"]), "n_subjects": int(row["n_subjects"]), "prompt": row["prompt"],

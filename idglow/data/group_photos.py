@@ -18,7 +18,8 @@ from PIL import Image
 from idglow.data.demo_celebahq import identity_style
 from idglow.data.faces import render_group
 from idglow.prompts import describe_person, picture_list
-from idglow.storage import atomic_path
+from idglow.paths import TableRoots
+from idglow.storage import atomic_path, copy_in
 
 GROUP_PHOTO_COLUMNS = ("photo_id", "photo_path", "group_id", "identities", "condition_paths", "caption", "n_subjects")
 
@@ -81,3 +82,19 @@ def read_group_photo_manifest(path: Path) -> pd.DataFrame:
     frame["group_id"] = frame.get("group_id", pd.Series([None] * len(frame)))
     frame["identities"] = frame.get("identities", pd.Series([[]] * len(frame)))
     return frame[list(GROUP_PHOTO_COLUMNS)]
+
+
+def copy_outside_files(photos: pd.DataFrame, roots: TableRoots, folder: Path) -> pd.DataFrame:
+    """``photos`` with every photo and condition portrait that lies outside both roots copied
+    into ``folder`` (under the storage root), so the table can name it relative to a root and
+    survives the root moving. Missing files are left as named, for the quarantine."""
+    storage, dataset = roots.storage.absolute(), roots.dataset.absolute()
+
+    def inside(path: str) -> str:
+        source = Path(path).absolute()
+        if source.is_relative_to(storage) or source.is_relative_to(dataset) or not source.is_file():
+            return path
+        return str(copy_in(source, folder))
+
+    return photos.assign(photo_path=photos["photo_path"].map(inside),
+                         condition_paths=photos["condition_paths"].map(lambda ps: [inside(p) for p in ps]))
