@@ -13,7 +13,7 @@ import typer
 app = typer.Typer(help="IdGlow: identity-preserving group photo generation, as a pipeline.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Read source datasets into catalogs.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
-models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins.", no_args_is_help=True)
+models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins or a rehearsal directory.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -59,7 +59,7 @@ def models_check_command(
         raise typer.Exit(2)
     statuses = check_models(profile, models_dir, verify_hashes=verify_hashes)
     for status in statuses:
-        line = f"{status.state:<20} {status.role:<13} {status.path}"
+        line = f"{status.state:<13} {status.role:<13} {status.path}"
         if status.expected_sha256:
             line += f"  sha256 {status.expected_sha256}"
         typer.echo(line)
@@ -75,13 +75,25 @@ def models_check_command(
 
 @models_app.command("build")
 def models_build_command(
-    models_dir: Path = typer.Option(..., help="Where to write the tiny twins."),
+    models_dir: Path = typer.Option(..., help="Where to write the models."),
     seed: int = typer.Option(0),
+    layout: str = typer.Option("tiny", help="tiny: the demo profile's twins; real: a rehearsal directory in the "
+                                            "real profile's layout and formats, random weights (docs/models.md)."),
+    depth: int = typer.Option(1, min=1, help="real layout: blocks per transformer tower (the widths are the releases')."),
 ) -> None:
-    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes)."""
-    from idglow.models.tiny import ensure_tiny_models
+    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes),
+    or with --layout real a rehearsal directory that `idglow models check --profile real` passes."""
+    if layout == "tiny":
+        from idglow.models.tiny import ensure_tiny_models
 
-    built = ensure_tiny_models(models_dir, seed=seed)
+        built = ensure_tiny_models(models_dir, seed=seed)
+    elif layout == "real":
+        from idglow.models.rehearsal import build_rehearsal_models
+
+        built = build_rehearsal_models(models_dir, seed=seed, depth=depth)
+    else:
+        typer.echo(f"error: unknown layout {layout!r}; choose tiny or real", err=True)
+        raise typer.Exit(2)
     typer.echo(f"built: {', '.join(built) or 'nothing (all present)'} in {models_dir}")
 
 

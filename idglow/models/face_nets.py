@@ -82,16 +82,22 @@ class TinyGenderAge(nn.Module):
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamic_batch: bool = False
+    model: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamic_batch: bool = False,
+    input_name: str = "input.1", dynamic_size: bool = False,
 ) -> Path:
     """Export with the TorchScript exporter: one self-contained file, folded batch norms, a fixed
-    input size (and a dynamic batch axis where asked, as insightface's recognisers have)."""
+    input size (and a dynamic batch axis where asked, as insightface's recognisers have; or a
+    dynamic height and width, as buffalo_l's detector has)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+    if dynamic_size:
+        dynamic_axes = {input_name: {2: "height", 3: "width"}, **{name: {0: "rows"} for name in output_names}}
     torch.onnx.export(
-        model, (example,), str(path), input_names=["input.1"], output_names=output_names,
-        opset_version=17, do_constant_folding=True, dynamo=False,
-        dynamic_axes={"input.1": {0: "batch"}, **{name: {0: "batch"} for name in output_names}} if dynamic_batch else None,
+        model, (example,), str(path), input_names=[input_name], output_names=output_names,
+        opset_version=17, do_constant_folding=True, dynamo=False, dynamic_axes=dynamic_axes,
     )
     return path
 

@@ -15,7 +15,7 @@ from idglow.models.aesthetic import write_tiny_aesthetic
 from idglow.models.clip import TINY_CLIP_CONFIG, write_tiny_clip
 from idglow.models.face_training import RECIPE_VERSION as FACE_RECIPE_VERSION
 from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
-from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS
+from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS, Component
 from idglow.models.tiny_generator import write_tiny_generator
 from idglow.models.tiny_qwen_vl import write_tiny_vl
 from idglow.storage import atomic_dir
@@ -24,14 +24,16 @@ RECIPE_VERSION = 1
 STAMP_FILE = ".idglow-stamp.json"
 
 
-def _component_folder(models_dir: Path, role: str) -> Path:
-    """The folder a component lives in (its file's parent for single-file components)."""
-    component = TINY_COMPONENTS[role]
+def component_folder(models_dir: Path, role: str, components: dict[str, Component] = TINY_COMPONENTS) -> Path:
+    """The folder a component lives in (its file's parent for single-file components). A
+    component is a folder when its required files lie inside it: a name's dot says nothing
+    ("Qwen2.5-VL-7B-Instruct" is a folder)."""
+    component = components[role]
     path = models_dir / component.path
-    return path if not path.suffix else path.parent
+    return path if any(f.relative_path for f in component.required) else path.parent
 
 
-def _build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
+def build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
     """Run ``build`` into a staging folder and rename it to ``folder``; skip if already stamped."""
     stamp_path = folder / STAMP_FILE
     if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
@@ -59,6 +61,6 @@ def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -
         stamp = {"recipe": RECIPE_VERSION, "seed": seed, "role": role}
         if role == FACE_PACK:
             stamp["face_training"] = {**face_config.__dict__, "recipe": FACE_RECIPE_VERSION}
-        if _build_atomically(_component_folder(models_dir, role), stamp, build):
+        if build_atomically(component_folder(models_dir, role), stamp, build):
             built.append(role)
     return built
