@@ -8,6 +8,7 @@ encoders and the transformer (several GB) are built by ``idglow models build --l
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,8 +30,10 @@ from idglow.models.rehearsal import (
     build_released_processor,
     build_released_tokenizer,
     qwen2_5_vl_7b_sizes,
+    rehearsal_stamp,
     write_processor_folder,
 )
+from idglow.models.tiny import STAMP_FILE
 from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG
 from idglow.storage import sha256_file
 
@@ -214,6 +217,30 @@ def test_text_encoder_config_has_the_7b_widths():
     assert (sizes.num_key_value_heads, sizes.vocab_size, sizes.mrope_section) == (4, 152064, (16, 24, 24))
     assert sizes.fullatt_block_indexes == (0,) and qwen2_5_vl_7b_sizes(32).fullatt_block_indexes == (7, 15, 23, 31)
     assert qwen2_5_vl_7b_sizes(100).num_hidden_layers == 28
+
+
+def idglow(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "idglow.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_models_build_takes_a_layout(light_dir, tmp_path):
+    """`--layout real` goes to the rehearsal builder with its seed and depth: a directory whose
+    components are stamped for them builds nothing, and the real check passes on it."""
+    bad = idglow("models", "build", "--layout", "huge", "--models-dir", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "unknown layout 'huge'" in bad.stderr
+    models_dir = tmp_path / "models"
+    shutil.copytree(light_dir, models_dir)
+    for role in (GENERATOR, PROMPT_MODEL):  # stand-ins for the heavy folders, stamped as built
+        folder = models_dir / REAL_COMPONENTS[role].path
+        for required in REAL_COMPONENTS[role].required:
+            (folder / required.relative_path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / required.relative_path).write_text("{}")
+        (folder / STAMP_FILE).write_text(json.dumps(rehearsal_stamp(role, 0, 1), sort_keys=True))
+    built = idglow("models", "build", "--layout", "real", "--models-dir", str(models_dir), "--depth", "1")
+    assert built.returncode == 0, built.stderr
+    assert "built: nothing (all present)" in built.stdout
+    check = idglow("models", "check", "--profile", "real", "--models-dir", str(models_dir))
+    assert check.returncode == 0 and "present (unverified)" in check.stdout, check.stdout
 
 
 @pytest.mark.slow

@@ -259,6 +259,11 @@ def rehearsal_builders(seed: int, depth: int) -> dict[str, Callable[[Path], obje
     }
 
 
+def rehearsal_stamp(role: str, seed: int, depth: int) -> dict:
+    """What a built component's stamp holds: a component stamped alike is not rebuilt."""
+    return {"layout": "real", "recipe": RECIPE_VERSION, "seed": seed, "depth": depth, "role": role}
+
+
 def build_rehearsal_models(
     models_dir: Path, seed: int = 0, depth: int = 1, progress: bool = True, roles: tuple[str, ...] | None = None
 ) -> list[str]:
@@ -271,7 +276,7 @@ def build_rehearsal_models(
     for role, build in rehearsal_builders(seed, depth).items():
         if roles is not None and role not in roles:
             continue
-        stamp = {"layout": "real", "recipe": RECIPE_VERSION, "seed": seed, "depth": depth, "role": role}
+        stamp = rehearsal_stamp(role, seed, depth)
         if progress:
             print(f"rehearsal models: {role} ...", flush=True)
         if build_atomically(component_folder(models_dir, role, REAL_COMPONENTS), stamp, build):
