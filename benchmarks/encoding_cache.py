@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from training.data import Sample  # noqa: E402
-from training.encodings import EncodingCache, SampleEncoding, encode_sample  # noqa: E402
+from training.encodings import EncodingCache, SampleEncoding, encode_sample, held_tensor_bytes  # noqa: E402
 from training.sft import SFTConfig, load_generator  # noqa: E402
 
 
@@ -55,27 +54,6 @@ class InMemoryCache(EncodingCache):
         else:
             self.read += 1
         return self.entries[sample.key]
-
-
-def held_tensor_bytes(root, skip: tuple) -> int:
-    """Tensor storage bytes reachable from ``root`` through attributes and containers, less ``skip``."""
-    skipped, seen, storages = {id(s) for s in skip}, set(), {}
-    queue = deque([root])
-    while queue:
-        obj = queue.popleft()
-        if id(obj) in seen or id(obj) in skipped:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
-        elif isinstance(obj, dict):
-            queue.extend([*obj.keys(), *obj.values()])
-        elif isinstance(obj, list | tuple | set | deque):
-            queue.extend(obj)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type) and type(obj).__module__.split(".")[0] in (
-                "training", "__main__"):
-            queue.extend(vars(obj).values())
-    return sum(storages.values())
 
 
 def synthetic_samples(count: int, size: int, subjects: int) -> list[Sample]:
@@ -127,7 +105,7 @@ def worker(args: argparse.Namespace) -> dict:
     base_peak, base_rss, base_cuda = peak_rss_mib(), rss_mib(), torch.cuda.memory_allocated() if on_cuda else 0
     cache = kind(pipeline, config, Path(args.cache_dir))
     first, second = epoch(cache, samples, args.batch_size), epoch(cache, samples, args.batch_size)
-    held = held_tensor_bytes(cache, skip=(pipeline, config))
+    held = held_tensor_bytes(cache, skip=(pipeline, config), modules=("training", "__main__"))
     rss_after = rss_mib() - base_rss
     encoded_first_run = cache.encoded
     rerun = kind(pipeline, config, Path(args.cache_dir))  # a second run with the same settings

@@ -2,7 +2,6 @@
 the sample count grows, reuse across runs (counted encoder calls), exact losses."""
 
 import gc
-from collections import deque
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 
 from training.data import Sample
 from training.flow import sample_generators
+from training.encodings import held_tensor_bytes
 from training.sft import SFTConfig, load_generator, sft_loss
 
 
@@ -25,31 +25,6 @@ def samples(count: int, start: int = 0, subjects: int = 2) -> list[Sample]:
     return [Sample(f"s{i:04d}", {"prompt": f"Two friends number {i % 10} in a park.", "task": "group_photo"},
                    {"target": portrait(10_000 + i)}, [portrait(20_000 + 10 * i + j) for j in range(subjects)])
             for i in range(start, start + count)]
-
-
-def held_tensor_bytes(root, skip: tuple) -> int:
-    """Bytes of the tensor storages reachable from ``root`` through its attributes and containers,
-    not counting ``skip`` (the pipeline and its weights, which the cache only points to)."""
-    skipped = {id(s) for s in skip}
-    seen: set[int] = set()
-    storages: dict[int, int] = {}
-    queue = deque([root])
-    while queue:
-        obj = queue.popleft()
-        if id(obj) in seen or id(obj) in skipped:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-        elif isinstance(obj, dict):
-            queue.extend(obj.keys())
-            queue.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset | deque):
-            queue.extend(obj)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type) and type(obj).__module__.startswith("training"):
-            queue.extend(vars(obj).values())
-    return sum(storages.values())
 
 
 class EncoderCalls:

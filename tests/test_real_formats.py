@@ -7,7 +7,6 @@ open_clip's own formats (``open_clip_pytorch_model.bin`` and ``.safetensors``). 
 loader must take all three, by file format, and embed alike.
 """
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -16,13 +15,13 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from open_clip.model import convert_weights_to_lp
 from PIL import Image
 from safetensors.torch import save_file
 
 from idglow.models.clip import WeightsHashMismatch, is_torchscript_archive, load_clip
 from idglow.models.hub import ModelHub
 from idglow.models.registry import CLIP, REAL_COMPONENTS, check_models, require_component
+from idglow.models.rehearsal import write_openai_torchscript
 from idglow.storage import sha256_file
 
 TEST_CLIP = "idglow-test-clip-openai"
@@ -33,27 +32,6 @@ CONFIGS = {
     TEST_CLIP: {"embed_dim": 32, "quick_gelu": True, "vision_cfg": VISION, "text_cfg": TEXT},
     TEST_CLIP_GELU: {"embed_dim": 32, "quick_gelu": False, "vision_cfg": VISION, "text_cfg": TEXT},
 }
-
-
-def write_openai_torchscript(model: open_clip.CLIP, path: Path) -> None:
-    """``model`` saved as OpenAI's release is: traced (encode_image, encode_text, forward), with
-    the size attributes as top-level tensors (OpenAI's clip.load reads ``input_resolution.item()``),
-    the causal mask a traced constant rather than a state-dict entry, and the convolution, linear
-    and attention weights and both projections in fp16."""
-    model = copy.deepcopy(model).eval()
-    size = model.visual.image_size[0]
-    sizes = {"input_resolution": size, "context_length": model.context_length, "vocab_size": model.vocab_size}
-    del model.context_length, model.vocab_size
-    mask = model.attn_mask
-    del model.attn_mask
-    model.attn_mask = mask
-    for name, value in sizes.items():
-        model.register_buffer(name, torch.tensor(value))
-    image = torch.ones(1, 3, size, size)
-    text = torch.zeros(1, sizes["context_length"], dtype=torch.int)  # open_clip's trace_model inputs
-    traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,), "encode_image": (image,)})
-    convert_weights_to_lp(model, torch.float16)  # the traced module shares these parameters
-    torch.jit.save(traced, str(path))
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import tempfile
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -236,3 +237,29 @@ class EncodingCache:
 
     def batch(self, samples: list[Sample], image_name: str) -> EncodedBatch:
         return stack([self.get(s) for s in samples], image_name, self.config)
+
+
+def held_tensor_bytes(root: object, skip: tuple = (), modules: tuple[str, ...] = ("training",)) -> int:
+    """Bytes of the tensor storages reachable from ``root`` through containers and the attributes
+    of objects defined in ``modules`` (each storage once), not counting what ``skip`` holds (the
+    pipeline and its weights, which a cache only points to): what a cache keeps in memory."""
+    skipped = {id(s) for s in skip}
+    seen: set[int] = set()
+    storages: dict[int, int] = {}
+    queue = deque([root])
+    while queue:
+        obj = queue.popleft()
+        if id(obj) in seen or id(obj) in skipped:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, dict):
+            queue.extend(obj.keys())
+            queue.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset | deque):
+            queue.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type) and type(obj).__module__.split(".")[0] in modules:
+            queue.extend(vars(obj).values())
+    return sum(storages.values())
