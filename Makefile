@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo test ui review gpu-runtime clean
+.PHONY: install browser demo test test-fast lint format ui review gpu-runtime clean
 
 install: $(STAMP)
 
@@ -34,6 +34,19 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest
+
+# The unit tests only: no servers, no browser, no training runs through Dagster (a minute or two).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+# ruff, configured in pyproject.toml; CI runs `make lint` before `make test`.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 review: install
 	$(VENV)/bin/idglow review serve --host 127.0.0.1 --port 8765

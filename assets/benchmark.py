@@ -14,9 +14,9 @@ import hashlib
 import json
 import time
 
+import dagster as dg
 import pandas as pd
 
-import dagster as dg
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
 from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci
@@ -26,13 +26,22 @@ from idglow import code_version
 from idglow.generation import GenerationSettings
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, component_fingerprint
 from idglow.plots import markdown_image
-from idglow.storage import resolve_under, sha256_file, tensors_sha256, write_json_atomic, write_parquet_atomic, write_text_atomic
+from idglow.storage import (
+    resolve_under,
+    sha256_file,
+    tensors_sha256,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 GROUP = "benchmark"
 model_versions = dg.DynamicPartitionsDefinition(name="model_versions")
 REGISTRY_COLUMNS = ["version", "kind", "lora_dir", "checkpoint_sha256", "shard_manifest_sha256", "registered_at"]
-DEMO_NOTICE = ("Demo numbers come from tiny random-weight models and a generated dataset: they show that the "
-               "pipeline works end to end, not how good any model is.")
+DEMO_NOTICE = (
+    "Demo numbers come from tiny random-weight models and a generated dataset: they show that the "
+    "pipeline works end to end, not how good any model is."
+)
 
 
 def read_registry(settings: IdglowSettings) -> pd.DataFrame:
@@ -50,8 +59,20 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
     """Every model version with its lineage; which one is current (``base`` until one is promoted)."""
     registry = read_registry(settings)
     known = set(registry["version"])
-    new = [] if "base" in known else [{"version": "base", "kind": "base", "lora_dir": "", "checkpoint_sha256": "",
-                                       "shard_manifest_sha256": "", "registered_at": time.time()}]
+    new = (
+        []
+        if "base" in known
+        else [
+            {
+                "version": "base",
+                "kind": "base",
+                "lora_dir": "",
+                "checkpoint_sha256": "",
+                "shard_manifest_sha256": "",
+                "registered_at": time.time(),
+            }
+        ]
+    )
     for key, kind in (("sft_checkpoint", "sft"), ("dpo_checkpoint", "dpo")):
         event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
         if event is None:
@@ -61,22 +82,42 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
         version = f"{kind}-{sha[:12]}"
         if version not in known:
             checkpoint_of(metadata, settings.paths.root)  # refuses a materialization with no storage-relative path
-            new.append({"version": version, "kind": kind, "lora_dir": metadata[CHECKPOINT_PATH].value,
-                        "checkpoint_sha256": sha, "shard_manifest_sha256": metadata["shard_manifest_sha256"].value,
-                        "registered_at": time.time()})
+            new.append(
+                {
+                    "version": version,
+                    "kind": kind,
+                    "lora_dir": metadata[CHECKPOINT_PATH].value,
+                    "checkpoint_sha256": sha,
+                    "shard_manifest_sha256": metadata["shard_manifest_sha256"].value,
+                    "registered_at": time.time(),
+                }
+            )
     registry = pd.concat([registry, pd.DataFrame(new, columns=REGISTRY_COLUMNS)], ignore_index=True)
     path = write_parquet_atomic(settings.paths.table("model_registry"), registry)
     context.instance.add_dynamic_partitions(model_versions.name, list(registry["version"]))
-    return dg.MaterializeResult(metadata={
-        **file_metadata("registry", path), "versions": dg.MetadataValue.int(len(registry)),
-        "registered_now": dg.MetadataValue.json([row["version"] for row in new]),
-        "current": dg.MetadataValue.text(current_version(settings)), "preview": preview(registry),
-    }, data_version=dg.DataVersion(hashlib.sha256(",".join(registry["version"]).encode()).hexdigest()))
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("registry", path),
+            "versions": dg.MetadataValue.int(len(registry)),
+            "registered_now": dg.MetadataValue.json([row["version"] for row in new]),
+            "current": dg.MetadataValue.text(current_version(settings)),
+            "preview": preview(registry),
+        },
+        data_version=dg.DataVersion(hashlib.sha256(",".join(registry["version"]).encode()).hexdigest()),
+    )
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=[model_registry, "prompts", "model_weights"],
-          partitions_def=model_versions, kinds={"parquet"}, pool="gpu")
-def benchmark_results(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    code_version="2",
+    deps=[model_registry, "prompts", "model_weights"],
+    partitions_def=model_versions,
+    kinds={"parquet"},
+    pool="gpu",
+)
+def benchmark_results(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+) -> dg.MaterializeResult:
     """The evaluation protocol for one model version: benchmark groups x both tasks x static and
     dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet)."""
     profile, paths, hub = settings.resolved(), settings.paths, models.hub()
@@ -84,32 +125,60 @@ def benchmark_results(context: dg.AssetExecutionContext, settings: IdglowSetting
     entry = read_registry(settings).set_index("version").loc[version]
     prompts_path = paths.table("prompts")
     lineage = {
-        "checkpoint_sha256": entry["checkpoint_sha256"], "shard_manifest_sha256": entry["shard_manifest_sha256"],
+        "checkpoint_sha256": entry["checkpoint_sha256"],
+        "shard_manifest_sha256": entry["shard_manifest_sha256"],
         "prompt_set_sha256": sha256_file(prompts_path),
-        "metric_models": json.dumps({role: component_fingerprint(models.profile, role, hub.models_dir)[:16]
-                                     for role in (FACE_PACK, CLIP, AESTHETIC)}, sort_keys=True),
+        "metric_models": json.dumps(
+            {
+                role: component_fingerprint(models.profile, role, hub.models_dir)[:16]
+                for role in (FACE_PACK, CLIP, AESTHETIC)
+            },
+            sort_keys=True,
+        ),
         "code_version": code_version(),
     }
-    inference = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
-                                   profile.true_cfg_scale, 1, profile.seed)
+    inference = GenerationSettings(
+        profile.generation_size,
+        profile.generation_size,
+        profile.generation_steps,
+        profile.true_cfg_scale,
+        1,
+        profile.seed,
+    )
     pipeline = hub.generator()
     if entry["lora_dir"]:
         pipeline.load_lora_weights(resolve_under(paths.root, entry["lora_dir"]))
     try:
-        frame = evaluate_model(pipeline, ImageScorer(hub), benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(prompts_path))),
-                               inference, paths.asset_dir("benchmark_results") / "images" / version, version, lineage)
+        frame = evaluate_model(
+            pipeline,
+            ImageScorer(hub),
+            benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(prompts_path))),
+            inference,
+            paths.asset_dir("benchmark_results") / "images" / version,
+            version,
+            lineage,
+        )
     finally:
         if entry["lora_dir"]:
             pipeline.unload_lora_weights()
-    path = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"{version}.parquet", settings.roots.store_frame(frame))
+    path = write_parquet_atomic(
+        paths.asset_dir("benchmark_results") / f"{version}.parquet", settings.roots.store_frame(frame)
+    )
     summary = aggregate(frame, ["task", "prompt_kind"])
-    data_version = hashlib.sha256(json.dumps({**lineage, "inference": inference.__dict__}, sort_keys=True).encode()).hexdigest()
-    return dg.MaterializeResult(metadata={
-        **file_metadata("results", path), "images": dg.MetadataValue.int(len(frame)),
-        "missing_face_rate": dg.MetadataValue.float(float(frame["missing_face_rate"].mean())),
-        "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
-        "lineage": dg.MetadataValue.json(lineage), "inference": dg.MetadataValue.json(inference.__dict__),
-    }, data_version=dg.DataVersion(data_version))
+    data_version = hashlib.sha256(
+        json.dumps({**lineage, "inference": inference.__dict__}, sort_keys=True).encode()
+    ).hexdigest()
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("results", path),
+            "images": dg.MetadataValue.int(len(frame)),
+            "missing_face_rate": dg.MetadataValue.float(float(frame["missing_face_rate"].mean())),
+            "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
+            "lineage": dg.MetadataValue.json(lineage),
+            "inference": dg.MetadataValue.json(inference.__dict__),
+        },
+        data_version=dg.DataVersion(data_version),
+    )
 
 
 def _results(settings: IdglowSettings, version: str) -> pd.DataFrame:
@@ -133,21 +202,45 @@ def promotion_candidate(context: dg.AssetExecutionContext, settings: IdglowSetti
             mean, low, high = bootstrap_ci(frame[metric].to_numpy(dtype=float))
             comparison[f"{name}_{metric}"] = {"mean": mean, "low": low, "high": high}
     path = write_json_atomic(settings.paths.asset_dir("promotion_candidate") / "comparison.json", comparison)
-    return dg.MaterializeResult(metadata={**file_metadata("comparison", path), "candidate": candidate, "current": current,
-                                          "comparison": dg.MetadataValue.json(comparison)})
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("comparison", path),
+            "candidate": candidate,
+            "current": current,
+            "comparison": dg.MetadataValue.json(comparison),
+        }
+    )
 
 
-@dg.asset_check(asset=promotion_candidate, blocking=True,
-                description="The candidate is not worse than the current model on FaceSim or Aesthetic beyond the "
-                            "current model's 95% confidence interval.")
-def candidate_not_worse_than_current(context: dg.AssetCheckExecutionContext, settings: IdglowSettings) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=promotion_candidate,
+    blocking=True,
+    description="The candidate is not worse than the current model on FaceSim or Aesthetic beyond the "
+    "current model's 95% confidence interval.",
+)
+def candidate_not_worse_than_current(
+    context: dg.AssetCheckExecutionContext, settings: IdglowSettings
+) -> dg.AssetCheckResult:
     comparison = json.loads((settings.paths.asset_dir("promotion_candidate") / "comparison.json").read_text())
-    worse = [metric for metric in ("face_sim", "aesthetic")
-             if comparison[f"candidate_{metric}"]["mean"] < comparison[f"current_{metric}"]["low"]]
-    return dg.AssetCheckResult(passed=not worse, metadata={"worse_on": ", ".join(worse) or "none", **{
-        f"{side}_{metric}": comparison[f"{side}_{metric}"]["mean"] for side in ("candidate", "current")
-        for metric in ("face_sim", "aesthetic")}},
-        description=f"{comparison['candidate']} is worse than {comparison['current']} on {', '.join(worse)}" if worse else None)
+    worse = [
+        metric
+        for metric in ("face_sim", "aesthetic")
+        if comparison[f"candidate_{metric}"]["mean"] < comparison[f"current_{metric}"]["low"]
+    ]
+    return dg.AssetCheckResult(
+        passed=not worse,
+        metadata={
+            "worse_on": ", ".join(worse) or "none",
+            **{
+                f"{side}_{metric}": comparison[f"{side}_{metric}"]["mean"]
+                for side in ("candidate", "current")
+                for metric in ("face_sim", "aesthetic")
+            },
+        },
+        description=f"{comparison['candidate']} is worse than {comparison['current']} on {', '.join(worse)}"
+        if worse
+        else None,
+    )
 
 
 @dg.asset(group_name=GROUP, code_version="1", deps=[promotion_candidate], kinds={"json"})
@@ -155,12 +248,20 @@ def current_model(context: dg.AssetExecutionContext, settings: IdglowSettings) -
     """Promote the candidate (only reached when the check above passed)."""
     comparison = json.loads((settings.paths.asset_dir("promotion_candidate") / "comparison.json").read_text())
     entry = read_registry(settings).set_index("version").loc[comparison["candidate"]]
-    path = write_json_atomic(settings.paths.asset_dir("model_registry") / "current.json", {
-        "version": comparison["candidate"], "lora_dir": entry["lora_dir"], "checkpoint_sha256": entry["checkpoint_sha256"],
-        "promoted_at": time.time(), "over": comparison["current"],
-    })
-    return dg.MaterializeResult(metadata={**file_metadata("current", path), "version": comparison["candidate"]},
-                                data_version=dg.DataVersion(comparison["candidate"]))
+    path = write_json_atomic(
+        settings.paths.asset_dir("model_registry") / "current.json",
+        {
+            "version": comparison["candidate"],
+            "lora_dir": entry["lora_dir"],
+            "checkpoint_sha256": entry["checkpoint_sha256"],
+            "promoted_at": time.time(),
+            "over": comparison["current"],
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={**file_metadata("current", path), "version": comparison["candidate"]},
+        data_version=dg.DataVersion(comparison["candidate"]),
+    )
 
 
 @dg.asset(group_name=GROUP, code_version="1", deps=[benchmark_results, model_registry], kinds={"markdown"})
@@ -173,46 +274,79 @@ def benchmark_report(context: dg.AssetExecutionContext, settings: IdglowSettings
         raise dg.Failure("no benchmark results yet")
     samples = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     kinds = read_registry(settings).set_index("version")["kind"].to_dict()
-    labels = {v: kinds.get(v, v) if list(kinds.values()).count(kinds.get(v)) == 1 else v for v in samples["model_version"].unique()}
+    labels = {
+        v: kinds.get(v, v) if list(kinds.values()).count(kinds.get(v)) == 1 else v
+        for v in samples["model_version"].unique()
+    }
     samples["method"] = samples["model_version"].map(labels)
     summary = aggregate(samples, ["method", "task", "prompt_kind"])
     tables = results_table(summary)
     pareto = pareto_plot(aggregate(samples, ["method"]), folder / "pareto.png")
     grid_rows = samples[samples["prompt_kind"] == "static"].groupby(["method", "task"], sort=False).head(1)
-    grid = sample_grid(settings.roots.resolve_frame(grid_rows.assign(caption=grid_rows["task"].str.replace("_", " "))),
-                       folder / "samples.png")
+    grid = sample_grid(
+        settings.roots.resolve_frame(grid_rows.assign(caption=grid_rows["task"].str.replace("_", " "))),
+        folder / "samples.png",
+    )
     notice = DEMO_NOTICE if profile.name == "demo" else ""
-    text = "\n\n".join(filter(None, [
-        "# Benchmark report", notice,
-        "FaceSim / Aesthetic per task (T1 direct group fusion, T2 as young children) and prompt kind; "
-        "rows in italics are the paper's published numbers.", tables,
-        "## Static prompts (layout of Table 3)", ablation_table(summary),
-        "## Per method, with bootstrap 95% intervals", summary.round(3).to_markdown(index=False),
-        f"Missing-face rate: {samples.groupby('method')['missing_face_rate'].mean().round(3).to_dict()}",
-        "![Pareto](pareto.png)", "![Samples](samples.png)",
-    ]))
+    text = "\n\n".join(
+        filter(
+            None,
+            [
+                "# Benchmark report",
+                notice,
+                "FaceSim / Aesthetic per task (T1 direct group fusion, T2 as young children) and prompt kind; "
+                "rows in italics are the paper's published numbers.",
+                tables,
+                "## Static prompts (layout of Table 3)",
+                ablation_table(summary),
+                "## Per method, with bootstrap 95% intervals",
+                summary.round(3).to_markdown(index=False),
+                f"Missing-face rate: {samples.groupby('method')['missing_face_rate'].mean().round(3).to_dict()}",
+                "![Pareto](pareto.png)",
+                "![Samples](samples.png)",
+            ],
+        )
+    )
     report = write_text_atomic(folder / "report.md", text + "\n")
     write_parquet_atomic(folder / "summary.parquet", summary)
-    return dg.MaterializeResult(metadata={
-        **file_metadata("report", report), **file_metadata("pareto", pareto), **file_metadata("samples", grid),
-        "methods": dg.MetadataValue.json(sorted(labels.values())), "notice": dg.MetadataValue.text(notice or "-"),
-        "tables": dg.MetadataValue.md(tables), "pareto": dg.MetadataValue.md(markdown_image(pareto, "Pareto")),
-        "sample_grid": dg.MetadataValue.md(markdown_image(grid, "samples")),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("report", report),
+            **file_metadata("pareto", pareto),
+            **file_metadata("samples", grid),
+            "methods": dg.MetadataValue.json(sorted(labels.values())),
+            "notice": dg.MetadataValue.text(notice or "-"),
+            "tables": dg.MetadataValue.md(tables),
+            "pareto": dg.MetadataValue.md(markdown_image(pareto, "Pareto")),
+            "sample_grid": dg.MetadataValue.md(markdown_image(grid, "samples")),
+        }
+    )
 
 
-register_models = dg.define_asset_job("register_models", selection=dg.AssetSelection.assets(model_registry),
-                                      description="Record the latest trained versions as model_versions partitions.")
-benchmark_model = dg.define_asset_job("benchmark_model", selection=dg.AssetSelection.assets(benchmark_results),
-                                      partitions_def=model_versions, description="The protocol for one model version.")
+register_models = dg.define_asset_job(
+    "register_models",
+    selection=dg.AssetSelection.assets(model_registry),
+    description="Record the latest trained versions as model_versions partitions.",
+)
+benchmark_model = dg.define_asset_job(
+    "benchmark_model",
+    selection=dg.AssetSelection.assets(benchmark_results),
+    partitions_def=model_versions,
+    description="The protocol for one model version.",
+)
 promote_and_report = dg.define_asset_job(
-    "promote_and_report", selection=dg.AssetSelection.assets(promotion_candidate, current_model, benchmark_report),
-    description="Compare the newest version with the current one, promote it if the check passes, write the report.")
+    "promote_and_report",
+    selection=dg.AssetSelection.assets(promotion_candidate, current_model, benchmark_report),
+    description="Compare the newest version with the current one, promote it if the check passes, write the report.",
+)
 retrain = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.assets("sft_checkpoint", "dpo_checkpoint", model_registry),
-    description="Retraining: SFT, DPO on the accepted pairs, registration (the benchmark sensor takes it from there).")
-weekly_retraining = dg.ScheduleDefinition(name="weekly_retraining", job=retrain, cron_schedule="0 3 * * 1",
-                                          execution_timezone="UTC")
+    "retrain",
+    selection=dg.AssetSelection.assets("sft_checkpoint", "dpo_checkpoint", model_registry),
+    description="Retraining: SFT, DPO on the accepted pairs, registration (the benchmark sensor takes it from there).",
+)
+weekly_retraining = dg.ScheduleDefinition(
+    name="weekly_retraining", job=retrain, cron_schedule="0 3 * * 1", execution_timezone="UTC"
+)
 
 
 @dg.sensor(minimum_interval_seconds=300, jobs=[retrain], default_status=dg.DefaultSensorStatus.STOPPED)
@@ -227,7 +361,11 @@ def enough_new_accepted_pairs(context: dg.SensorEvaluationContext, settings: Idg
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"retrain-{total}")], cursor=str(total))
 
 
-@dg.sensor(minimum_interval_seconds=120, jobs=[benchmark_model, promote_and_report], default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    minimum_interval_seconds=120,
+    jobs=[benchmark_model, promote_and_report],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def benchmark_new_versions(context: dg.SensorEvaluationContext, settings: IdglowSettings):
     """Benchmark every registered version that has no results yet; once none is pending and
     something new was benchmarked, request the promotion and the report."""
@@ -239,18 +377,28 @@ def benchmark_new_versions(context: dg.SensorEvaluationContext, settings: Idglow
     done = ",".join(sorted(versions))
     if not versions or context.cursor == done:
         return dg.SkipReason("nothing new to benchmark")
-    return dg.SensorResult(run_requests=[dg.RunRequest(job_name="promote_and_report", run_key=f"promote-{done}")], cursor=done)
-
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(job_name="promote_and_report", run_key=f"promote-{done}")], cursor=done
+    )
 
 
 ABLATION = (  # Table 3's SFT configurations: (name, SFTConfig.modulation)
-    ("no ID loss", "none"), ("constant", "constant"), ("task-adaptive", "task"),
+    ("no ID loss", "none"),
+    ("constant", "constant"),
+    ("task-adaptive", "task"),
 )
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
-          kinds={"pytorch", "markdown"}, pool="gpu")
-def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    code_version="2",
+    deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
+    kinds={"pytorch", "markdown"},
+    pool="gpu",
+)
+def sft_ablation(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+) -> dg.MaterializeResult:
     """Table 3 on static prompts: SFT without the ID loss, with a constant one, task-adaptive
     (annealing for Task 1, gating for Task 2), then + DPO on the task-adaptive model; each
     trained (or resumed) with the same data and steps, evaluated, and tabulated."""
@@ -261,26 +409,53 @@ def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, mo
 
     profile, paths, hub = settings.resolved(), settings.paths, models.hub()
     folder = paths.asset_dir("sft_ablation")
-    common = {"generator_dir": str(hub.path(GENERATOR)), "steps": profile.sft_steps, "resolution": profile.generation_size,
-              "seed": profile.seed, "lora_rank": profile.lora_rank, "checkpoint_every": profile.sft_steps}
+    common = {
+        "generator_dir": str(hub.path(GENERATOR)),
+        "steps": profile.sft_steps,
+        "resolution": profile.generation_size,
+        "seed": profile.seed,
+        "lora_rank": profile.lora_rank,
+        "checkpoint_every": profile.sft_steps,
+    }
     jobs = benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(paths.table("prompts"))))
     jobs = jobs[jobs["prompt_kind"] == "static"]
-    inference = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
-                                   profile.true_cfg_scale, 1, profile.seed)
+    inference = GenerationSettings(
+        profile.generation_size,
+        profile.generation_size,
+        profile.generation_steps,
+        profile.true_cfg_scale,
+        1,
+        profile.seed,
+    )
     scorer, pipeline, frames, checkpoints = ImageScorer(hub), hub.generator(), [], {}
     for name, modulation in ABLATION:
-        config = SFTConfig(shards=str(paths.asset_dir("sft_shards")), output_dir=str(folder / "runs" / modulation),
-                           modulation=modulation, face_pack_dir=str(hub.path(FACE_PACK)), **common)
+        config = SFTConfig(
+            shards=str(paths.asset_dir("sft_shards")),
+            output_dir=str(folder / "runs" / modulation),
+            modulation=modulation,
+            face_pack_dir=str(hub.path(FACE_PACK)),
+            **common,
+        )
         checkpoints[name] = train_sft(config)
-    dpo = DPOConfig(shards=str(paths.asset_dir("dpo_shards")), output_dir=str(folder / "runs" / "dpo"),
-                    sft_checkpoint=str(checkpoints["task-adaptive"]), **{**common, "steps": profile.dpo_steps,
-                                                                          "checkpoint_every": profile.dpo_steps})
+    dpo = DPOConfig(
+        shards=str(paths.asset_dir("dpo_shards")),
+        output_dir=str(folder / "runs" / "dpo"),
+        sft_checkpoint=str(checkpoints["task-adaptive"]),
+        **{**common, "steps": profile.dpo_steps, "checkpoint_every": profile.dpo_steps},
+    )
     checkpoints["+ DPO"] = train_dpo(dpo)
     for name, checkpoint in checkpoints.items():
         pipeline.load_lora_weights(checkpoint)
         try:
-            frame = evaluate_model(pipeline, scorer, jobs, inference, folder / "images" / name.replace(" ", "_"), name,
-                                   {"checkpoint_sha256": tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors")})
+            frame = evaluate_model(
+                pipeline,
+                scorer,
+                jobs,
+                inference,
+                folder / "images" / name.replace(" ", "_"),
+                name,
+                {"checkpoint_sha256": tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors")},
+            )
         finally:
             pipeline.unload_lora_weights()
         frames.append(frame)
@@ -290,13 +465,31 @@ def sft_ablation(context: dg.AssetExecutionContext, settings: IdglowSettings, mo
     summary["method"] = [labels.get((m, t), m) for m, t in zip(summary["method"], summary["task"], strict=True)]
     table = ablation_table(summary)
     write_parquet_atomic(folder / "samples.parquet", settings.roots.store_frame(samples))
-    report = write_text_atomic(folder / "ablation.md", "\n\n".join(filter(None, [
-        "# SFT ablation (static prompts, layout of Table 3)", DEMO_NOTICE if profile.name == "demo" else "", table])) + "\n")
-    return dg.MaterializeResult(metadata={
-        **file_metadata("ablation", report), "table": dg.MetadataValue.md(table),
-        "checkpoints": dg.MetadataValue.json({k: str(v) for k, v in checkpoints.items()}),
-    })
+    report = write_text_atomic(
+        folder / "ablation.md",
+        "\n\n".join(
+            filter(
+                None,
+                [
+                    "# SFT ablation (static prompts, layout of Table 3)",
+                    DEMO_NOTICE if profile.name == "demo" else "",
+                    table,
+                ],
+            )
+        )
+        + "\n",
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **file_metadata("ablation", report),
+            "table": dg.MetadataValue.md(table),
+            "checkpoints": dg.MetadataValue.json({k: str(v) for k, v in checkpoints.items()}),
+        }
+    )
 
 
-ablation_job = dg.define_asset_job("sft_ablation_job", selection=dg.AssetSelection.assets(sft_ablation),
-                                   description="Table 3: the SFT configurations and + DPO, trained, evaluated, tabulated.")
+ablation_job = dg.define_asset_job(
+    "sft_ablation_job",
+    selection=dg.AssetSelection.assets(sft_ablation),
+    description="Table 3: the SFT configurations and + DPO, trained, evaluated, tabulated.",
+)

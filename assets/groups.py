@@ -1,6 +1,5 @@
 """Identity splits, the blocking check that keeps them disjoint, and the groups of people."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -36,14 +35,19 @@ def identity_splits(settings: IdglowSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             **file_metadata("splits", settings.paths.identity_splits),
-            **{f"identities_{name}": dg.MetadataValue.int(int(counts.get(name, 0))) for name in ("benchmark", "train", "unused")},
+            **{
+                f"identities_{name}": dg.MetadataValue.int(int(counts.get(name, 0)))
+                for name in ("benchmark", "train", "unused")
+            },
             "dagster/row_count": dg.MetadataValue.int(len(splits)),
         },
         data_version=data_version_of(settings.paths.identity_splits),
     )
 
 
-@dg.asset_check(asset=identity_splits, blocking=True, description="No identity is on both the training and the benchmark side.")
+@dg.asset_check(
+    asset=identity_splits, blocking=True, description="No identity is on both the training and the benchmark side."
+)
 def identity_splits_are_disjoint(settings: IdglowSettings) -> dg.AssetCheckResult:
     splits = pd.read_parquet(settings.paths.identity_splits)
     overlap = overlapping_identities(splits)

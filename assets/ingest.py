@@ -1,6 +1,5 @@
 """CelebA-HQ ingest: the catalog every later stage reads, and the quarantine of what was refused."""
 
-
 import dagster as dg
 
 from assets.metadata import data_version_of, file_metadata, preview

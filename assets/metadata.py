@@ -44,6 +44,8 @@ def checkpoint_path_metadata(metadata: dict, root: Path) -> dict[str, dg.Metadat
 def checkpoint_of(metadata, root: Path) -> Path:
     """The checkpoint folder a training asset's materialization names, under the current storage root."""
     if CHECKPOINT_PATH not in metadata:
-        raise dg.Failure(f"this materialization has no {CHECKPOINT_PATH!r} (it predates storage-relative checkpoint "
-                         "paths): materialise the checkpoint asset again")
+        raise dg.Failure(
+            f"this materialization has no {CHECKPOINT_PATH!r} (it predates storage-relative checkpoint "
+            "paths): materialise the checkpoint asset again"
+        )
     return resolve_under(root, metadata[CHECKPOINT_PATH].value)

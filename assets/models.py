@@ -1,16 +1,18 @@
 """The model components every stage uses: built (demo) or checked (real), hashed, smoke-tested."""
 
+import dagster as dg
 import pandas as pd
 from PIL import Image
 
-import dagster as dg
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.models.registry import ROLES, check_models, component_fingerprint
 from idglow.models.smoke import smoke_test
 
 
 @dg.asset(group_name="models", code_version="1", deps=["celebahq_images"], kinds={"pytorch", "onnx"})
-def model_weights(context: dg.AssetExecutionContext, models: ModelHubResource, settings: IdglowSettings) -> dg.MaterializeResult:
+def model_weights(
+    context: dg.AssetExecutionContext, models: ModelHubResource, settings: IdglowSettings
+) -> dg.MaterializeResult:
     """The generator, prompt model, CLIP, aesthetic MLP and face pack of the active profile.
 
     The demo profile builds its tiny twins here (the face models train once, about two minutes
@@ -25,7 +27,11 @@ def model_weights(context: dg.AssetExecutionContext, models: ModelHubResource, s
     if missing:
         raise dg.Failure(
             description="model files missing: " + ", ".join(str(s.path) for s in missing),
-            metadata={"run": dg.MetadataValue.text(f"idglow models check --profile {models.profile} --models-dir {hub.models_dir}")},
+            metadata={
+                "run": dg.MetadataValue.text(
+                    f"idglow models check --profile {models.profile} --models-dir {hub.models_dir}"
+                )
+            },
         )
     catalog = pd.read_parquet(settings.paths.catalog)
     source = settings.resolved().celebahq_source

@@ -5,13 +5,18 @@ import json
 import time
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 from PIL import Image
 
-import dagster as dg
 from assets.metadata import data_version_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
-from idglow.data.group_photos import GROUP_PHOTO_COLUMNS, copy_outside_files, read_group_photo_manifest, write_demo_group_photos
+from idglow.data.group_photos import (
+    GROUP_PHOTO_COLUMNS,
+    copy_outside_files,
+    read_group_photo_manifest,
+    write_demo_group_photos,
+)
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import GenerationSettings, generate_candidates
 from idglow.models.face_training import pil_to_bgr
@@ -28,8 +33,12 @@ generation_rounds = dg.DynamicPartitionsDefinition(name="generation_rounds")
 GROUP = "preference_data"
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"})
-def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP, code_version="2", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"}
+)
+def prompts(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+) -> dg.MaterializeResult:
     """Static and dynamic prompts for every benchmark and training group and both tasks, and the
     prompt preference set (barren vs descriptive) for aligning the prompt model (section 3.2).
 
@@ -37,7 +46,9 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     ask for children; one that fails falls back to the static template and records why. The
     demo's random tiny prompt model nearly always falls back, which the fallback rate shows."""
     profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
-    groups = pd.concat([pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True)
+    groups = pd.concat(
+        [pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True
+    )
     tokenizer = hub.generator_tokenizer()
     aligned = None
     if profile.prompt_model_version == "base":
@@ -45,12 +56,19 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
     else:
         aligned = Path(profile.prompt_model_version)
         if not (aligned / "manifest.json").is_file():
-            raise dg.Failure(f"prompt_model_version {profile.prompt_model_version!r} is neither 'base' nor an aligned "
-                             "prompt model folder (the checkpoint_uri of prompt_model_alignment)")
+            raise dg.Failure(
+                f"prompt_model_version {profile.prompt_model_version!r} is neither 'base' nor an aligned "
+                "prompt model folder (the checkpoint_uri of prompt_model_alignment)"
+            )
         version = f"aligned:{json.loads((aligned / 'manifest.json').read_text())['lora_sha256'][:12]}"
     table = build_prompts(
-        groups, profile.celebahq_source, hub.prompt_model(aligned) if profile.dynamic_prompts else None,
-        lambda text: len(tokenizer(text).input_ids), profile.prompt_token_budget, version, dynamic=profile.dynamic_prompts,
+        groups,
+        profile.celebahq_source,
+        hub.prompt_model(aligned) if profile.dynamic_prompts else None,
+        lambda text: len(tokenizer(text).input_ids),
+        profile.prompt_token_budget,
+        version,
+        dynamic=profile.dynamic_prompts,
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))
     prompt_path, preference_path = paths.table("prompts"), paths.asset_dir("prompts") / "prompt_preferences.parquet"
@@ -64,7 +82,9 @@ def prompts(context: dg.AssetExecutionContext, settings: IdglowSettings, models:
             **file_metadata("prompt_preferences", preference_path),
             "prompt_model_version": dg.MetadataValue.text(version),
             "dynamic_fallback_rate": dg.MetadataValue.float(float(dynamic["fallback"].mean()) if len(dynamic) else 0.0),
-            "fallback_reasons": dg.MetadataValue.md(reasons.value_counts().rename("prompts").to_markdown() if len(reasons) else "none"),
+            "fallback_reasons": dg.MetadataValue.md(
+                reasons.value_counts().rename("prompts").to_markdown() if len(reasons) else "none"
+            ),
             "badcases": dg.MetadataValue.json(preferences["badcase"].value_counts().to_dict()),
             "preview": preview(table[["prompt_id", "prompt_kind", "fallback", "prompt"]]),
             "dagster/row_count": dg.MetadataValue.int(len(table)),
@@ -82,18 +102,28 @@ def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSetting
     profile, paths, roots = settings.resolved(), settings.paths, settings.roots
     out_dir = paths.asset_dir("real_group_photos")
     if profile.group_photos_manifest is not None:
-        photos = copy_outside_files(read_group_photo_manifest(profile.group_photos_manifest), roots, out_dir / "imported")
+        photos = copy_outside_files(
+            read_group_photo_manifest(profile.group_photos_manifest), roots, out_dir / "imported"
+        )
     elif profile.demo_group_photos > 0:
         photos = write_demo_group_photos(
-            pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog), profile.celebahq_source,
-            out_dir / "images", profile.demo_group_photos, profile.image_size, profile.seed,
+            pd.read_parquet(paths.training_groups),
+            pd.read_parquet(paths.catalog),
+            profile.celebahq_source,
+            out_dir / "images",
+            profile.demo_group_photos,
+            profile.image_size,
+            profile.seed,
         )
     else:
         context.log.warning("no group photo manifest configured (IDGLOW_GROUP_PHOTOS_MANIFEST): no real pairs")
         photos = pd.DataFrame(columns=list(GROUP_PHOTO_COLUMNS))
     exists = photos["photo_path"].map(lambda p: Path(p).is_file()) & photos["condition_paths"].map(
-        lambda ps: all(Path(p).is_file() for p in ps))
-    quarantine = photos.loc[~exists, ["photo_id", "photo_path"]].assign(reason="photo or condition portrait file missing")
+        lambda ps: all(Path(p).is_file() for p in ps)
+    )
+    quarantine = photos.loc[~exists, ["photo_id", "photo_path"]].assign(
+        reason="photo or condition portrait file missing"
+    )
     photos = photos.loc[exists].reset_index(drop=True)
     table_path, quarantine_path = paths.table("real_group_photos"), out_dir / "quarantine.parquet"
     write_parquet_atomic(table_path, roots.store_frame(photos))
@@ -113,36 +143,72 @@ def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSetting
 def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.DataFrame:
     training = prompt_table[prompt_table["group_kind"] == "train"]
     jobs = training.assign(job_id=training["prompt_id"], photo_id=None)[
-        ["job_id", "group_id", "task", "prompt_kind", "prompt", "condition_paths", "identities", "n_subjects", "photo_id"]]
-    real = pd.DataFrame({
-        "job_id": photos["photo_id"] + "-caption", "group_id": photos["group_id"], "task": "group_fusion",
-        "prompt_kind": "caption", "prompt": photos["caption"], "condition_paths": photos["condition_paths"],
-        "identities": photos["identities"], "n_subjects": photos["n_subjects"], "photo_id": photos["photo_id"],
-    })
+        [
+            "job_id",
+            "group_id",
+            "task",
+            "prompt_kind",
+            "prompt",
+            "condition_paths",
+            "identities",
+            "n_subjects",
+            "photo_id",
+        ]
+    ]
+    real = pd.DataFrame(
+        {
+            "job_id": photos["photo_id"] + "-caption",
+            "group_id": photos["group_id"],
+            "task": "group_fusion",
+            "prompt_kind": "caption",
+            "prompt": photos["caption"],
+            "condition_paths": photos["condition_paths"],
+            "identities": photos["identities"],
+            "n_subjects": photos["n_subjects"],
+            "photo_id": photos["photo_id"],
+        }
+    )
     return pd.concat([jobs, real], ignore_index=True)
 
 
-@dg.asset(group_name=GROUP, code_version="2", partitions_def=generation_rounds, deps=[prompts, real_group_photos],
-          pool="gpu", kinds={"pytorch"})
-def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    code_version="2",
+    partitions_def=generation_rounds,
+    deps=[prompts, real_group_photos],
+    pool="gpu",
+    kinds={"pytorch"},
+)
+def candidate_images(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+) -> dg.MaterializeResult:
     """K candidate group photos per training prompt and per real photo's caption, from the
     explicitly named model version (`generation_model_version`: `base` or a LoRA folder), seeds
     recorded. One partition per generation round; a rerun of a round skips what is written."""
     profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
     round_name = context.partition_key
-    jobs = roots.resolve_frame(_generation_jobs(pd.read_parquet(paths.table("prompts")),
-                                                pd.read_parquet(paths.table("real_group_photos"))))
+    jobs = roots.resolve_frame(
+        _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
+    )
     pipeline = hub.generator()
     version = profile.generation_model_version
     if version != "base":
         adapter = Path(version)
         weights = next(adapter.glob("*.safetensors"), None)
         if weights is None:
-            raise dg.Failure(f"generation_model_version {version!r} is neither 'base' nor a LoRA folder with a .safetensors file")
+            raise dg.Failure(
+                f"generation_model_version {version!r} is neither 'base' nor a LoRA folder with a .safetensors file"
+            )
         pipeline.load_lora_weights(adapter)
         version = f"lora:{tensors_sha256(weights)[:12]}"  # the weights' content, as the checkpoint manifests name it
-    settings_used = GenerationSettings(profile.generation_size, profile.generation_size, profile.generation_steps,
-                                       profile.true_cfg_scale, profile.candidates_per_job, profile.seed)
+    settings_used = GenerationSettings(
+        profile.generation_size,
+        profile.generation_size,
+        profile.generation_steps,
+        profile.true_cfg_scale,
+        profile.candidates_per_job,
+        profile.seed,
+    )
     out_dir = paths.asset_dir("candidate_images") / round_name
     started = time.perf_counter()
     try:
@@ -152,7 +218,9 @@ def candidate_images(context: dg.AssetExecutionContext, settings: IdglowSettings
             pipeline.unload_lora_weights()
     seconds = time.perf_counter() - started
     app = hub.face_analysis()
-    faces_found = [min(len(app.get(pil_to_bgr(Image.open(p)))), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)]
+    faces_found = [
+        min(len(app.get(pil_to_bgr(Image.open(p)))), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)
+    ]
     detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
     table_path = out_dir / "candidates.parquet"
     write_parquet_atomic(table_path, roots.store_frame(table))
@@ -180,8 +248,12 @@ def preference_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     profile, paths, roots = settings.resolved(), settings.paths, settings.roots
     rounds = sorted(paths.asset_dir("candidate_images").glob("*/candidates.parquet"))
     candidates = pd.concat([pd.read_parquet(p) for p in rounds], ignore_index=True) if rounds else pd.DataFrame()
-    pairs = build_pairs(roots.resolve_frame(candidates), roots.resolve_frame(pd.read_parquet(paths.table("real_group_photos"))),
-                        paths.asset_dir("preference_pairs") / "perturbed", profile.seed)
+    pairs = build_pairs(
+        roots.resolve_frame(candidates),
+        roots.resolve_frame(pd.read_parquet(paths.table("real_group_photos"))),
+        paths.asset_dir("preference_pairs") / "perturbed",
+        profile.seed,
+    )
     table_path = paths.table("preference_pairs")
     write_parquet_atomic(table_path, roots.store_frame(pairs))
     counts = pairs["source"].value_counts()
@@ -227,11 +299,15 @@ def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
     below minus its tolerance (thresholds in docs/configuration.md). Every pair is listed with
     `kept` and the reason; the histograms show each delta with its thresholds."""
     paths = settings.paths
-    filtered = apply_filter(pd.read_parquet(paths.table("pair_scores")),
-                            pd.read_parquet(paths.asset_dir("pair_scores") / "oriented_pairs.parquet"))
+    filtered = apply_filter(
+        pd.read_parquet(paths.table("pair_scores")),
+        pd.read_parquet(paths.asset_dir("pair_scores") / "oriented_pairs.parquet"),
+    )
     table_path = paths.table("auto_filtered_pairs")
     write_parquet_atomic(table_path, filtered)
-    plot = delta_histograms(filtered, list(METRICS), DEFAULT_THRESHOLDS, paths.asset_dir("auto_filtered_pairs") / "delta_histograms.png")
+    plot = delta_histograms(
+        filtered, list(METRICS), DEFAULT_THRESHOLDS, paths.asset_dir("auto_filtered_pairs") / "delta_histograms.png"
+    )
     by_source = filtered.groupby("source")["kept"].mean().round(3).to_dict()
     by_rule = {f"{m}_supports": float(filtered[f"rule_{m}_supports"].mean()) for m in METRICS}
     by_rule.update({f"{m}_contradicts": float(filtered[f"rule_{m}_contradicts"].mean()) for m in METRICS})
@@ -245,8 +321,14 @@ def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
             "histograms": dg.MetadataValue.md(markdown_image(plot, "delta histograms")),
             "histograms_uri": dg.MetadataValue.path(str(plot)),
             "drop_reasons": dg.MetadataValue.md(
-                filtered.loc[~filtered["kept"], "reason"].str.replace(r"[-+]?\d+\.\d+", "x", regex=True)
-                .value_counts().rename("pairs").to_markdown() if (~filtered["kept"]).any() else "none"),
+                filtered.loc[~filtered["kept"], "reason"]
+                .str.replace(r"[-+]?\d+\.\d+", "x", regex=True)
+                .value_counts()
+                .rename("pairs")
+                .to_markdown()
+                if (~filtered["kept"]).any()
+                else "none"
+            ),
             "dagster/row_count": dg.MetadataValue.int(len(filtered)),
         },
         data_version=data_version_of(table_path),
@@ -259,16 +341,20 @@ def sft_examples(settings: IdglowSettings) -> dg.MaterializeResult:
     synthetic outputs of kept pairs whose identity and aesthetic scores clear the profile's
     bars (Task 2 targets are such filtered child renderings)."""
     profile, paths = settings.resolved(), settings.paths
-    examples = select_sft_examples(pd.read_parquet(paths.table("real_group_photos")),
-                                   pd.read_parquet(paths.table("auto_filtered_pairs")),
-                                   profile.sft_min_identity, profile.sft_min_aesthetic)
+    examples = select_sft_examples(
+        pd.read_parquet(paths.table("real_group_photos")),
+        pd.read_parquet(paths.table("auto_filtered_pairs")),
+        profile.sft_min_identity,
+        profile.sft_min_aesthetic,
+    )
     table_path = paths.table("sft_examples")
     write_parquet_atomic(table_path, examples)
     return dg.MaterializeResult(
         metadata={
             **file_metadata("examples", table_path),
             "by_task_and_source": dg.MetadataValue.json(
-                {f"{t}/{s}": int(c) for (t, s), c in examples.groupby(["task", "source"]).size().items()}),
+                {f"{t}/{s}": int(c) for (t, s), c in examples.groupby(["task", "source"]).size().items()}
+            ),
             "dagster/row_count": dg.MetadataValue.int(len(examples)),
         },
         data_version=data_version_of(table_path),
@@ -294,8 +380,12 @@ def sft_shards(settings: IdglowSettings) -> dg.MaterializeResult:
     """WebDataset shards of the SFT examples, one shard set per subject count, with a manifest."""
     profile, paths = settings.resolved(), settings.paths
     out_dir = paths.asset_dir("sft_shards")
-    manifest = write_shard_sets(sft_samples(pd.read_parquet(paths.table("sft_examples")), settings.roots.resolve), out_dir, "sft",
-                                max_size_bytes=profile.shard_max_bytes)
+    manifest = write_shard_sets(
+        sft_samples(pd.read_parquet(paths.table("sft_examples")), settings.roots.resolve),
+        out_dir,
+        "sft",
+        max_size_bytes=profile.shard_max_bytes,
+    )
     return _shard_result(out_dir, manifest)
 
 
@@ -313,5 +403,7 @@ def dpo_shards(context: dg.AssetExecutionContext, settings: IdglowSettings) -> d
     if automatic:
         context.log.warning(f"{automatic} of {len(accepted)} pairs were approved by the written rule, not by people")
     out_dir = paths.asset_dir("dpo_shards")
-    manifest = write_shard_sets(dpo_samples(accepted, settings.roots.resolve), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes)
+    manifest = write_shard_sets(
+        dpo_samples(accepted, settings.roots.resolve), out_dir, "dpo", max_size_bytes=profile.shard_max_bytes
+    )
     return _shard_result(out_dir, manifest)

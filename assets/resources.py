@@ -15,13 +15,22 @@ from idglow.models.hub import ModelHub
 from idglow.paths import ArtifactPaths, TableRoots
 from idglow.profiles import Profile, load_profile
 
-
 _PATH_FIELDS = ("storage_root", "celebahq_root", "group_photos_manifest")
 _VALUE_FIELDS = (
-    "seed", "image_size", "ingest_workers", "benchmark_groups_of_two", "benchmark_groups_of_three",
-    "training_groups_of_two", "training_groups_of_three", "candidates_per_job", "generation_model_version",
+    "seed",
+    "image_size",
+    "ingest_workers",
+    "benchmark_groups_of_two",
+    "benchmark_groups_of_three",
+    "training_groups_of_two",
+    "training_groups_of_three",
+    "candidates_per_job",
+    "generation_model_version",
     "prompt_model_version",
-    "review_mode", "review_overlap", "acceptance_rate_min", "acceptance_rate_max",
+    "review_mode",
+    "review_overlap",
+    "acceptance_rate_min",
+    "acceptance_rate_max",
 )
 
 

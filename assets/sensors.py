@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import dagster as dg
+
 from assets.resources import IdglowSettings
 from idglow.data import celebahq
 

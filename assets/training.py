@@ -44,8 +44,18 @@ GROUP = "training"
 # SFT / DPO fields a run's config cannot set. The asset fills the paths and leaves the device
 # to the launched process; the seed is the settings resource's; the target resolution and the
 # reference budgets are the profile's, because inference encodes with the same ones.
-GENERATOR_FILLED = ("generator_dir", "shards", "output_dir", "face_pack_dir", "sft_checkpoint", "device", "seed",
-                    "resolution", "reference_resolution", "condition_pixels")
+GENERATOR_FILLED = (
+    "generator_dir",
+    "shards",
+    "output_dir",
+    "face_pack_dir",
+    "sft_checkpoint",
+    "device",
+    "seed",
+    "resolution",
+    "reference_resolution",
+    "condition_pixels",
+)
 PROMPT_DPO_FILLED = ("model_dir", "preferences", "catalog", "source_root", "output_dir", "device", "seed")
 
 
@@ -60,16 +70,21 @@ def reference_side(pixels: int) -> int:
 
 def profile_filled(profile: Profile) -> dict:
     """The SFT / DPO settings that come from the profile and the settings resource, not from run config."""
-    return {"seed": profile.seed, "resolution": profile.generation_size,
-            "reference_resolution": reference_side(profile.reference_pixels), "condition_pixels": profile.condition_pixels}
+    return {
+        "seed": profile.seed,
+        "resolution": profile.generation_size,
+        "reference_resolution": reference_side(profile.reference_pixels),
+        "condition_pixels": profile.condition_pixels,
+    }
 
 
 def training_config(config_type: type, profile: Profile, run: dict, **paths: str):
     """The config a run trains with: its run config's values (the profile's defaults for those it
     leaves out), the profile's fixed settings, and the asset's paths; ``output_dir`` stays empty
     until ``in_run_dir`` names the run's folder."""
-    return config_type(**{"output_dir": "", **profile_defaults(profile, config_type), **run, **paths,
-                          **profile_filled(profile)})
+    return config_type(
+        **{"output_dir": "", **profile_defaults(profile, config_type), **run, **paths, **profile_filled(profile)}
+    )
 
 
 def profile_defaults(profile: Profile, config_type: type) -> dict:
@@ -77,9 +92,13 @@ def profile_defaults(profile: Profile, config_type: type) -> dict:
     if issubclass(config_type, PromptDPOConfig):
         return {"steps": profile.prompt_dpo_steps}
     steps = profile.dpo_steps if issubclass(config_type, DPOConfig) else profile.sft_steps
-    return {"steps": steps, "lora_rank": profile.lora_rank, "checkpoint_every": profile.checkpoint_every_steps,
-            "checkpoint_every_minutes": profile.checkpoint_every_minutes,
-            "gradient_checkpoint_blocks": profile.gradient_checkpoint_blocks}
+    return {
+        "steps": steps,
+        "lora_rank": profile.lora_rank,
+        "checkpoint_every": profile.checkpoint_every_steps,
+        "checkpoint_every_minutes": profile.checkpoint_every_minutes,
+        "gradient_checkpoint_blocks": profile.gradient_checkpoint_blocks,
+    }
 
 
 def _config_type(hint, default):
@@ -90,8 +109,9 @@ def _config_type(hint, default):
     return hint, default
 
 
-def run_config_class(name: str, config_type: type, profile: Profile, left_out: tuple[str, ...],
-                     help_text: dict[str, str]) -> type[dg.Config]:
+def run_config_class(
+    name: str, config_type: type, profile: Profile, left_out: tuple[str, ...], help_text: dict[str, str]
+) -> type[dg.Config]:
     """A Dagster run config with ``config_type``'s fields less ``left_out``, its defaults the
     profile's (so the launchpad shows what a run with no config would train with)."""
     hints = typing.get_type_hints(config_type)
@@ -103,8 +123,13 @@ def run_config_class(name: str, config_type: type, profile: Profile, left_out: t
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         hint, default = _config_type(hints[spec.name], defaults.get(spec.name, default))
         fields[spec.name] = (hint, pydantic.Field(default=default, description=help_text.get(spec.name)))
-    return pydantic.create_model(name, __base__=dg.Config, __doc__=f"{config_type.__name__}'s settings a run may change "
-                                 f"(profile {profile.name!r} defaults; docs/training.md).", **fields)
+    return pydantic.create_model(
+        name,
+        __base__=dg.Config,
+        __doc__=f"{config_type.__name__}'s settings a run may change "
+        f"(profile {profile.name!r} defaults; docs/training.md).",
+        **fields,
+    )
 
 
 def run_key(config, inputs_sha256: str, gpus: int) -> str:
@@ -126,16 +151,30 @@ def in_run_dir(config, root: Path, inputs_sha256: str, gpus: int):
 def training_command(module: str, config_file: Path, gpus: int) -> list[str]:
     """One process, or torchrun with a process per GPU."""
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-                "-m", module, "--config", str(config_file)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={gpus}",
+            "-m",
+            module,
+            "--config",
+            str(config_file),
+        ]
     return [sys.executable, "-m", module, "--config", str(config_file)]
 
 
 def gpu_op_tags(gpus: int) -> dict:
     """What a Kubernetes run launcher or executor reads to schedule the step on GPU nodes."""
     count = str(max(gpus, 1))
-    return {"dagster-k8s/config": {"container_config": {"resources": {
-        "requests": {"nvidia.com/gpu": count}, "limits": {"nvidia.com/gpu": count}}}}}
+    return {
+        "dagster-k8s/config": {
+            "container_config": {
+                "resources": {"requests": {"nvidia.com/gpu": count}, "limits": {"nvidia.com/gpu": count}}
+            }
+        }
+    }
 
 
 def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus: int, root: Path):
@@ -148,9 +187,14 @@ def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus
     context.log.info(f"launching {' '.join(training_command(module, config_file, gpus))}")
     result = client.run(command=training_command(module, config_file, gpus), context=context, env=env)
     materialization = result.get_materialize_result()
-    return dg.MaterializeResult(metadata={**materialization.metadata, "config": dg.MetadataValue.json(asdict(config)),
-                                          **checkpoint_path_metadata(materialization.metadata, root)},
-                                data_version=materialization.data_version)
+    return dg.MaterializeResult(
+        metadata={
+            **materialization.metadata,
+            "config": dg.MetadataValue.json(asdict(config)),
+            **checkpoint_path_metadata(materialization.metadata, root),
+        },
+        data_version=materialization.data_version,
+    )
 
 
 def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.AssetsDefinition]:
@@ -159,62 +203,126 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
     profile = profile or load_profile()
     tags = gpu_op_tags(gpus)
     sft_run_config = run_config_class("SFTRunConfig", SFTConfig, profile, GENERATOR_FILLED, sft_module.FIELD_HELP)
-    dpo_run_config = run_config_class("DPORunConfig", DPOConfig, profile, GENERATOR_FILLED + dpo_module.UNUSED_SFT_FIELDS,
-                                      {**sft_module.FIELD_HELP, **dpo_module.FIELD_HELP})
-    prompt_run_config = run_config_class("PromptDPORunConfig", PromptDPOConfig, profile, PROMPT_DPO_FILLED,
-                                         prompt_dpo_module.FIELD_HELP)
+    dpo_run_config = run_config_class(
+        "DPORunConfig",
+        DPOConfig,
+        profile,
+        GENERATOR_FILLED + dpo_module.UNUSED_SFT_FIELDS,
+        {**sft_module.FIELD_HELP, **dpo_module.FIELD_HELP},
+    )
+    prompt_run_config = run_config_class(
+        "PromptDPORunConfig", PromptDPOConfig, profile, PROMPT_DPO_FILLED, prompt_dpo_module.FIELD_HELP
+    )
 
-    @dg.asset(group_name=GROUP, code_version="4", deps=["sft_shards", "model_weights"], pool="gpu", kinds={"pytorch"},
-              op_tags=tags)
-    def sft_checkpoint(context: dg.AssetExecutionContext, config: sft_run_config, settings: IdglowSettings,
-                       models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name=GROUP,
+        code_version="4",
+        deps=["sft_shards", "model_weights"],
+        pool="gpu",
+        kinds={"pytorch"},
+        op_tags=tags,
+    )
+    def sft_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: sft_run_config,
+        settings: IdglowSettings,
+        models: ModelHubResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
         """Stage 1: LoRA SFT of the generator with the task-adaptive identity loss (annealing for
         Task 1, temporal gate for Task 2); safetensors checkpoint with its manifest."""
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         shards = paths.asset_dir("sft_shards")
-        training = training_config(SFTConfig, profile, config.model_dump(), generator_dir=str(hub.path(GENERATOR)),
-                                   shards=str(shards), face_pack_dir=str(hub.path(FACE_PACK)))
+        training = training_config(
+            SFTConfig,
+            profile,
+            config.model_dump(),
+            generator_dir=str(hub.path(GENERATOR)),
+            shards=str(shards),
+            face_pack_dir=str(hub.path(FACE_PACK)),
+        )
         training = in_run_dir(training, paths.asset_dir("sft_checkpoint"), manifest_hash(shards), profile.training_gpus)
         return _launch(context, pipes_subprocess_client, "training.sft", training, profile.training_gpus, paths.root)
 
-    @dg.asset(group_name=GROUP, code_version="4", deps=["dpo_shards", sft_checkpoint], pool="gpu", kinds={"pytorch"},
-              op_tags=tags)
-    def dpo_checkpoint(context: dg.AssetExecutionContext, config: dpo_run_config, settings: IdglowSettings,
-                       models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name=GROUP,
+        code_version="4",
+        deps=["dpo_shards", sft_checkpoint],
+        pool="gpu",
+        kinds={"pytorch"},
+        op_tags=tags,
+    )
+    def dpo_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: dpo_run_config,
+        settings: IdglowSettings,
+        models: ModelHubResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
         """Stage 2: weighted-margin DPO (Eq. 7) with a fresh adapter on the merged SFT model; exported
         as one LoRA against the base model (SFT and DPO factors concatenated along the rank)."""
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         event = context.instance.get_latest_materialization_event(sft_checkpoint.key)
         sft = checkpoint_of(event.asset_materialization.metadata, paths.root)
         shards = paths.asset_dir("dpo_shards")
-        training = training_config(DPOConfig, profile, config.model_dump(), generator_dir=str(hub.path(GENERATOR)),
-                                   shards=str(shards), sft_checkpoint=str(sft))
+        training = training_config(
+            DPOConfig,
+            profile,
+            config.model_dump(),
+            generator_dir=str(hub.path(GENERATOR)),
+            shards=str(shards),
+            sft_checkpoint=str(sft),
+        )
         training = in_run_dir(training, paths.asset_dir("dpo_checkpoint"), manifest_hash(shards), profile.training_gpus)
         lora = Path(training.output_dir) / "combined" / "pytorch_lora_weights.safetensors"
         result = _launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, paths.root)
-        return dg.MaterializeResult(metadata={**result.metadata, **file_metadata("lora", lora)},
-                                    data_version=result.data_version)
+        return dg.MaterializeResult(
+            metadata={**result.metadata, **file_metadata("lora", lora)}, data_version=result.data_version
+        )
 
-    @dg.asset(group_name=GROUP, code_version="3", deps=["prompts", "model_weights"], pool="gpu", kinds={"pytorch"},
-              op_tags=gpu_op_tags(1))
-    def prompt_model_alignment(context: dg.AssetExecutionContext, config: prompt_run_config, settings: IdglowSettings,
-                               models: ModelHubResource, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name=GROUP,
+        code_version="3",
+        deps=["prompts", "model_weights"],
+        pool="gpu",
+        kinds={"pytorch"},
+        op_tags=gpu_op_tags(1),
+    )
+    def prompt_model_alignment(
+        context: dg.AssetExecutionContext,
+        config: prompt_run_config,
+        settings: IdglowSettings,
+        models: ModelHubResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
         """Section 3.2: DPO of the prompt model on the prompt preference set (descriptive,
         attribute-bound prompts over barren ones). The aligned model is a complete folder; set
         ``prompt_model_version`` to its ``checkpoint_uri`` and the prompts asset writes with it
         (and names it ``aligned:<sha>`` on every prompt)."""
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         preferences = paths.asset_dir("prompts") / "prompt_preferences.parquet"
-        training = PromptDPOConfig(model_dir=str(hub.path(PROMPT_MODEL)), preferences=str(preferences),
-                                   catalog=str(paths.catalog), source_root=str(profile.celebahq_source), output_dir="",
-                                   seed=profile.seed, **config.model_dump())
+        training = PromptDPOConfig(
+            model_dir=str(hub.path(PROMPT_MODEL)),
+            preferences=str(preferences),
+            catalog=str(paths.catalog),
+            source_root=str(profile.celebahq_source),
+            output_dir="",
+            seed=profile.seed,
+            **config.model_dump(),
+        )
         inputs = sha256_file(preferences)
-        training = dataclasses.replace(training, output_dir=str(paths.asset_dir("prompt_model_alignment") / run_key(training, inputs, 1)))
+        training = dataclasses.replace(
+            training, output_dir=str(paths.asset_dir("prompt_model_alignment") / run_key(training, inputs, 1))
+        )
         result = _launch(context, pipes_subprocess_client, "training.prompt_dpo", training, 1, paths.root)
         folder = Path(result.metadata["checkpoint_uri"].value)
-        return dg.MaterializeResult(metadata={
-            **result.metadata, "prompt_model_version": dg.MetadataValue.text(f"aligned:{result.data_version.value[:12]}"),
-            "use_it": dg.MetadataValue.md(f"Set `prompt_model_version` to `{folder}` (resource `settings`)."),
-        }, data_version=result.data_version)
+        return dg.MaterializeResult(
+            metadata={
+                **result.metadata,
+                "prompt_model_version": dg.MetadataValue.text(f"aligned:{result.data_version.value[:12]}"),
+                "use_it": dg.MetadataValue.md(f"Set `prompt_model_version` to `{folder}` (resource `settings`)."),
+            },
+            data_version=result.data_version,
+        )
 
     return [sft_checkpoint, dpo_checkpoint, prompt_model_alignment]

@@ -10,7 +10,8 @@ the first wrote; the in-memory cache has nothing to reuse then and encodes again
 Each (cache, N) runs in its own process, so that the peak RSS (``resource.getrusage``) is that
 case's alone. Columns: held MiB (the tensor bytes reachable from the cache object after the two
 epochs, the pipeline's weights left out), the RSS after the two epochs and the peak RSS, both
-above the process's once the pipeline was loaded (the peak is mostly the encoders' activations), on CUDA the peak allocated device memory above the same point, and the
+above the process's once the pipeline was loaded (the peak is mostly the encoders' activations),
+on CUDA the peak allocated device memory above the same point, and the
 seconds of epoch 1, epoch 2 and the second run's epoch. The tiny demo generator's encodings are
 small, so the RSS column moves by little; the held column is the one that grows with N.
 """
@@ -60,9 +61,15 @@ def synthetic_samples(count: int, size: int, subjects: int) -> list[Sample]:
     def portrait(seed: int) -> Image.Image:
         return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
-    return [Sample(f"s{i:05d}", {"prompt": f"A group of friends, photo {i}.", "task": "group_photo"},
-                   {"target": portrait(i)}, [portrait(1_000_000 + subjects * i + j) for j in range(subjects)])
-            for i in range(count)]
+    return [
+        Sample(
+            f"s{i:05d}",
+            {"prompt": f"A group of friends, photo {i}.", "task": "group_photo"},
+            {"target": portrait(i)},
+            [portrait(1_000_000 + subjects * i + j) for j in range(subjects)],
+        )
+        for i in range(count)
+    ]
 
 
 def peak_rss_mib() -> float:
@@ -84,7 +91,7 @@ def rss_mib() -> float:
 def epoch(cache: EncodingCache, samples: list[Sample], batch_size: int) -> float:
     start = time.perf_counter()
     for index in range(0, len(samples), batch_size):
-        batch = cache.batch(samples[index:index + batch_size], "target")
+        batch = cache.batch(samples[index : index + batch_size], "target")
         del batch  # what a step does with it: use it, then let it go
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -93,8 +100,15 @@ def epoch(cache: EncodingCache, samples: list[Sample], batch_size: int) -> float
 
 def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
-    config = SFTConfig(generator_dir=args.generator, shards="", output_dir="", resolution=args.resolution,
-                       reference_resolution=args.resolution, device=args.device, encoding_cache_dir=args.cache_dir)
+    config = SFTConfig(
+        generator_dir=args.generator,
+        shards="",
+        output_dir="",
+        resolution=args.resolution,
+        reference_resolution=args.resolution,
+        device=args.device,
+        encoding_cache_dir=args.cache_dir,
+    )
     pipeline = load_generator(config)
     samples = synthetic_samples(args.count, args.resolution, args.subjects)
     kind = InMemoryCache if args.variant == "memory" else EncodingCache
@@ -110,11 +124,19 @@ def worker(args: argparse.Namespace) -> dict:
     encoded_first_run = cache.encoded
     rerun = kind(pipeline, config, Path(args.cache_dir))  # a second run with the same settings
     third = epoch(rerun, samples, args.batch_size)
-    return {"variant": args.variant, "samples": args.count, "held_mib": held / 2**20,
-            "rss_mib": rss_after, "peak_rss_mib": peak_rss_mib() - base_peak,
-            "peak_cuda_mib": (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if on_cuda else None,
-            "epoch1_s": first, "epoch2_s": second, "rerun_s": third,
-            "encoded": encoded_first_run, "rerun_encoded": rerun.encoded}
+    return {
+        "variant": args.variant,
+        "samples": args.count,
+        "held_mib": held / 2**20,
+        "rss_mib": rss_after,
+        "peak_rss_mib": peak_rss_mib() - base_peak,
+        "peak_cuda_mib": (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if on_cuda else None,
+        "epoch1_s": first,
+        "epoch2_s": second,
+        "rerun_s": third,
+        "encoded": encoded_first_run,
+        "rerun_encoded": rerun.encoded,
+    }
 
 
 def main() -> None:
@@ -133,22 +155,44 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    print(f"{'cache':<8}{'N':>6}{'held MiB':>10}{'RSS MiB':>9}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"
-          f"{'epoch1 s':>10}{'epoch2 s':>10}{'rerun s':>9}{'rerun encodes':>15}")
+    print(
+        f"{'cache':<8}{'N':>6}{'held MiB':>10}{'RSS MiB':>9}{'peak RSS MiB':>14}{'peak CUDA MiB':>15}"
+        f"{'epoch1 s':>10}{'epoch2 s':>10}{'rerun s':>9}{'rerun encodes':>15}"
+    )
     for count in args.samples:
         for variant in ("memory", "disk"):
             with tempfile.TemporaryDirectory(prefix="encoding-bench-") as folder:
-                command = [sys.executable, __file__, "--worker", "--variant", variant, "--count", str(count),
-                           "--cache-dir", folder, "--resolution", str(args.resolution), "--subjects", str(args.subjects),
-                           "--batch-size", str(args.batch_size), "--generator", args.generator, "--device", args.device]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--variant",
+                    variant,
+                    "--count",
+                    str(count),
+                    "--cache-dir",
+                    folder,
+                    "--resolution",
+                    str(args.resolution),
+                    "--subjects",
+                    str(args.subjects),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--generator",
+                    args.generator,
+                    "--device",
+                    args.device,
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 if done.returncode:
                     sys.exit(f"{variant} N={count} failed:\n{done.stderr[-3000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])
             cuda = "-" if row["peak_cuda_mib"] is None else f"{row['peak_cuda_mib']:.1f}"
-            print(f"{variant:<8}{count:>6}{row['held_mib']:>10.2f}{row['rss_mib']:>9.1f}{row['peak_rss_mib']:>14.1f}{cuda:>15}"
-                  f"{row['epoch1_s']:>10.2f}{row['epoch2_s']:>10.2f}{row['rerun_s']:>9.2f}{row['rerun_encoded']:>15}",
-                  flush=True)
+            print(
+                f"{variant:<8}{count:>6}{row['held_mib']:>10.2f}{row['rss_mib']:>9.1f}{row['peak_rss_mib']:>14.1f}{cuda:>15}"
+                f"{row['epoch1_s']:>10.2f}{row['epoch2_s']:>10.2f}{row['rerun_s']:>9.2f}{row['rerun_encoded']:>15}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

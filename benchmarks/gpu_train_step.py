@@ -103,17 +103,29 @@ class FixedFacesIdentity:
         self.vae = vae.to(**to).eval().requires_grad_(False)
         self.encoder = resnet50(num_classes=512).to(**to).eval().requires_grad_(False)
         scale = 0.3 * resolution / 112  # the 112 px ArcFace crop covers 30% of the image side
-        self.landmarks = np.stack([
-            (arcface_dst - 56) * scale + np.array([resolution * (i + 0.5) / faces, resolution * 0.4])
-            for i in range(faces)
-        ]).astype(np.float32)
-        self.sources = F.normalize(torch.randn(faces, 512, generator=torch.Generator().manual_seed(7)), dim=-1).to(to["device"])
+        self.landmarks = np.stack(
+            [
+                (arcface_dst - 56) * scale + np.array([resolution * (i + 0.5) / faces, resolution * 0.4])
+                for i in range(faces)
+            ]
+        ).astype(np.float32)
+        self.sources = F.normalize(torch.randn(faces, 512, generator=torch.Generator().manual_seed(7)), dim=-1).to(
+            to["device"]
+        )
         self.resolution = resolution
 
     def __call__(self, x_t, velocity, sigma, lambdas, samples):
         return modulated_identity_term(
-            x_t, velocity, sigma, lambdas, self.resolution, self.resolution, self.vae, [self.sources] * x_t.shape[0],
-            lambda image: self.landmarks, self.encoder,
+            x_t,
+            velocity,
+            sigma,
+            lambdas,
+            self.resolution,
+            self.resolution,
+            self.vae,
+            [self.sources] * x_t.shape[0],
+            lambda image: self.landmarks,
+            self.encoder,
         )
 
 
@@ -155,8 +167,14 @@ class Harness:
         torch.set_default_dtype(torch.float32)
         self.transformer.requires_grad_(False)
         self.n_params = sum(p.numel() for p in self.transformer.parameters())
-        self.config = SFTConfig(generator_dir="", shards="", output_dir="", lora_rank=args.lora_rank,
-                                modulation="none", gradient_checkpoint_blocks=-1)
+        self.config = SFTConfig(
+            generator_dir="",
+            shards="",
+            output_dir="",
+            lora_rank=args.lora_rank,
+            modulation="none",
+            gradient_checkpoint_blocks=-1,
+        )
         _, self.parameters, self.optimizer = prepare_trainable(self.transformer, self.config)
         self.scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG)
         self.generator = torch.Generator().manual_seed(0)
@@ -175,12 +193,17 @@ class Harness:
 
         return lambda: optimizer_step(step_fn, lambda: chosen, self.parameters, self.optimizer, config)
 
-    def measure(self, name: str, run: Callable[[], None], resolution: int, pairs: bool = False, plan: bool = True) -> dict:
+    def measure(
+        self, name: str, run: Callable[[], None], resolution: int, pairs: bool = False, plan: bool = True
+    ) -> dict:
         if plan and self.args.checkpoint_blocks is not None:  # a fixed count, to compare paths at equal recomputation
             checkpoint_blocks(self.transformer, self.args.checkpoint_blocks)
             plan = False
-        count, plan_info = (plan_for(run, self.transformer, self.budget) if plan
-                            else (sum(b.recompute_in_backward for b in self.transformer.transformer_blocks), {}))
+        count, plan_info = (
+            plan_for(run, self.transformer, self.budget)
+            if plan
+            else (sum(b.recompute_in_backward for b in self.transformer.transformer_blocks), {})
+        )
         seconds, peak = timed_steps(run, self.args.warmup, self.args.steps)
         side = resolution // 16
         image_tokens = side * side * (1 + self.args.refs)
@@ -189,16 +212,37 @@ class Harness:
         if pairs:  # policy on chosen and rejected with gradient, reference forward on both without
             flops = 2 * flops + 2 * model_flops(self.n_params, self.args.layers, self.width, tokens, backward=False)
         samples = 2 if pairs else 1
-        return {"run": name, "who": "idglow", "res": resolution, "layers": self.args.layers,
-                "params_b": round(self.n_params / 1e9, 3), "checkpointed_blocks": count, **plan_info,
-                "s_per_step": round(seconds, 3), "image_tokens_per_s": round(samples * image_tokens / seconds, 1),
-                "tflops_per_s": round(flops / seconds / 1e12, 1), "mfu_vs_989": round(flops / seconds / PEAK_FLOPS, 3),
-                "peak_gib": round(peak, 1)}
+        return {
+            "run": name,
+            "who": "idglow",
+            "res": resolution,
+            "layers": self.args.layers,
+            "params_b": round(self.n_params / 1e9, 3),
+            "checkpointed_blocks": count,
+            **plan_info,
+            "s_per_step": round(seconds, 3),
+            "image_tokens_per_s": round(samples * image_tokens / seconds, 1),
+            "tflops_per_s": round(flops / seconds / 1e12, 1),
+            "mfu_vs_989": round(flops / seconds / PEAK_FLOPS, 3),
+            "peak_gib": round(peak, 1),
+        }
 
 
 def run_baseline(path: Path, resolution: int, args) -> dict:
-    command = [sys.executable, str(path), "--res", str(resolution), "--layers", str(args.layers), "--steps",
-               str(args.steps), "--refs", str(args.refs), "--text", str(args.text)] + (["--tiny"] if args.tiny else [])
+    command = [
+        sys.executable,
+        str(path),
+        "--res",
+        str(resolution),
+        "--layers",
+        str(args.layers),
+        "--steps",
+        str(args.steps),
+        "--refs",
+        str(args.refs),
+        "--text",
+        str(args.text),
+    ] + (["--tiny"] if args.tiny else [])
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}  # the baseline as it ships
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
@@ -216,7 +260,11 @@ def main(args) -> None:
     results: list[dict] = []
 
     def record(row: dict) -> None:
-        row = {"device": torch.cuda.get_device_name() if on_cuda() else "cpu", "elapsed_s": round(time.monotonic() - start, 1), **row}
+        row = {
+            "device": torch.cuda.get_device_name() if on_cuda() else "cpu",
+            "elapsed_s": round(time.monotonic() - start, 1),
+            **row,
+        }
         results.append(row)
         with open(out, "a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -256,10 +304,14 @@ def main(args) -> None:
         checkpoint_blocks(harness.transformer, plain_large)
         harness.transformer.compile_repeated_blocks(dynamic=False)
         try:
-            record(harness.measure(f"sft {large}, no ID loss, compiled", harness.sft_runner(batch, sft), large, plan=False))
+            record(
+                harness.measure(f"sft {large}, no ID loss, compiled", harness.sft_runner(batch, sft), large, plan=False)
+            )
             if "compiled-small" in phases:
                 small_batch = random_batch(small, args.refs, args.text, joint, seed=3)
-                record(harness.measure(f"sft {small}, no ID loss, compiled", harness.sft_runner(small_batch, sft), small))
+                record(
+                    harness.measure(f"sft {small}, no ID loss, compiled", harness.sft_runner(small_batch, sft), small)
+                )
         except Exception as error:  # a compiler failure must not lose the summary of what was measured
             record({"run": f"sft {large}, no ID loss, compiled", "who": "idglow", "error": repr(error)[-2000:]})
     summarise(results, large, small)
@@ -269,16 +321,26 @@ def summarise(results: list[dict], large: int, small: int) -> None:
     ours = {r["run"]: r for r in results if r.get("who") == "idglow" and "s_per_step" in r}
     base = {r["run"]: r for r in results if r.get("who") == "baseline" and "s_per_step" in r}
     print("\nrun                                   s/step   baseline   speed-up   MFU    peak GiB  recomputed blocks")
-    compared = {f"sft {large}, no ID loss": f"sft {large}", f"sft {small}, no ID loss": f"sft {small}",
-                f"sft {large}, no ID loss, compiled": f"sft {large}"}
+    compared = {
+        f"sft {large}, no ID loss": f"sft {large}",
+        f"sft {small}, no ID loss": f"sft {small}",
+        f"sft {large}, no ID loss, compiled": f"sft {large}",
+    }
     for name, row in ours.items():
         reference = base.get(compared.get(name, ""))
         speedup = f"{reference['s_per_step'] / row['s_per_step']:.2f}x" if reference else "-"
-        print(f"{name:<36}{row['s_per_step']:>8.3f}{(reference or {}).get('s_per_step', float('nan')):>11.3f}"
-              f"{speedup:>11}{row['mfu_vs_989']:>7.3f}{row['peak_gib']:>10.1f}{row['checkpointed_blocks']:>10}")
-    plain, constant, dpo = (ours.get(f"{k} {large}{rest}") for k, rest in
-                             (("sft", ", no ID loss"), ("sft", ", constant ID loss"), ("dpo", "")))
+        print(
+            f"{name:<36}{row['s_per_step']:>8.3f}{(reference or {}).get('s_per_step', float('nan')):>11.3f}"
+            f"{speedup:>11}{row['mfu_vs_989']:>7.3f}{row['peak_gib']:>10.1f}{row['checkpointed_blocks']:>10}"
+        )
+    plain, constant, dpo = (
+        ours.get(f"{k} {large}{rest}")
+        for k, rest in (("sft", ", no ID loss"), ("sft", ", constant ID loss"), ("dpo", ""))
+    )
     if plain and constant:
-        print(f"ID path, added seconds per {large}² image with lambda > 0: {constant['s_per_step'] - plain['s_per_step']:.3f}")
+        print(
+            f"ID path, added seconds per {large}² image with lambda > 0: "
+            f"{constant['s_per_step'] - plain['s_per_step']:.3f}"
+        )
     if plain and dpo:
         print(f"DPO step / SFT step: {dpo['s_per_step'] / plain['s_per_step']:.2f} (FLOP bound 8/3 = 2.67)")

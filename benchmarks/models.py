@@ -20,15 +20,25 @@ from idglow.models.smoke import smoke_test
 
 
 def portraits(n: int) -> list:
-    return [render_portrait(sample_style(np.random.default_rng(i)), 256, np.random.default_rng(100 + i))[0] for i in range(n)]
+    return [
+        render_portrait(sample_style(np.random.default_rng(i)), 256, np.random.default_rng(100 + i))[0]
+        for i in range(n)
+    ]
 
 
 def generation_seconds(pipeline, references, repeats: int) -> float:
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
-        pipeline(image=references, prompt="A group photo of these people", height=64, width=64,
-                 num_inference_steps=4, true_cfg_scale=1.0, generator=torch.Generator().manual_seed(seed))
+        pipeline(
+            image=references,
+            prompt="A group photo of these people",
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            true_cfg_scale=1.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

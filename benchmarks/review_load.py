@@ -20,10 +20,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         report, store = run_load(Path(folder), args.clients, args.items, args.overlap, args.lease_seconds)
-        print(f"{report.clients} clients, {report.items} items x overlap {report.overlap}: {report.decisions} decisions "
-              f"in {report.seconds:.1f} s = {report.decisions_per_second:.1f} decisions/s; "
-              f"p95 {report.p95_ms:.0f} ms per item (GET + POST); {report.abandoned} claims abandoned, "
-              f"{store.reclaimed_leases()} leases reclaimed")
+        print(
+            f"{report.clients} clients, {report.items} items x overlap {report.overlap}: {report.decisions} decisions "
+            f"in {report.seconds:.1f} s = {report.decisions_per_second:.1f} decisions/s; "
+            f"p95 {report.p95_ms:.0f} ms per item (GET + POST); {report.abandoned} claims abandoned, "
+            f"{store.reclaimed_leases()} leases reclaimed"
+        )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,25 @@ def demo_pairs(hub: ModelHub, work: Path, photos: int, candidates: int) -> pd.Da
     photo_table = write_demo_group_photos(groups, catalog, dataset.root, work / "photos", photos, 256, 0)
     # As in the demo: every training group x both tasks x (static, dynamic) prompt, K candidates each,
     # so many pairs share their condition portraits.
-    jobs = pd.concat([
-        groups.assign(job_id=groups["group_id"] + f"-{task}-{kind}", task=task, prompt_kind=kind, photo_id=None,
-                      prompt=[static_prompt(task, n) for n in groups["n_subjects"]])
-        for task in ("group_fusion", "age_transformed") for kind in ("static", "dynamic")
-    ], ignore_index=True)
+    jobs = pd.concat(
+        [
+            groups.assign(
+                job_id=groups["group_id"] + f"-{task}-{kind}",
+                task=task,
+                prompt_kind=kind,
+                photo_id=None,
+                prompt=[static_prompt(task, n) for n in groups["n_subjects"]],
+            )
+            for task in ("group_fusion", "age_transformed")
+            for kind in ("static", "dynamic")
+        ],
+        ignore_index=True,
+    )
     jobs["condition_paths"] = [[str(dataset.root / p) for p in ps] for ps in jobs["condition_paths"]]
     settings = GenerationSettings(64, 64, 4, 1.0, candidates, 0)
-    table, _ = generate_candidates(hub.generator(), jobs, settings, work / "candidates", "bench", "base", progress=False)
+    table, _ = generate_candidates(
+        hub.generator(), jobs, settings, work / "candidates", "bench", "base", progress=False
+    )
     return build_pairs(table, photo_table, work / "perturbed", seed=0)
 
 

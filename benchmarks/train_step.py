@@ -33,7 +33,7 @@ from training.sft import train as train_sft
 
 def step_times(log: Path, skip: int = 1) -> list[float]:
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    return [b["time"] - a["time"] for a, b in zip(rows[skip - 1:], rows[skip:], strict=False)]
+    return [b["time"] - a["time"] for a, b in zip(rows[skip - 1 :], rows[skip:], strict=False)]
 
 
 def samples_in(shards: Path) -> int:
@@ -57,19 +57,28 @@ def main() -> None:
     gpu.add_argument("--gpu", action="store_true", help="the real transformer shape against the baseline")
     gpu.add_argument("--tiny", action="store_true", help="the baseline's toy shape (dry run on CPU)")
     gpu.add_argument("--layers", type=int, default=60, help="transformer blocks (2511 has 60)")
-    gpu.add_argument("--resolutions", type=int, nargs=2, default=None, help="large and small side (1024 512; tiny 128 64)")
+    gpu.add_argument(
+        "--resolutions", type=int, nargs=2, default=None, help="large and small side (1024 512; tiny 128 64)"
+    )
     gpu.add_argument("--refs", type=int, default=2)
     gpu.add_argument("--text", type=int, default=256, help="prompt tokens")
     gpu.add_argument("--lora-rank", type=int, default=32)
     gpu.add_argument("--warmup", type=int, default=2)
     gpu.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory the planner may fill")
     gpu.add_argument("--budget-s", type=float, default=420, help="start no phase after this many seconds")
-    gpu.add_argument("--phases", default="sft,id,dpo,small,compiled",
-                     help="comma list of sft, id, dpo, small, compiled, compiled-small")
-    gpu.add_argument("--checkpoint-blocks", type=int, default=None, help="fixed recomputed blocks instead of the planner")
+    gpu.add_argument(
+        "--phases",
+        default="sft,id,dpo,small,compiled",
+        help="comma list of sft, id, dpo, small, compiled, compiled-small",
+    )
+    gpu.add_argument(
+        "--checkpoint-blocks", type=int, default=None, help="fixed recomputed blocks instead of the planner"
+    )
     gpu.add_argument("--no-compile", action="store_true", help="skip the compiled phase")
     gpu.add_argument("--skip-baseline", action="store_true")
-    gpu.add_argument("--baseline", default=str(Path(__file__).resolve().parents[1].parent / "shared/bench/baseline_train_step.py"))
+    gpu.add_argument(
+        "--baseline", default=str(Path(__file__).resolve().parents[1].parent / "shared/bench/baseline_train_step.py")
+    )
     gpu.add_argument("--out", default="gpu_train_step.jsonl")
     args = parser.parse_args()
     if args.gpu:
@@ -94,18 +103,35 @@ def main() -> None:
             ("sft, constant ID loss", {"modulation": "constant", "face_pack_dir": pack}),
         ):
             out = work / name.replace(" ", "_").replace(",", "")
-            config = SFTConfig(generator_dir=generator, shards=sft_shards, output_dir=str(out),
-                               steps=n_sft + args.steps, **common, **extra)
+            config = SFTConfig(
+                generator_dir=generator,
+                shards=sft_shards,
+                output_dir=str(out),
+                steps=n_sft + args.steps,
+                **common,
+                **extra,
+            )
             results[name] = timed(lambda c=config: train_sft(c), out, warmup=n_sft)
-        sft = SFTConfig(generator_dir=generator, shards=sft_shards, output_dir=str(work / "sft_for_dpo"), steps=1, **common)
+        sft = SFTConfig(
+            generator_dir=generator, shards=sft_shards, output_dir=str(work / "sft_for_dpo"), steps=1, **common
+        )
         checkpoint = train_sft(sft)
         out = work / "dpo"
-        dpo = DPOConfig(generator_dir=generator, shards=str(args.storage / "dpo_shards"), output_dir=str(out),
-                        sft_checkpoint=str(checkpoint), steps=n_dpo + args.steps, **common)
+        dpo = DPOConfig(
+            generator_dir=generator,
+            shards=str(args.storage / "dpo_shards"),
+            output_dir=str(out),
+            sft_checkpoint=str(checkpoint),
+            steps=n_dpo + args.steps,
+            **common,
+        )
         results["dpo"] = timed(lambda: train_dpo(dpo), out, warmup=n_dpo)
         shutil.rmtree(work, ignore_errors=True)
     base = results["sft, no ID loss"]
-    print(f"demo profile, {args.resolution}² targets, batch 1, CPU one thread, median of {args.steps} steps after one epoch")
+    print(
+        f"demo profile, {args.resolution}² targets, batch 1, CPU one thread, "
+        f"median of {args.steps} steps after one epoch"
+    )
     print(f"{'step':<24}{'s/step':>10}{'x no-ID SFT':>14}")
     for name, seconds in results.items():
         print(f"{name:<24}{seconds:>10.3f}{seconds / base:>14.2f}")

@@ -42,8 +42,14 @@ def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 2000, seed: 
     mean = float(data.mean())
     if len(data) == 1 or np.all(data == data[0]):
         return mean, mean, mean
-    result = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
-                       rng=np.random.default_rng(seed))
+    result = bootstrap(
+        (data,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -55,7 +61,9 @@ def aggregate(samples: pd.DataFrame, by: list[str], metrics: tuple[str, ...] = M
         row["n"] = len(group)
         for metric in metrics:
             if metric in group:
-                row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = bootstrap_ci(group[metric].to_numpy(dtype=float))
+                row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = bootstrap_ci(
+                    group[metric].to_numpy(dtype=float)
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -98,9 +106,14 @@ class ImageScorer:
             aesthetic = float(self.mlp(image_clip.to(self.hub.device)).float().cpu().reshape(-1)[0])
         ages = [float(f.age) for f in faces if getattr(f, "age", None) is not None]
         return ImageScores(
-            face_sim=face_similarity(sources, generated), faces_found=len(faces), missing_faces=missing,
-            missing_face_rate=missing / n, aesthetic=aesthetic, clip_score=float((image_clip @ text_clip.T).item()),
-            people_count=people_count_score(n, len(faces)), age=float(np.mean(ages)) if ages else float("nan"),
+            face_sim=face_similarity(sources, generated),
+            faces_found=len(faces),
+            missing_faces=missing,
+            missing_face_rate=missing / n,
+            aesthetic=aesthetic,
+            clip_score=float((image_clip @ text_clip.T).item()),
+            people_count=people_count_score(n, len(faces)),
+            age=float(np.mean(ages)) if ages else float("nan"),
         )
 
 
@@ -145,6 +158,9 @@ def read_external_manifest(path: Path) -> tuple[pd.DataFrame, list[ManifestProbl
         usable.append({**row.to_dict(), "image": str(image)})
     duplicated = pd.DataFrame(usable).duplicated(["group_id", "task", "prompt_kind"], keep="first") if usable else []
     kept = [row for row, dup in zip(usable, duplicated, strict=True) if not dup]
-    problems += [ManifestProblem(-1, row["image"], "duplicate group/task/prompt kind (first one kept)")
-                 for row, dup in zip(usable, duplicated, strict=True) if dup]
+    problems += [
+        ManifestProblem(-1, row["image"], "duplicate group/task/prompt kind (first one kept)")
+        for row, dup in zip(usable, duplicated, strict=True)
+        if dup
+    ]
     return pd.DataFrame(kept, columns=list(frame.columns)), problems

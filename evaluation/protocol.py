@@ -23,28 +23,60 @@ def benchmark_jobs(prompts: pd.DataFrame) -> pd.DataFrame:
     if bench.empty:
         raise ValueError("the prompts table holds no benchmark prompts (group_kind 'bench')")
     return bench.assign(job_id=bench["prompt_id"], photo_id="")[
-        ["job_id", "group_id", "task", "prompt_kind", "prompt", "condition_paths", "identities", "n_subjects", "photo_id"]
+        [
+            "job_id",
+            "group_id",
+            "task",
+            "prompt_kind",
+            "prompt",
+            "condition_paths",
+            "identities",
+            "n_subjects",
+            "photo_id",
+        ]
     ].reset_index(drop=True)
 
 
-def evaluate_model(pipeline, scorer: ImageScorer, jobs: pd.DataFrame, settings: GenerationSettings, out_dir: Path,
-                   model_version: str, lineage: dict, progress: bool = True) -> pd.DataFrame:
+def evaluate_model(
+    pipeline,
+    scorer: ImageScorer,
+    jobs: pd.DataFrame,
+    settings: GenerationSettings,
+    out_dir: Path,
+    model_version: str,
+    lineage: dict,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Generate (images already written are kept) and score; one row per image with the metrics,
     the inference settings and ``lineage`` (checkpoint, shards, prompts, metric models, code)."""
-    settings = GenerationSettings(settings.height, settings.width, settings.steps, settings.true_cfg_scale, 1, settings.seed)
+    settings = GenerationSettings(
+        settings.height, settings.width, settings.steps, settings.true_cfg_scale, 1, settings.seed
+    )
     images, _ = generate_candidates(pipeline, jobs, settings, out_dir, BENCHMARK_ROUND, model_version, progress)
     rows = []
     for row in tqdm(images.itertuples(), total=len(images), desc=f"scoring {model_version}", disable=not progress):
         portraits = [Image.open(p).convert("RGB") for p in row.condition_paths]
         scores = scorer.score(Image.open(row.path).convert("RGB"), portraits, row.prompt)
-        rows.append({"model_version": model_version, "group_id": row.group_id, "task": row.task,
-                     "prompt_kind": row.prompt_kind, "n_subjects": row.n_subjects, "image": row.path, "seed": row.seed,
-                     **scores.__dict__, "inference": json.dumps(settings.__dict__), **lineage})
+        rows.append(
+            {
+                "model_version": model_version,
+                "group_id": row.group_id,
+                "task": row.task,
+                "prompt_kind": row.prompt_kind,
+                "n_subjects": row.n_subjects,
+                "image": row.path,
+                "seed": row.seed,
+                **scores.__dict__,
+                "inference": json.dumps(settings.__dict__),
+                **lineage,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def score_external(scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str,
-                   progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+def score_external(
+    scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str, progress: bool = True
+) -> tuple[pd.DataFrame, list[str]]:
     """Score images made elsewhere with the same metrics: each manifest row names a benchmark
     group, task and prompt kind, whose portraits and prompt come from the prompts table. Rows
     naming no benchmark prompt are returned as problems."""
@@ -58,8 +90,22 @@ def score_external(scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.Data
         prompt = bench.loc[key]
         portraits = [Image.open(p).convert("RGB") for p in prompt["condition_paths"]]
         scores = scorer.score(Image.open(row.image).convert("RGB"), portraits, prompt["prompt"])
-        rows.append({"model_version": method, "group_id": row.group_id, "task": row.task, "prompt_kind": row.prompt_kind,
-                     "n_subjects": int(prompt["n_subjects"]), "image": row.image, "seed": -1, **scores.__dict__,
-                     "inference": json.dumps({"external": True}), "checkpoint_sha256": "", "shard_manifest_sha256": "",
-                     "prompt_set_sha256": "", "metric_models": "", "code_version": ""})
+        rows.append(
+            {
+                "model_version": method,
+                "group_id": row.group_id,
+                "task": row.task,
+                "prompt_kind": row.prompt_kind,
+                "n_subjects": int(prompt["n_subjects"]),
+                "image": row.image,
+                "seed": -1,
+                **scores.__dict__,
+                "inference": json.dumps({"external": True}),
+                "checkpoint_sha256": "",
+                "shard_manifest_sha256": "",
+                "prompt_set_sha256": "",
+                "metric_models": "",
+                "code_version": "",
+            }
+        )
     return pd.DataFrame(rows), problems

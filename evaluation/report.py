@@ -18,8 +18,12 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from idglow.storage import atomic_path  # noqa: E402
 
-COLUMNS = (("group_fusion", "static"), ("group_fusion", "dynamic"), ("age_transformed", "static"),
-           ("age_transformed", "dynamic"))
+COLUMNS = (
+    ("group_fusion", "static"),
+    ("group_fusion", "dynamic"),
+    ("age_transformed", "static"),
+    ("age_transformed", "dynamic"),
+)
 COLUMN_TITLES = ("T1 static", "T1 dynamic", "T2 static", "T2 dynamic")
 
 # The paper's FaceSim / Aesthetic (method.md, Evaluation), in COLUMNS order.
@@ -31,8 +35,18 @@ PUBLISHED = {
 # Which published row a model version of ours corresponds to.
 PUBLISHED_NAME = {"base": "Qwen-Image-Edit-2511 (base)", "dpo": "IdGlow"}
 PUBLISHED_ABLATION = {  # Table 3, static prompts: FaceSim / Aesthetic
-    "group_fusion": {"no ID loss": (0.45, 6.25), "constant": (0.59, 5.83), "annealing": (0.64, 6.09), "+ DPO": (0.72, 6.21)},
-    "age_transformed": {"no ID loss": (0.12, 6.71), "constant": (0.18, 6.22), "gating": (0.28, 6.45), "+ DPO": (0.35, 6.52)},
+    "group_fusion": {
+        "no ID loss": (0.45, 6.25),
+        "constant": (0.59, 5.83),
+        "annealing": (0.64, 6.09),
+        "+ DPO": (0.72, 6.21),
+    },
+    "age_transformed": {
+        "no ID loss": (0.12, 6.71),
+        "constant": (0.18, 6.22),
+        "gating": (0.28, 6.45),
+        "+ DPO": (0.35, 6.52),
+    },
 }
 
 
@@ -50,12 +64,17 @@ def results_table(aggregates: pd.DataFrame) -> str:
         cells = []
         for task, kind in COLUMNS:
             key = (method, task, kind)
-            cells.append(_cell(indexed.loc[key, "face_sim"], indexed.loc[key, "aesthetic"]) if key in indexed.index else "-")
+            cells.append(
+                _cell(indexed.loc[key, "face_sim"], indexed.loc[key, "aesthetic"]) if key in indexed.index else "-"
+            )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         published = PUBLISHED.get(PUBLISHED_NAME.get(method, method))
         if published:
-            lines.append(f"| *{PUBLISHED_NAME.get(method, method)} (published)* | "
-                         + " | ".join(f"*{_cell(*pair)}*" for pair in published) + " |")
+            lines.append(
+                f"| *{PUBLISHED_NAME.get(method, method)} (published)* | "
+                + " | ".join(f"*{_cell(*pair)}*" for pair in published)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -65,8 +84,11 @@ def ablation_table(aggregates: pd.DataFrame) -> str:
     static = aggregates[aggregates["prompt_kind"] == "static"]
     for row in static.itertuples():
         published = PUBLISHED_ABLATION.get(row.task, {}).get(row.method)
-        lines.append(f"| {row.task} | {row.method} | {_cell(row.face_sim, row.aesthetic)} | "
-                     + (f"*{_cell(*published)}*" if published else "-") + " |")
+        lines.append(
+            f"| {row.task} | {row.method} | {_cell(row.face_sim, row.aesthetic)} | "
+            + (f"*{_cell(*published)}*" if published else "-")
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -77,8 +99,10 @@ def pareto_plot(aggregates: pd.DataFrame, path: Path, title: str = "FaceSim agai
         x, y = group["aesthetic"], group["face_sim"]
         errors = {}
         if {"face_sim_low", "face_sim_high", "aesthetic_low", "aesthetic_high"} <= set(group.columns):
-            errors = {"xerr": [x - group["aesthetic_low"], group["aesthetic_high"] - x],
-                      "yerr": [y - group["face_sim_low"], group["face_sim_high"] - y]}
+            errors = {
+                "xerr": [x - group["aesthetic_low"], group["aesthetic_high"] - x],
+                "yerr": [y - group["face_sim_low"], group["face_sim_high"] - y],
+            }
         axes.errorbar(x, y, fmt="o", capsize=3, label=method, **errors)
     axes.set_xlabel("Aesthetic (LAION predictor)")
     axes.set_ylabel("FaceSim (Hungarian-matched cosine)")

@@ -13,7 +13,9 @@ import typer
 app = typer.Typer(help="IdGlow: identity-preserving group photo generation, as a pipeline.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Read source datasets into catalogs.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
-models_app = typer.Typer(help="Check local model weights, or build the demo's tiny twins or a rehearsal directory.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Check local model weights, or build the demo's tiny twins or a rehearsal directory.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 
 
@@ -77,9 +79,14 @@ def models_check_command(
 def models_build_command(
     models_dir: Path = typer.Option(..., help="Where to write the models."),
     seed: int = typer.Option(0),
-    layout: str = typer.Option("tiny", help="tiny: the demo profile's twins; real: a rehearsal directory in the "
-                                            "real profile's layout and formats, random weights (docs/models.md)."),
-    depth: int = typer.Option(1, min=1, help="real layout: blocks per transformer tower (the widths are the releases')."),
+    layout: str = typer.Option(
+        "tiny",
+        help="tiny: the demo profile's twins; real: a rehearsal directory in the "
+        "real profile's layout and formats, random weights (docs/models.md).",
+    ),
+    depth: int = typer.Option(
+        1, min=1, help="real layout: blocks per transformer tower (the widths are the releases')."
+    ),
 ) -> None:
     """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes),
     or with --layout real a rehearsal directory that `idglow models check --profile real` passes."""
@@ -99,7 +106,9 @@ def models_build_command(
 
 @app.command("demo-data")
 def demo_data_command(
-    out: Path = typer.Option(..., help="Folder to write the demo CelebA-HQ layout into (must be new or a demo dataset)."),
+    out: Path = typer.Option(
+        ..., help="Folder to write the demo CelebA-HQ layout into (must be new or a demo dataset)."
+    ),
     identities: int = typer.Option(40, min=4),
     images_per_identity: int = typer.Option(4, min=1),
     size: int = typer.Option(256, min=32),
@@ -114,8 +123,10 @@ def demo_data_command(
     except FileExistsError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    typer.echo(f"{dataset.good_images} images of {identities} identities and "
-               f"{len(dataset.expected_quarantine)} broken records in {dataset.root}")
+    typer.echo(
+        f"{dataset.good_images} images of {identities} identities and "
+        f"{len(dataset.expected_quarantine)} broken records in {dataset.root}"
+    )
 
 
 @app.command("demo")
@@ -134,7 +145,6 @@ def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
 
-
 # -------------------------------------------------------------------------------- eval
 
 eval_app = typer.Typer(help="Score images with the benchmark's metrics (docs/benchmark.md).", no_args_is_help=True)
@@ -143,7 +153,9 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("external")
 def eval_external_command(
-    manifest: Path = typer.Option(..., exists=True, dir_okay=False, help="JSON or CSV: group_id, task, prompt_kind, image."),
+    manifest: Path = typer.Option(
+        ..., exists=True, dir_okay=False, help="JSON or CSV: group_id, task, prompt_kind, image."
+    ),
     name: str = typer.Option(..., help="The method's name in the report (e.g. a commercial service)."),
     storage_root: Path = typer.Option(None, help="The profile's storage root (default: the profile's)."),
 ) -> None:
@@ -171,17 +183,27 @@ def eval_external_command(
     imported = paths.asset_dir("benchmark_results") / "images" / f"external-{name}"
     rows = rows.assign(image=[str(copy_in(image, imported)) for image in rows["image"]]) if len(rows) else rows
     roots = TableRoots(paths.root, replace(profile, storage_root=paths.root).celebahq_source.absolute())
-    scores, unknown = score_external(ImageScorer(ModelHub(profile.name, profile.models_dir)), rows,
-                                     roots.resolve_frame(pd.read_parquet(paths.table("prompts"))), f"external-{name}")
-    out = write_parquet_atomic(paths.asset_dir("benchmark_results") / f"external-{name}.parquet", roots.store_frame(scores))
+    scores, unknown = score_external(
+        ImageScorer(ModelHub(profile.name, profile.models_dir)),
+        rows,
+        roots.resolve_frame(pd.read_parquet(paths.table("prompts"))),
+        f"external-{name}",
+    )
+    out = write_parquet_atomic(
+        paths.asset_dir("benchmark_results") / f"external-{name}.parquet", roots.store_frame(scores)
+    )
     for problem in problems:
         typer.echo(f"  not scored: row {problem.row}: {problem.image}: {problem.reason}", err=True)
     for problem in unknown:
         typer.echo(f"  not scored: {problem}", err=True)
     typer.echo(f"scored {len(scores)} of {len(rows) + len(problems)} images -> {out}")
     if len(scores):
-        typer.echo(scores.groupby(["task", "prompt_kind"])[["face_sim", "aesthetic", "missing_face_rate"]].mean().round(3)
-                   .to_string())
+        typer.echo(
+            scores.groupby(["task", "prompt_kind"])[["face_sim", "aesthetic", "missing_face_rate"]]
+            .mean()
+            .round(3)
+            .to_string()
+        )
 
 
 # ------------------------------------------------------------------------------ review
@@ -199,8 +221,11 @@ def _review_location(db: str | None, storage_root: Path | None) -> tuple[str, Pa
     root = (storage_root or load_profile().storage_root).absolute()
     old = root / "review" / "review.sqlite"  # the default before the review home, inside what could be served
     if db is None and old.exists() and not default_database(root).exists():
-        typer.echo(f"warning: {old} is where the review database used to be; move it (with its -wal and -shm files) "
-                   f"to {default_database(root)}, or pass --db", err=True)
+        typer.echo(
+            f"warning: {old} is where the review database used to be; move it (with its -wal and -shm files) "
+            f"to {default_database(root)}, or pass --db",
+            err=True,
+        )
     return db or str(default_database(root)), root
 
 
@@ -209,9 +234,15 @@ def review_serve_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (keep 127.0.0.1 unless behind a TLS proxy)."),
     port: int = typer.Option(8765),
     db: str = typer.Option(None, help="SQLite file or postgresql:// URL (default: <review home>/review.sqlite)."),
-    storage_root: Path = typer.Option(None, help="Images are served from inside this folder only (default: the profile's)."),
-    lease_seconds: float = typer.Option(300.0, help="How long an item stays with a reviewer before it returns to the queue."),
-    account_failures: int = typer.Option(5, help="Failed sign-ins an account may have in the window before it is locked."),
+    storage_root: Path = typer.Option(
+        None, help="Images are served from inside this folder only (default: the profile's)."
+    ),
+    lease_seconds: float = typer.Option(
+        300.0, help="How long an item stays with a reviewer before it returns to the queue."
+    ),
+    account_failures: int = typer.Option(
+        5, help="Failed sign-ins an account may have in the window before it is locked."
+    ),
     address_failures: int = typer.Option(50, help="Failed sign-ins one client address may have in the window."),
     failure_window: float = typer.Option(900.0, help="Seconds over which failed sign-ins are counted."),
     lock_seconds: float = typer.Option(60.0, help="The first lock's length; each lock in a row lasts twice the last."),
@@ -226,11 +257,20 @@ def review_serve_command(
     url, root = _review_location(db, storage_root)
     store = ReviewStore(url, lease_seconds=lease_seconds)
     home = review_home(root)
-    if store.url.startswith("sqlite:///") and Path(store.url.removeprefix("sqlite:///")).resolve().is_relative_to(root.resolve()):
-        typer.echo(f"warning: the database {store.url} is inside the storage root {root}; it is never served, "
-                   "but keep it (and its password hashes) outside, e.g. in the default review home", err=True)
-    limits = LoginLimits(account_failures=account_failures, address_failures=address_failures,
-                         window_seconds=failure_window, lock_seconds=lock_seconds)
+    if store.url.startswith("sqlite:///") and Path(store.url.removeprefix("sqlite:///")).resolve().is_relative_to(
+        root.resolve()
+    ):
+        typer.echo(
+            f"warning: the database {store.url} is inside the storage root {root}; it is never served, "
+            "but keep it (and its password hashes) outside, e.g. in the default review home",
+            err=True,
+        )
+    limits = LoginLimits(
+        account_failures=account_failures,
+        address_failures=address_failures,
+        window_seconds=failure_window,
+        lock_seconds=lock_seconds,
+    )
     typer.echo(f"review queue on http://{host}:{port} (database {store.url}, images from {root}, secret in {home})")
     app = create_app(store, root, session_secret(home), limits=limits, private_files=[home / "session_secret"])
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -242,8 +282,14 @@ def review_add_reviewer_command(
     admin: bool = typer.Option(False, help="May see the statistics of everyone (all reviewers can today)."),
     db: str = typer.Option(None, help="SQLite file or postgresql:// URL."),
     storage_root: Path = typer.Option(None),
-    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
-                                 envvar="IDGLOW_REVIEW_PASSWORD", help="At least 8 characters (prompted when not given)."),
+    password: str = typer.Option(
+        ...,
+        prompt=True,
+        hide_input=True,
+        confirmation_prompt=True,
+        envvar="IDGLOW_REVIEW_PASSWORD",
+        help="At least 8 characters (prompted when not given).",
+    ),
 ) -> None:
     """Add a reviewer (the password is stored as a salted scrypt hash)."""
     from idglow.review.security import hash_password
@@ -262,7 +308,8 @@ def review_add_reviewer_command(
 def review_publish_command(
     overlap: int = typer.Option(1, help="Reviews each item needs."),
     prefix: str = typer.Option("manual", help="Batch name prefix (the rest is a hash of the pair ids)."),
-    db: str = typer.Option(None), storage_root: Path = typer.Option(None),
+    db: str = typer.Option(None),
+    storage_root: Path = typer.Option(None),
 ) -> None:
     """Publish the profile's automatically kept pairs as a batch for people (no automatic decisions):
     how to review the demo's pairs by hand after `make demo`."""
@@ -275,7 +322,9 @@ def review_publish_command(
     url, root = _review_location(db, storage_root)
     table = ArtifactPaths(root).table("auto_filtered_pairs")
     if not table.exists():
-        typer.echo(f"error: {table} does not exist; run `make demo` (or materialise auto_filtered_pairs) first", err=True)
+        typer.echo(
+            f"error: {table} does not exist; run `make demo` (or materialise auto_filtered_pairs) first", err=True
+        )
         raise typer.Exit(2)
     batch_id, payloads = kept_pairs_batch(pd.read_parquet(table), prefix)
     count = ReviewStore(url).publish(batch_id, "idglow review publish", payloads, overlap=overlap)

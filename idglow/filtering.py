@@ -29,23 +29,31 @@ DEFAULT_THRESHOLDS: dict[str, Threshold] = {
 }
 
 
-def filter_decision(deltas: dict[str, float], thresholds: dict[str, Threshold] = DEFAULT_THRESHOLDS) -> tuple[bool, str]:
+def filter_decision(
+    deltas: dict[str, float], thresholds: dict[str, Threshold] = DEFAULT_THRESHOLDS
+) -> tuple[bool, str]:
     """(keep, reason) for one pair; the reason names every rule that failed."""
     contradictions = [
         f"{k} contradicts (delta {deltas[k]:+.3f} < -{t.epsilon:g})"
-        for k, t in thresholds.items() if deltas[k] < -t.epsilon
+        for k, t in thresholds.items()
+        if deltas[k] < -t.epsilon
     ]
     supporting = [k for k, t in thresholds.items() if deltas[k] >= t.delta]
     if contradictions:
         return False, "; ".join(contradictions)
     if not supporting:
         best = max(thresholds, key=lambda k: deltas[k] - thresholds[k].delta)
-        return False, f"no metric reaches its threshold (closest: {best} delta {deltas[best]:+.3f} < {thresholds[best].delta:g})"
+        return (
+            False,
+            f"no metric reaches its threshold (closest: {best} delta {deltas[best]:+.3f} < {thresholds[best].delta:g})",
+        )
     return True, "kept: " + ", ".join(supporting)
 
 
 def apply_filter(
-    scores: pd.DataFrame, pairs: pd.DataFrame, thresholds: dict[str, Threshold] = DEFAULT_THRESHOLDS,
+    scores: pd.DataFrame,
+    pairs: pd.DataFrame,
+    thresholds: dict[str, Threshold] = DEFAULT_THRESHOLDS,
 ) -> pd.DataFrame:
     """``scores`` joined to ``pairs`` with ``kept``, ``reason`` and per-rule flags."""
     merged = pairs.merge(scores, on="pair_id", validate="one_to_one")

@@ -19,8 +19,21 @@ from tqdm.auto import tqdm
 from idglow.storage import atomic_path, remove_stale_partials
 
 CANDIDATE_COLUMNS = (
-    "candidate_id", "job_id", "round", "path", "seed", "k", "model_version", "group_id", "task",
-    "prompt_kind", "prompt", "condition_paths", "identities", "n_subjects", "photo_id",
+    "candidate_id",
+    "job_id",
+    "round",
+    "path",
+    "seed",
+    "k",
+    "model_version",
+    "group_id",
+    "task",
+    "prompt_kind",
+    "prompt",
+    "condition_paths",
+    "identities",
+    "n_subjects",
+    "photo_id",
 )
 
 
@@ -66,8 +79,13 @@ def is_complete_image(path: Path) -> bool:
 
 
 def generate_candidates(
-    pipeline, jobs: pd.DataFrame, settings: GenerationSettings, out_dir: Path, round_name: str,
-    model_version: str, progress: bool = True,
+    pipeline,
+    jobs: pd.DataFrame,
+    settings: GenerationSettings,
+    out_dir: Path,
+    round_name: str,
+    model_version: str,
+    progress: bool = True,
 ) -> tuple[pd.DataFrame, int]:
     """Generate K candidates per job into ``out_dir``; complete files already there are kept (a
     rerun skips them, and regenerates truncated or unreadable ones). Returns the candidate table
@@ -85,31 +103,37 @@ def generate_candidates(
             if not (path.exists() and is_complete_image(path)):
                 references = references or [Image.open(p).convert("RGB") for p in job.condition_paths]
                 image = pipeline(
-                    image=references, prompt=job.prompt, height=settings.height, width=settings.width,
-                    num_inference_steps=settings.steps, true_cfg_scale=settings.true_cfg_scale,
+                    image=references,
+                    prompt=job.prompt,
+                    height=settings.height,
+                    width=settings.width,
+                    num_inference_steps=settings.steps,
+                    true_cfg_scale=settings.true_cfg_scale,
                     negative_prompt=" " if settings.true_cfg_scale > 1 else None,
                     generator=torch.Generator(device="cpu").manual_seed(seed),
                 ).images[0]
                 with atomic_path(path) as tmp:
                     image.save(tmp, format="PNG")
                 generated += 1
-            records.append({
-                "candidate_id": f"{job.job_id}-k{k}",
-                "job_id": job.job_id,
-                "round": round_name,
-                "path": str(path),
-                "seed": seed,
-                "k": k,
-                "model_version": model_version,
-                "group_id": job.group_id,
-                "task": job.task,
-                "prompt_kind": job.prompt_kind,
-                "prompt": job.prompt,
-                "condition_paths": list(job.condition_paths),
-                "identities": list(job.identities),
-                "n_subjects": int(job.n_subjects),
-                "photo_id": job.photo_id,
-            })
+            records.append(
+                {
+                    "candidate_id": f"{job.job_id}-k{k}",
+                    "job_id": job.job_id,
+                    "round": round_name,
+                    "path": str(path),
+                    "seed": seed,
+                    "k": k,
+                    "model_version": model_version,
+                    "group_id": job.group_id,
+                    "task": job.task,
+                    "prompt_kind": job.prompt_kind,
+                    "prompt": job.prompt,
+                    "condition_paths": list(job.condition_paths),
+                    "identities": list(job.identities),
+                    "n_subjects": int(job.n_subjects),
+                    "photo_id": job.photo_id,
+                }
+            )
             bar.update()
     bar.close()
     return pd.DataFrame(records, columns=list(CANDIDATE_COLUMNS)), generated

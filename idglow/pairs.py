@@ -24,8 +24,21 @@ from idglow.storage import atomic_path
 
 SOURCES = ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed")
 PAIR_COLUMNS = (
-    "pair_id", "source", "orientation", "chosen_path", "rejected_path", "condition_paths", "prompt", "task",
-    "group_id", "identities", "n_subjects", "perturbation", "seeds", "model_version", "round",
+    "pair_id",
+    "source",
+    "orientation",
+    "chosen_path",
+    "rejected_path",
+    "condition_paths",
+    "prompt",
+    "task",
+    "group_id",
+    "identities",
+    "n_subjects",
+    "perturbation",
+    "seeds",
+    "model_version",
+    "round",
 )
 
 
@@ -48,46 +61,100 @@ def _perturbed_copy(original: str, out_dir: Path, key: str, seed: int) -> tuple[
 def build_pairs(candidates: pd.DataFrame, photos: pd.DataFrame, perturbed_dir: Path, seed: int) -> pd.DataFrame:
     records: list[dict] = []
 
-    def add(source, orientation, chosen, rejected, base, prompt, task, perturbation=None, seeds=(), model_version="", round_name=""):
-        records.append({
-            "pair_id": pair_id(source, chosen, rejected),
-            "source": source,
-            "orientation": orientation,
-            "chosen_path": chosen,
-            "rejected_path": rejected,
-            "condition_paths": list(base["condition_paths"]),
-            "prompt": prompt,
-            "task": task,
-            "group_id": base["group_id"],
-            "identities": [int(i) for i in base["identities"]],
-            "n_subjects": int(base["n_subjects"]),
-            "perturbation": json.dumps(perturbation) if perturbation else "",
-            "seeds": list(seeds),
-            "model_version": model_version,
-            "round": round_name,
-        })
+    def add(
+        source,
+        orientation,
+        chosen,
+        rejected,
+        base,
+        prompt,
+        task,
+        perturbation=None,
+        seeds=(),
+        model_version="",
+        round_name="",
+    ):
+        records.append(
+            {
+                "pair_id": pair_id(source, chosen, rejected),
+                "source": source,
+                "orientation": orientation,
+                "chosen_path": chosen,
+                "rejected_path": rejected,
+                "condition_paths": list(base["condition_paths"]),
+                "prompt": prompt,
+                "task": task,
+                "group_id": base["group_id"],
+                "identities": [int(i) for i in base["identities"]],
+                "n_subjects": int(base["n_subjects"]),
+                "perturbation": json.dumps(perturbation) if perturbation else "",
+                "seeds": list(seeds),
+                "model_version": model_version,
+                "round": round_name,
+            }
+        )
 
     for photo in photos.to_dict("records"):
         rejected, perturbation = _perturbed_copy(photo["photo_path"], perturbed_dir, photo["photo_id"], seed)
-        add("real_vs_perturbed", "fixed", photo["photo_path"], rejected, photo, photo["caption"], "group_fusion", perturbation)
+        add(
+            "real_vs_perturbed",
+            "fixed",
+            photo["photo_path"],
+            rejected,
+            photo,
+            photo["caption"],
+            "group_fusion",
+            perturbation,
+        )
 
     real_jobs = candidates[candidates["photo_id"].notna() & (candidates["photo_id"] != "")]
     photo_by_id = photos.set_index("photo_id")
     for candidate in real_jobs.to_dict("records"):
         photo = photo_by_id.loc[candidate["photo_id"]]
-        add("real_vs_synthetic", "fixed", photo["photo_path"], candidate["path"], candidate, candidate["prompt"],
-            candidate["task"], seeds=[candidate["seed"]], model_version=candidate["model_version"], round_name=candidate["round"])
+        add(
+            "real_vs_synthetic",
+            "fixed",
+            photo["photo_path"],
+            candidate["path"],
+            candidate,
+            candidate["prompt"],
+            candidate["task"],
+            seeds=[candidate["seed"]],
+            model_version=candidate["model_version"],
+            round_name=candidate["round"],
+        )
 
     group_jobs = candidates[~candidates.index.isin(real_jobs.index)]
     for (_, job_id), job in group_jobs.groupby(["round", "job_id"], sort=True):
         job = job.sort_values("k").to_dict("records")
         for first, second in zip(job, job[1:], strict=False):
-            add("synthetic_vs_synthetic", "by_score", first["path"], second["path"], first, first["prompt"], first["task"],
-                seeds=[first["seed"], second["seed"]], model_version=first["model_version"], round_name=first["round"])
+            add(
+                "synthetic_vs_synthetic",
+                "by_score",
+                first["path"],
+                second["path"],
+                first,
+                first["prompt"],
+                first["task"],
+                seeds=[first["seed"], second["seed"]],
+                model_version=first["model_version"],
+                round_name=first["round"],
+            )
         best = job[0]
         rejected, perturbation = _perturbed_copy(best["path"], perturbed_dir, best["candidate_id"], seed)
-        add("synthetic_vs_perturbed", "fixed", best["path"], rejected, best, best["prompt"], best["task"], perturbation,
-            seeds=[best["seed"]], model_version=best["model_version"], round_name=best["round"])
+        add(
+            "synthetic_vs_perturbed",
+            "fixed",
+            best["path"],
+            rejected,
+            best,
+            best["prompt"],
+            best["task"],
+            perturbation,
+            seeds=[best["seed"]],
+            model_version=best["model_version"],
+            round_name=best["round"],
+        )
 
     frame = pd.DataFrame(records, columns=list(PAIR_COLUMNS))
     return frame.drop_duplicates("pair_id").reset_index(drop=True)

@@ -20,8 +20,13 @@ def delta_histograms(frame: pd.DataFrame, metrics: list[str], thresholds: dict, 
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics, strict=True):
         column = frame[f"delta_{metric}"]
-        axis.hist([column[frame["kept"]], column[~frame["kept"]]], bins=20, stacked=True,
-                  label=["kept", "dropped"], color=["#2a9d8f", "#e76f51"])
+        axis.hist(
+            [column[frame["kept"]], column[~frame["kept"]]],
+            bins=20,
+            stacked=True,
+            label=["kept", "dropped"],
+            color=["#2a9d8f", "#e76f51"],
+        )
         axis.axvline(thresholds[metric].delta, color="black", linestyle="--", linewidth=1)
         axis.axvline(-thresholds[metric].epsilon, color="grey", linestyle=":", linewidth=1)
         axis.set_title(f"Δ {metric}", fontsize=9)

@@ -76,7 +76,9 @@ class Profile:
     condition_pixels: int = 56 * 56
     checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
     checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
-    gradient_checkpoint_blocks: int | str = 0  # SFT / DPO blocks recomputed in backward; "auto": planned for the GPU's memory
+    gradient_checkpoint_blocks: int | str = (
+        0  # SFT / DPO blocks recomputed in backward; "auto": planned for the GPU's memory
+    )
 
     @property
     def benchmark_identities(self) -> int:

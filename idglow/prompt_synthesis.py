@@ -20,24 +20,48 @@ from idglow.prompts import (
 )
 
 PROMPT_COLUMNS = (
-    "prompt_id", "group_id", "group_kind", "task", "prompt_kind", "prompt", "n_subjects", "identities",
-    "condition_paths", "fallback", "fallback_reason", "prompt_model_version", "raw_output",
+    "prompt_id",
+    "group_id",
+    "group_kind",
+    "task",
+    "prompt_kind",
+    "prompt",
+    "n_subjects",
+    "identities",
+    "condition_paths",
+    "fallback",
+    "fallback_reason",
+    "prompt_model_version",
+    "raw_output",
 )
 
 
 @torch.no_grad()
 def write_dynamic_prompt(model, processor, portraits: list[Image.Image], task: str, max_new_tokens: int = 160) -> str:
-    messages = [{"role": "user", "content": [*({"type": "image"} for _ in portraits),
-                                             {"type": "text", "text": dynamic_instruction(task, len(portraits))}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                *({"type": "image"} for _ in portraits),
+                {"type": "text", "text": dynamic_instruction(task, len(portraits))},
+            ],
+        }
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=portraits, return_tensors="pt").to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
 
 
 def build_prompts(
-    groups: pd.DataFrame, source_root: Path, prompt_model, token_counter, token_budget: int,
-    prompt_model_version: str, dynamic: bool = True, progress: bool = True,
+    groups: pd.DataFrame,
+    source_root: Path,
+    prompt_model,
+    token_counter,
+    token_budget: int,
+    prompt_model_version: str,
+    dynamic: bool = True,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """One static and one dynamic prompt per (group, task); a failed dynamic prompt falls back."""
     rows = []
@@ -46,22 +70,43 @@ def build_prompts(
         portraits = [Image.open(p).convert("RGB") for p in paths] if dynamic else []
         for task in TASKS:
             static = static_prompt(task, group.n_subjects)
-            base = {"group_id": group.group_id, "group_kind": group.kind, "task": task, "n_subjects": int(group.n_subjects),
-                    "identities": [int(i) for i in group.identities], "condition_paths": paths,
-                    "prompt_model_version": prompt_model_version}
-            rows.append({**base, "prompt_id": f"{group.group_id}-{task}-static", "prompt_kind": "static",
-                         "prompt": static, "fallback": False, "fallback_reason": "", "raw_output": ""})
+            base = {
+                "group_id": group.group_id,
+                "group_kind": group.kind,
+                "task": task,
+                "n_subjects": int(group.n_subjects),
+                "identities": [int(i) for i in group.identities],
+                "condition_paths": paths,
+                "prompt_model_version": prompt_model_version,
+            }
+            rows.append(
+                {
+                    **base,
+                    "prompt_id": f"{group.group_id}-{task}-static",
+                    "prompt_kind": "static",
+                    "prompt": static,
+                    "fallback": False,
+                    "fallback_reason": "",
+                    "raw_output": "",
+                }
+            )
             if dynamic:
                 model, processor = prompt_model
                 raw = write_dynamic_prompt(model, processor, portraits, task)
                 check = validate_dynamic_prompt(raw, task, group.n_subjects, token_counter(raw), token_budget)
             else:
                 raw, check = "", None
-            rows.append({**base, "prompt_id": f"{group.group_id}-{task}-dynamic", "prompt_kind": "dynamic",
-                         "prompt": raw if check and check.ok else static,
-                         "fallback": not (check and check.ok),
-                         "fallback_reason": "dynamic prompts disabled" if check is None else check.reason,
-                         "raw_output": raw})
+            rows.append(
+                {
+                    **base,
+                    "prompt_id": f"{group.group_id}-{task}-dynamic",
+                    "prompt_kind": "dynamic",
+                    "prompt": raw if check and check.ok else static,
+                    "fallback": not (check and check.ok),
+                    "fallback_reason": "dynamic prompts disabled" if check is None else check.reason,
+                    "raw_output": raw,
+                }
+            )
     return pd.DataFrame(rows, columns=list(PROMPT_COLUMNS))
 
 
@@ -73,10 +118,15 @@ def build_prompt_preferences(groups: pd.DataFrame, catalog: pd.DataFrame) -> pd.
     for index, group in enumerate(groups.itertuples()):
         people = [attributes.loc[int(hq)].to_dict() for hq in group.condition_hq_idx]
         for task in TASKS:
-            rows.append({
-                "group_id": group.group_id, "task": task, "n_subjects": int(group.n_subjects),
-                "condition_hq_idx": [int(h) for h in group.condition_hq_idx],
-                "chosen": descriptive_prompt(task, people), "rejected": barren_prompt(group.n_subjects),
-                "badcase": badcase_for(people, index),
-            })
+            rows.append(
+                {
+                    "group_id": group.group_id,
+                    "task": task,
+                    "n_subjects": int(group.n_subjects),
+                    "condition_hq_idx": [int(h) for h in group.condition_hq_idx],
+                    "chosen": descriptive_prompt(task, people),
+                    "rejected": barren_prompt(group.n_subjects),
+                    "badcase": badcase_for(people, index),
+                }
+            )
     return pd.DataFrame(rows)

@@ -57,7 +57,8 @@ def validate_dynamic_prompt(text: str, task: str, n_subjects: int, token_count: 
     if token_count > token_budget:
         return PromptCheck(False, f"{token_count} tokens exceed the budget of {token_budget}")
     missing = [
-        i for i in range(1, n_subjects + 1)
+        i
+        for i in range(1, n_subjects + 1)
         if not re.search(rf"\b(picture|person|subject)\s*{i}\b", text, re.IGNORECASE)
     ]
     if missing:
@@ -71,14 +72,32 @@ def describe_person(attributes: dict[str, bool]) -> str:
     """A short appearance phrase from CelebA attributes (the binding the paper's badcases lack)."""
     who = "man" if attributes.get("Male") else "woman"
     hair = next(
-        (phrase for key, phrase in (("Bald", "a bald head"), ("Black_Hair", "black hair"), ("Blond_Hair", "blond hair"),
-                                    ("Brown_Hair", "brown hair"), ("Gray_Hair", "grey hair")) if attributes.get(key)),
+        (
+            phrase
+            for key, phrase in (
+                ("Bald", "a bald head"),
+                ("Black_Hair", "black hair"),
+                ("Blond_Hair", "blond hair"),
+                ("Brown_Hair", "brown hair"),
+                ("Gray_Hair", "grey hair"),
+            )
+            if attributes.get(key)
+        ),
         "dark hair",
     )
-    extras = [phrase for key, phrase in (
-        ("Eyeglasses", "glasses"), ("Goatee", "a beard"), ("Mustache", "a moustache"), ("Wearing_Hat", "a hat"),
-        ("Wearing_Earrings", "earrings"), ("Wearing_Necktie", "a necktie"), ("Smiling", "a smile"),
-    ) if attributes.get(key)]
+    extras = [
+        phrase
+        for key, phrase in (
+            ("Eyeglasses", "glasses"),
+            ("Goatee", "a beard"),
+            ("Mustache", "a moustache"),
+            ("Wearing_Hat", "a hat"),
+            ("Wearing_Earrings", "earrings"),
+            ("Wearing_Necktie", "a necktie"),
+            ("Smiling", "a smile"),
+        )
+        if attributes.get(key)
+    ]
     return f"a {who} with {hair}" + (" and " + ", ".join(extras) if extras else "")
 
 
@@ -93,7 +112,9 @@ def descriptive_prompt(task: str, people: list[dict[str, bool]]) -> str:
         f"Picture {i} is {describe_person(p)}, standing {places[min(i - 1, len(places) - 1)]}"
         for i, p in enumerate(people, start=1)
     )
-    subject = "as young children of about six, each keeping their own features" if task == "age_transformed" else "as adults"
+    subject = (
+        "as young children of about six, each keeping their own features" if task == "age_transformed" else "as adults"
+    )
     return (
         f"A group photo of the {_COUNT_WORDS.get(n, n)} people from {picture_list(n)} {subject}. {bound}. "
         "They stand close together with arms around each other's shoulders, in warm late-afternoon light "

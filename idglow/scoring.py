@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from insightface.utils import face_align
 from PIL import Image
 from tqdm.auto import tqdm
 
 from evaluation.metrics import hungarian_match, people_count_score
-from insightface.utils import face_align
-
 from idglow.models.face_training import pil_to_bgr
 from idglow.models.hub import ModelHub
 
@@ -76,14 +75,11 @@ def _faces_batched(app, images: list[Image.Image], batch_size: int, progress: bo
             owners.append(index)
     if isinstance(recognizer.input_shape[0], int):  # a recogniser exported with a fixed batch of one
         batch_size = recognizer.input_shape[0]
-    features = [recognizer.get_feat(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]
+    features = [recognizer.get_feat(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
     embeddings = np.concatenate(features) if features else np.zeros((0, embedding_width(app)), dtype=np.float32)
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
     owners_array = np.asarray(owners)
-    return [
-        Faces(boxes[i], embeddings[owners_array == i] if len(owners) else embeddings)
-        for i in range(len(images))
-    ]
+    return [Faces(boxes[i], embeddings[owners_array == i] if len(owners) else embeddings) for i in range(len(images))]
 
 
 def portrait_embedding(faces: Faces) -> np.ndarray:
@@ -95,8 +91,13 @@ def portrait_embedding(faces: Faces) -> np.ndarray:
 
 
 def _side_scores(
-    condition_faces: np.ndarray, condition_clip: np.ndarray, faces: Faces, crop_clip: np.ndarray,
-    image_clip: np.ndarray, text_clip: np.ndarray, aesthetic: float,
+    condition_faces: np.ndarray,
+    condition_clip: np.ndarray,
+    faces: Faces,
+    crop_clip: np.ndarray,
+    image_clip: np.ndarray,
+    text_clip: np.ndarray,
+    aesthetic: float,
 ) -> dict[str, float]:
     n = len(condition_faces)
     match = hungarian_match(condition_faces, faces.embeddings) if len(faces.boxes) else np.full(n, -1)
@@ -138,9 +139,18 @@ class PairScorer:
         portraits = list(dict.fromkeys(p for paths in pairs["condition_paths"] for p in paths))
         prompts = list(dict.fromkeys(pairs["prompt"]))
 
-        loaded = {p: Image.open(p).convert("RGB") for p in tqdm(images + portraits, desc="reading images", disable=not self.progress)}
+        loaded = {
+            p: Image.open(p).convert("RGB")
+            for p in tqdm(images + portraits, desc="reading images", disable=not self.progress)
+        }
         everything = images + portraits
-        faces = dict(zip(everything, _faces_batched(app, [loaded[p] for p in everything], self.batch_size, self.progress), strict=True))
+        faces = dict(
+            zip(
+                everything,
+                _faces_batched(app, [loaded[p] for p in everything], self.batch_size, self.progress),
+                strict=True,
+            )
+        )
 
         crops, crop_owner = [], []
         for p in images:
@@ -152,7 +162,7 @@ class PairScorer:
         clip_embeddings = clip.encode_images(clip_inputs, batch_size=self.batch_size).cpu().numpy()
         image_clip = dict(zip(images + portraits, clip_embeddings[: len(images) + len(portraits)], strict=True))
         crop_clip: dict[str, list[np.ndarray]] = {p: [] for p in images}
-        for (p, _), embedding in zip(crop_owner, clip_embeddings[len(images) + len(portraits):], strict=True):
+        for (p, _), embedding in zip(crop_owner, clip_embeddings[len(images) + len(portraits) :], strict=True):
             crop_clip[p].append(embedding)
         text_clip = dict(zip(prompts, clip.encode_texts(prompts).cpu().numpy(), strict=True))
         with torch.no_grad():
@@ -166,8 +176,15 @@ class PairScorer:
             row: dict[str, float] = {}
             for side, path in (("chosen", pair.chosen_path), ("rejected", pair.rejected_path)):
                 crops_here = np.stack(crop_clip[path]) if crop_clip[path] else np.zeros((0, clip_embeddings.shape[1]))
-                side_scores = _side_scores(condition_faces, condition_clip, faces[path], crops_here,
-                                           image_clip[path], text_clip[pair.prompt], aesthetic[path])
+                side_scores = _side_scores(
+                    condition_faces,
+                    condition_clip,
+                    faces[path],
+                    crops_here,
+                    image_clip[path],
+                    text_clip[pair.prompt],
+                    aesthetic[path],
+                )
                 row.update({f"{side}_{k}": v for k, v in side_scores.items()})
             rows.append(row)
         return _frame(pairs, rows)
@@ -186,14 +203,23 @@ def naive_scores(hub: ModelHub, pairs: pd.DataFrame) -> pd.DataFrame:
             faces = detect_faces(app, image)
             condition_faces = np.stack([portrait_embedding(f) for f in portrait_faces])
             condition_clip = np.stack([clip.encode_images([p])[0].cpu().numpy() for p in portraits])
-            crops = [clip.encode_images([image.crop(head_and_shoulders(b, *image.size))])[0].cpu().numpy() for b in faces.boxes]
+            crops = [
+                clip.encode_images([image.crop(head_and_shoulders(b, *image.size))])[0].cpu().numpy()
+                for b in faces.boxes
+            ]
             image_clip = clip.encode_images([image])[0]
             with torch.no_grad():
                 aesthetic = float(mlp(image_clip[None]).item())
             text_clip = clip.encode_texts([pair.prompt])[0].cpu().numpy()
-            side_scores = _side_scores(condition_faces, condition_clip, faces,
-                                       np.stack(crops) if crops else np.zeros((0, len(text_clip))),
-                                       image_clip.cpu().numpy(), text_clip, aesthetic)
+            side_scores = _side_scores(
+                condition_faces,
+                condition_clip,
+                faces,
+                np.stack(crops) if crops else np.zeros((0, len(text_clip))),
+                image_clip.cpu().numpy(),
+                text_clip,
+                aesthetic,
+            )
             row.update({f"{side}_{k}": v for k, v in side_scores.items()})
         rows.append(row)
     return _frame(pairs, rows)

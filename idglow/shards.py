@@ -72,7 +72,11 @@ def safe_key(text: str) -> str:
 
 
 def write_shard_sets(
-    samples: Iterable[dict], out_dir: Path, prefix: str, max_size_bytes: int = 512 * 1024 * 1024, max_count: int = 100_000,
+    samples: Iterable[dict],
+    out_dir: Path,
+    prefix: str,
+    max_size_bytes: int = 512 * 1024 * 1024,
+    max_count: int = 100_000,
 ) -> dict:
     """Write ``samples`` (each with ``__key__``, ``json['n_subjects']`` and its files) as one shard set
     per subject count under ``out_dir``; returns the manifest. Waits while another process is
@@ -105,12 +109,24 @@ def _write_locked(samples: Iterable[dict], out_dir: Path, prefix: str, max_size_
                     return
                 target = out_dir / source.name
                 os.replace(source, target)
-                shards.append({"file": target.name, "n_subjects": n, "samples": count,
-                               "bytes": target.stat().st_size, "sha256": sha256_file(target)})
+                shards.append(
+                    {
+                        "file": target.name,
+                        "n_subjects": n,
+                        "samples": count,
+                        "bytes": target.stat().st_size,
+                        "sha256": sha256_file(target),
+                    }
+                )
 
-            writer = wds.ShardWriter(str(staging / f"{prefix}-n{n}-%06d.tar"), maxcount=max_count,
-                                     maxsize=max_size_bytes, post=publish, verbose=0,
-                                     mtime=0.0)  # reproducible tar bytes: same samples, same SHA-256
+            writer = wds.ShardWriter(
+                str(staging / f"{prefix}-n{n}-%06d.tar"),
+                maxcount=max_count,
+                maxsize=max_size_bytes,
+                post=publish,
+                verbose=0,
+                mtime=0.0,
+            )  # reproducible tar bytes: same samples, same SHA-256
             state["writer"] = writer
             writers[n] = writer
         return writers[n]
@@ -119,7 +135,9 @@ def _write_locked(samples: Iterable[dict], out_dir: Path, prefix: str, max_size_
         if "." in sample["__key__"]:
             raise ValueError(f"sample key {sample['__key__']!r} contains a dot")
         meta = sample["json"]
-        writer_for(int(meta["n_subjects"])).write({**sample, "json": json.dumps(meta, sort_keys=True, default=str).encode()})
+        writer_for(int(meta["n_subjects"])).write(
+            {**sample, "json": json.dumps(meta, sort_keys=True, default=str).encode()}
+        )
     for writer in writers.values():
         writer.close()
 
@@ -149,7 +167,8 @@ def _manifest_bytes(out_dir: Path) -> bytes:
     except FileNotFoundError:
         raise ShardIntegrityError(
             f"{path} does not exist: the shards in {out_dir} were never written, or a write was interrupted "
-            "(a rewrite removes the manifest first); write the shard set again") from None
+            "(a rewrite removes the manifest first); write the shard set again"
+        ) from None
 
 
 def load_manifest(out_dir: Path) -> tuple[dict, str]:
@@ -174,7 +193,9 @@ def open_shard(out_dir: Path, entry: dict) -> BinaryIO:
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
-        raise ShardIntegrityError(f"shard {path} listed in {out_dir / MANIFEST} does not exist; write the shard set again") from None
+        raise ShardIntegrityError(
+            f"shard {path} listed in {out_dir / MANIFEST} does not exist; write the shard set again"
+        ) from None
     digest = hashlib.sha256()
     while chunk := handle.read(_CHUNK):
         digest.update(chunk)
@@ -183,7 +204,8 @@ def open_shard(out_dir: Path, entry: dict) -> BinaryIO:
         raise ShardIntegrityError(
             f"shard {path} has SHA-256 {digest.hexdigest()} but {out_dir / MANIFEST} lists {entry['sha256']}: "
             "the shard changed after the manifest was written (an interrupted or concurrent rewrite, or damage); "
-            "write the shard set again")
+            "write the shard set again"
+        )
     handle.seek(0)
     return handle
 

@@ -123,8 +123,9 @@ def atomic_dir(destination: str | os.PathLike[str]) -> Iterator[Path]:
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(destination.parent, destination.name)
-    lock, staging = _locked_partial(lambda: tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial",
-                                                             dir=destination.parent))
+    lock, staging = _locked_partial(
+        lambda: tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
+    )
     try:
         yield staging
         if destination.exists():
@@ -251,8 +252,10 @@ def relative_to_root(path: str | os.PathLike[str], root: str | os.PathLike[str])
     root has no such form and is refused (it would break when the root moves)."""
     path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
     if not path.is_relative_to(root):
-        raise ValueError(f"{path} is outside {root}: a stored path must lie under the root it is stored against "
-                         "(copy the file under the root, or store it relative to its own root)")
+        raise ValueError(
+            f"{path} is outside {root}: a stored path must lie under the root it is stored against "
+            "(copy the file under the root, or store it relative to its own root)"
+        )
     return path.relative_to(root).as_posix()
 
 
@@ -261,8 +264,10 @@ def resolve_under(root: str | os.PathLike[str], relative: str) -> Path:
     table written before paths were stored relative) or one that climbs out of the root is
     refused: either would read from wherever the root used to be."""
     if Path(relative).is_absolute():
-        raise ValueError(f"{relative!r} is absolute, but stored paths are relative to the storage root "
-                         "(a table written by an older version: materialise it again)")
+        raise ValueError(
+            f"{relative!r} is absolute, but stored paths are relative to the storage root "
+            "(a table written by an older version: materialise it again)"
+        )
     root = Path(os.path.abspath(root))
     path = Path(os.path.normpath(root / relative))
     if not path.is_relative_to(root):

@@ -13,10 +13,11 @@ ASSET_MODULES = (ingest, groups, models, preference, review, benchmark)
 
 everything_job = dg.define_asset_job(
     "materialize_everything",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("accepted_pairs").downstream()
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("accepted_pairs").downstream()
     - dg.AssetSelection.assets("review_decisions", "sft_ablation"),
     description="Every asset up to the review queue and SFT, in dependency order (what `make demo` runs first; "
-                "the review sensor requests train_on_reviewed_pairs for each finished batch).",
+    "the review sensor requests train_on_reviewed_pairs for each finished batch).",
 )
 data_foundation_job = dg.define_asset_job(
     "ingest_and_groups",
@@ -33,14 +34,29 @@ def build_definitions(profile: Profile) -> dg.Definitions:
     """
     executor = dg.in_process_executor if profile.name == "demo" else dg.multiprocess_executor
     return dg.Definitions(
-        assets=[*dg.load_assets_from_modules(ASSET_MODULES), *training.build_training_assets(profile.training_gpus, profile),
-                review.review_decisions],
+        assets=[
+            *dg.load_assets_from_modules(ASSET_MODULES),
+            *training.build_training_assets(profile.training_gpus, profile),
+            review.review_decisions,
+        ],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[everything_job, data_foundation_job, review.train_on_reviewed_pairs, benchmark.register_models,
-              benchmark.benchmark_model, benchmark.promote_and_report, benchmark.retrain, benchmark.ablation_job],
+        jobs=[
+            everything_job,
+            data_foundation_job,
+            review.train_on_reviewed_pairs,
+            benchmark.register_models,
+            benchmark.benchmark_model,
+            benchmark.promote_and_report,
+            benchmark.retrain,
+            benchmark.ablation_job,
+        ],
         schedules=[benchmark.weekly_retraining],
-        sensors=[celebahq_source_changed, review.review_batches_finished, benchmark.benchmark_new_versions,
-                 benchmark.enough_new_accepted_pairs],
+        sensors=[
+            celebahq_source_changed,
+            review.review_batches_finished,
+            benchmark.benchmark_new_versions,
+            benchmark.enough_new_accepted_pairs,
+        ],
         resources=resources_for(profile),
         executor=executor,
     )

@@ -36,7 +36,9 @@ def run_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, ro
     sensor = defs.get_sensor_def(name)
     cursor, results = None, []
     for _ in range(rounds):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"settings": defs.resources["settings"]})
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"settings": defs.resources["settings"]}
+        )
         answer = sensor(context)
         if isinstance(answer, dg.SkipReason):
             break
@@ -50,7 +52,9 @@ def run_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, ro
             break
         for request in result.run_requests:
             job = defs.resolve_job_def(request.job_name or sensor.job_name)
-            results.append(job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags))
+            results.append(
+                job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+            )
     return results
 
 
@@ -81,7 +85,8 @@ def run_demo() -> DemoRun:
         "plumbing works, not model quality.",
         "",
         f"- run ids: `{result.run_id}` (everything up to the review queue), "
-        + ", ".join(f"`{r.run_id}` (train_on_reviewed_pairs)" for r in reviewed) + f" ({seconds:.1f} s)",
+        + ", ".join(f"`{r.run_id}` (train_on_reviewed_pairs)" for r in reviewed)
+        + f" ({seconds:.1f} s)",
         f"- storage root: `{storage_root}`",
         "",
         "| asset | key outputs |",

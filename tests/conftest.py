@@ -68,6 +68,8 @@ def sft_shards(demo_dataset, demo_ingest, tmp_path_factory: pytest.TempPathFacto
     groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
     work = tmp_path_factory.mktemp("sft")
     photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
-    examples = select_sft_examples(photos, pd.DataFrame(columns=["kept", "source", "chosen_identity", "chosen_aesthetic"]), 0.3, 0)
+    examples = select_sft_examples(
+        photos, pd.DataFrame(columns=["kept", "source", "chosen_identity", "chosen_aesthetic"]), 0.3, 0
+    )
     write_shard_sets(sft_samples(examples), work / "shards", "sft")
     return work / "shards"

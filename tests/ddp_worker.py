@@ -24,8 +24,15 @@ args = parser.parse_args()
 torch.set_num_threads(1)
 
 dist = setup_distributed()
-config = SFTConfig(generator_dir=args.generator, shards=args.shards, output_dir="", modulation="none",
-                   learning_rate=1e-3, lora_rank=4, device=dist.device)
+config = SFTConfig(
+    generator_dir=args.generator,
+    shards=args.shards,
+    output_dir="",
+    modulation="none",
+    learning_rate=1e-3,
+    lora_rank=4,
+    device=dist.device,
+)
 stream = batches(Path(args.shards), 2, seed=0)  # two samples of one shard: the same subject count
 samples = next(stream)
 for sample in samples:  # one prompt length, so the concatenated batch needs no padding mask
@@ -39,8 +46,14 @@ _, parameters, optimizer = prepare_trainable(pipeline.transformer, config)
 model = wrap_for_data_parallel(pipeline.transformer, dist)
 for step in range(args.steps):
     generators = sample_generators(config.seed, step, [s.key for s in mine])
-    optimizer_step(lambda batch, g=generators: sft_step(model, pipeline, cache, batch, config, g),
-                   lambda: mine, parameters, optimizer, config, model)
+    optimizer_step(
+        lambda batch, g=generators: sft_step(model, pipeline, cache, batch, config, g),
+        lambda: mine,
+        parameters,
+        optimizer,
+        config,
+        model,
+    )
 if dist.is_main:
     weights = get_peft_model_state_dict(pipeline.transformer)
     save_file({k: v.contiguous() for k, v in weights.items()}, args.out)

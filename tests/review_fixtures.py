@@ -21,10 +21,23 @@ def review_setup(folder: Path, items: int = 6, overlap: int = 1) -> ReviewStore:
     (folder / "secret.txt").write_text("outside the storage root")
     store = ReviewStore(folder / "storage-review" / "review.sqlite", lease_seconds=120)
     store.add_reviewer("ann", hash_password(PASSWORD))
-    store.publish("batch-web", "test", [{
-        "pair_id": f"pair-{i}", "prompt": f"Two friends, prompt {i}", "task": "group_fusion", "n_subjects": 1,
-        "condition_paths": [str(storage / "img" / "portrait.png")],
-        "chosen_path": str(storage / "img" / "chosen.png"), "rejected_path": str(storage / "img" / "rejected.png"),
-        "scores": {"chosen": {"identity": 0.5}, "rejected": {"identity": 0.3}}, "deltas": {"identity": 0.2},
-    } for i in range(items)], overlap=overlap)
+    store.publish(
+        "batch-web",
+        "test",
+        [
+            {
+                "pair_id": f"pair-{i}",
+                "prompt": f"Two friends, prompt {i}",
+                "task": "group_fusion",
+                "n_subjects": 1,
+                "condition_paths": [str(storage / "img" / "portrait.png")],
+                "chosen_path": str(storage / "img" / "chosen.png"),
+                "rejected_path": str(storage / "img" / "rejected.png"),
+                "scores": {"chosen": {"identity": 0.5}, "rejected": {"identity": 0.3}},
+                "deltas": {"identity": 0.2},
+            }
+            for i in range(items)
+        ],
+        overlap=overlap,
+    )
     return store

@@ -23,8 +23,11 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():
     assert low < mean < high and mean == pytest.approx(small.mean())
     _, low_large, high_large = bootstrap_ci(large)
     assert high_large - low_large < (high - low) / 4
-    table = aggregate(pd.DataFrame({"method": ["a"] * 20 + ["b"] * 20, "face_sim": np.r_[small, small + 0.2]}), ["method"],
-                      metrics=("face_sim",))
+    table = aggregate(
+        pd.DataFrame({"method": ["a"] * 20 + ["b"] * 20, "face_sim": np.r_[small, small + 0.2]}),
+        ["method"],
+        metrics=("face_sim",),
+    )
     assert list(table["n"]) == [20, 20] and table.loc[1, "face_sim"] == pytest.approx(table.loc[0, "face_sim"] + 0.2)
 
 
@@ -34,7 +37,10 @@ def test_face_sim_equals_an_independent_insightface_computation(hub, demo_datase
     photos = write_demo_group_photos(groups, catalog, demo_dataset.root, tmp_path, 3, 256, 0)
     scorer, app = ImageScorer(hub), hub.face_analysis()
     for photo in photos.itertuples():
-        image, portraits = Image.open(photo.photo_path).convert("RGB"), [Image.open(p).convert("RGB") for p in photo.condition_paths]
+        image, portraits = (
+            Image.open(photo.photo_path).convert("RGB"),
+            [Image.open(p).convert("RGB") for p in photo.condition_paths],
+        )
         scores = scorer.score(image, portraits, photo.prompt if hasattr(photo, "prompt") else "a group photo")
 
         def largest(faces):
@@ -69,8 +75,11 @@ def test_external_manifest_reports_missing_and_unreadable_images(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(rows))
     usable, problems = read_external_manifest(tmp_path / "manifest.json")
     assert list(usable["group_id"]) == ["g1"] and usable.loc[0, "image"] == str(tmp_path / "good.png")
-    assert sorted(p.reason.split(" (")[0] for p in problems) == ["duplicate group/task/prompt kind", "missing file",
-                                                                 "unreadable image"]
+    assert sorted(p.reason.split(" (")[0] for p in problems) == [
+        "duplicate group/task/prompt kind",
+        "missing file",
+        "unreadable image",
+    ]
     assert len(usable) + len(problems) == len(rows)
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
     assert len(read_external_manifest(tmp_path / "manifest.csv")[0]) == 1

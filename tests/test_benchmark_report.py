@@ -12,9 +12,19 @@ def aggregates() -> pd.DataFrame:
     rows = []
     for method, base in (("base", 0.1), ("dpo", 0.3)):
         for index, (task, kind) in enumerate(COLUMNS):
-            rows.append({"method": method, "task": task, "prompt_kind": kind, "face_sim": base + index / 100,
-                         "aesthetic": 4 + base, "face_sim_low": base - 0.05, "face_sim_high": base + 0.1,
-                         "aesthetic_low": 3.9, "aesthetic_high": 4.5})
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "prompt_kind": kind,
+                    "face_sim": base + index / 100,
+                    "aesthetic": 4 + base,
+                    "face_sim_low": base - 0.05,
+                    "face_sim_high": base + 0.1,
+                    "aesthetic_low": 3.9,
+                    "aesthetic_high": 4.5,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -22,15 +32,28 @@ def test_results_table_has_our_rows_and_the_published_ones_marked():
     table = results_table(aggregates()).splitlines()
     assert table[0] == "| method | T1 static | T1 dynamic | T2 static | T2 dynamic |"
     assert table[2] == "| base | 0.10 / 4.10 | 0.11 / 4.10 | 0.12 / 4.10 | 0.13 / 4.10 |"
-    assert table[3] == "| *Qwen-Image-Edit-2511 (base) (published)* | *0.52 / 4.69* | *0.59 / 5.02* | *0.23 / 5.21* | *0.24 / 5.48* |"
+    assert (
+        table[3] == "| *Qwen-Image-Edit-2511 (base) (published)* "
+        "| *0.52 / 4.69* | *0.59 / 5.02* | *0.23 / 5.21* | *0.24 / 5.48* |"
+    )
     assert table[4].startswith("| dpo | 0.30 / 4.30") and table[5].startswith("| *IdGlow (published)* | *0.72 / 6.21*")
     assert len(table) == 6
 
 
 def test_ablation_table_pairs_ours_with_table_3():
-    frame = pd.DataFrame([{"method": "constant", "task": "group_fusion", "prompt_kind": "static", "face_sim": 0.2, "aesthetic": 3.0},
-                          {"method": "gating", "task": "age_transformed", "prompt_kind": "static", "face_sim": 0.1, "aesthetic": 2.0},
-                          {"method": "gating", "task": "age_transformed", "prompt_kind": "dynamic", "face_sim": 0.1, "aesthetic": 2.0}])
+    frame = pd.DataFrame(
+        [
+            {"method": "constant", "task": "group_fusion", "prompt_kind": "static", "face_sim": 0.2, "aesthetic": 3.0},
+            {"method": "gating", "task": "age_transformed", "prompt_kind": "static", "face_sim": 0.1, "aesthetic": 2.0},
+            {
+                "method": "gating",
+                "task": "age_transformed",
+                "prompt_kind": "dynamic",
+                "face_sim": 0.1,
+                "aesthetic": 2.0,
+            },
+        ]
+    )
     lines = ablation_table(frame).splitlines()
     assert lines[2] == "| group_fusion | constant | 0.20 / 3.00 | *0.59 / 5.83* |"
     assert lines[3] == "| age_transformed | gating | 0.10 / 2.00 | *0.28 / 6.45* |" and len(lines) == 4
@@ -41,8 +64,13 @@ def test_plots_are_valid_pngs(tmp_path):
     assert pareto.read_bytes()[:8] == PNG and Image.open(pareto).size[0] > 300
     for colour in ("red", "blue", "green"):
         Image.new("RGB", (64, 64), colour).save(tmp_path / f"{colour}.png")
-    samples = pd.DataFrame({"method": ["base", "dpo", "dpo"], "caption": ["g1 T1", "g1 T1", "g2 T2"],
-                            "image": [str(tmp_path / f"{c}.png") for c in ("red", "blue", "green")]})
+    samples = pd.DataFrame(
+        {
+            "method": ["base", "dpo", "dpo"],
+            "caption": ["g1 T1", "g1 T1", "g2 T2"],
+            "image": [str(tmp_path / f"{c}.png") for c in ("red", "blue", "green")],
+        }
+    )
     grid = sample_grid(samples, tmp_path / "grid.png", tile=64, per_row=2)
     assert grid.read_bytes()[:8] == PNG and Image.open(grid).size == (128, 2 * (64 + 18))
     assert Image.open(grid).getpixel((70, 10)) == (0, 0, 255)  # the second tile is the blue image

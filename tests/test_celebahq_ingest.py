@@ -86,7 +86,15 @@ def test_demo_dataset_reconciles_and_quarantines_every_broken_record(demo_datase
 def test_catalog_columns_and_values(demo_dataset, demo_ingest):
     catalog = demo_ingest.catalog
     assert list(catalog.columns[:9]) == [
-        "hq_idx", "celeba_file", "orig_idx", "identity", "partition", "width", "height", "sha256", "path",
+        "hq_idx",
+        "celeba_file",
+        "orig_idx",
+        "identity",
+        "partition",
+        "width",
+        "height",
+        "sha256",
+        "path",
     ]
     assert list(catalog.columns[9:49]) == list(CELEBA_ATTRIBUTES)
     assert list(catalog.columns[49:]) == ["mode"]
@@ -190,17 +198,21 @@ def test_attribute_names_out_of_order_is_a_layout_error(tmp_path):
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height, with almost no pixel data behind it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
     """A small JPEG whose frame header (SOF0) is rewritten to declare width x height."""
     data = bytearray(jpeg())
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -254,7 +266,9 @@ def test_a_file_too_large_for_its_size_is_refused_unread(tmp_path):
     padded = jpeg() + b"\0" * max_image_bytes(SIZE)  # a valid JPEG, then more than any SxS JPEG needs
     result = ingest(simple_root(tmp_path, {"0.jpg": padded}, range(1)))
     assert reasons_by_path(result) == {
-        f"{IMAGE_DIR}/0.jpg": f"file of {len(padded)} bytes, over the {max_image_bytes(SIZE)}-byte limit for a {SIZE}x{SIZE} JPEG",
+        f"{IMAGE_DIR}/0.jpg": (
+            f"file of {len(padded)} bytes, over the {max_image_bytes(SIZE)}-byte limit for a {SIZE}x{SIZE} JPEG"
+        ),
     }
 
 
@@ -306,7 +320,10 @@ def test_only_canonical_names_are_catalogued(tmp_path):
         "9" * 20 + ".jpg": jpeg((8, 0, 0)),  # beyond int64
     }
     result = ingest(simple_root(tmp_path, images, range(4)))
-    non_canonical = {name: REASON_NAME_NON_CANONICAL for name in ("03.jpg", "\u0663.jpg", "\uff13.jpg", "\u00b2.jpg", "3.JPG", "3.jpeg")}
+    non_canonical = {
+        name: REASON_NAME_NON_CANONICAL
+        for name in ("03.jpg", "\u0663.jpg", "\uff13.jpg", "\u00b2.jpg", "3.JPG", "3.jpeg")
+    }
     expected = {
         **{f"{IMAGE_DIR}/{name}": reason for name, reason in non_canonical.items()},
         f"{IMAGE_DIR}/3.jpg\n": "unexpected file name (expected <index>.jpg)",
@@ -338,7 +355,13 @@ def test_non_ascii_digits_in_annotation_rows_are_malformed_rows(tmp_path):
     result = ingest(build_root(tmp_path / "root", images, mapping, identities, attributes))
     found = reasons_by_path(result)
     assert found.pop(f"{IMAGE_DIR}/1.jpg") == "only a malformed row in identity_CelebA.txt for 000002.jpg (line 2)"
-    assert set(found) == {f"{MAPPING_FILE}:4", f"{MAPPING_FILE}:5", f"{IDENTITY_FILE}:2", f"{IDENTITY_FILE}:3", f"{ATTRIBUTE_FILE}:5"}
+    assert set(found) == {
+        f"{MAPPING_FILE}:4",
+        f"{MAPPING_FILE}:5",
+        f"{IDENTITY_FILE}:2",
+        f"{IDENTITY_FILE}:3",
+        f"{ATTRIBUTE_FILE}:5",
+    }
     assert all(reason.startswith("malformed row: ") for reason in found.values())
     assert list(result.catalog["hq_idx"]) == [0]
 

@@ -140,6 +140,7 @@ def _png(size: int = SIZE) -> bytes:
 def _png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
 
 
@@ -151,7 +152,9 @@ SAMPLES = [*USABLE, _jpeg(orientation=6), _jpeg(orientation=1), _jpeg(size=2 * S
 @st.composite
 def image_bytes(draw) -> bytes:
     sample = draw(st.sampled_from(SAMPLES))
-    kind = draw(st.sampled_from(["sample", "sample", "sample", "junk", "truncated", "overwritten", "sof", "png_header"]))
+    kind = draw(
+        st.sampled_from(["sample", "sample", "sample", "junk", "truncated", "overwritten", "sof", "png_header"])
+    )
     if kind == "sample":
         return sample
     if kind == "junk":
@@ -161,20 +164,49 @@ def image_bytes(draw) -> bytes:
     if kind == "overwritten":
         start = draw(st.integers(0, len(sample) - 1))
         patch = draw(st.binary(min_size=1, max_size=16))
-        return sample[:start] + patch + sample[start + len(patch):]
+        return sample[:start] + patch + sample[start + len(patch) :]
     if kind == "sof":  # the frame header rewritten to declare any size, bombs included
         data = bytearray(GOOD)
         sof = data.find(b"\xff\xc0")
-        data[sof + 5:sof + 9] = struct.pack(">HH", draw(st.integers(0, 65535)), draw(st.integers(0, 65535)))
+        data[sof + 5 : sof + 9] = struct.pack(">HH", draw(st.integers(0, 65535)), draw(st.integers(0, 65535)))
         return bytes(data)
     return _png_header(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1)))
 
 
 # Fields of each annotation row: the canonical values, and what the hardening is about (other
 # scripts' digits, leading zeros, signs, huge numbers, near-miss file names).
-INT_FIELDS = ["0", "1", "2", "3", "5", "12", "03", "00", "-1", "+1", "\u0663", "\uff13", "\u00b2", "1\u0663", "9" * 18, "9" * 19, "9" * 5000]
+INT_FIELDS = [
+    "0",
+    "1",
+    "2",
+    "3",
+    "5",
+    "12",
+    "03",
+    "00",
+    "-1",
+    "+1",
+    "\u0663",
+    "\uff13",
+    "\u00b2",
+    "1\u0663",
+    "9" * 18,
+    "9" * 19,
+    "9" * 5000,
+]
 FILE_FIELDS = ["000001.jpg", "000002.jpg", "000004.jpg", "00000\u0661.jpg", "000001.JPG", "0000001.jpg", "x.jpg"]
-NAME_FIELDS = ["0.jpg", "1.jpg", "3.jpg", "12.jpg", "03.jpg", "\u0663.jpg", "\uff13.jpg", "3.JPG", "3.jpeg", "3.jpg\u0663"]
+NAME_FIELDS = [
+    "0.jpg",
+    "1.jpg",
+    "3.jpg",
+    "12.jpg",
+    "03.jpg",
+    "\u0663.jpg",
+    "\uff13.jpg",
+    "3.JPG",
+    "3.jpeg",
+    "3.jpg\u0663",
+]
 VALUE_FIELDS = ["1", "-1", "1", "-1", "0", "\u0661", "-\uff11"]
 PARTITION_FIELDS = ["0", "1", "2", "3", "\u0660", "02"]
 SPACES = st.sampled_from([" ", "  ", "\t", "\u00a0", "\u2003"])  # str.split() takes Unicode spaces too
@@ -238,7 +270,9 @@ CANONICAL_NAMES = st.sampled_from(["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", 
 FILE_NAMES = st.one_of(
     CANONICAL_NAMES,
     CANONICAL_NAMES,
-    st.sampled_from(["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg", "03.jpg", "\u0663.jpg", "\uff13.jpg", "3.JPG", "notes"]),
+    st.sampled_from(
+        ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg", "03.jpg", "\u0663.jpg", "\uff13.jpg", "3.JPG", "notes"]
+    ),
     st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")),
 ).map(lambda n: n if isinstance(n, bytes) else n.encode())
 
@@ -267,8 +301,10 @@ def image_folder(draw) -> list[tuple[bytes, str, bytes]]:
 @given(st.lists(ROW_LIKE, max_size=20))
 def test_parsers_accept_exactly_the_canonical_rows(lines):
     parsers = [
-        (parse_mapping_line, oracle_mapping_key), (parse_identity_line, oracle_identity_key),
-        (parse_attribute_line, oracle_attribute_key), (parse_partition_line, oracle_partition_key),
+        (parse_mapping_line, oracle_mapping_key),
+        (parse_identity_line, oracle_identity_key),
+        (parse_attribute_line, oracle_attribute_key),
+        (parse_partition_line, oracle_partition_key),
     ]
     for parse, oracle in parsers:
         for line in lines:
@@ -324,7 +360,8 @@ def test_the_ingest_finishes_and_accounts_for_every_input(entries, mapping, iden
         result.quarantine.to_parquet(io.BytesIO())
 
     tables = {
-        MAPPING_FILE: (mapping, oracle_mapping_key), IDENTITY_FILE: (identities, oracle_identity_key),
+        MAPPING_FILE: (mapping, oracle_mapping_key),
+        IDENTITY_FILE: (identities, oracle_identity_key),
         ATTRIBUTE_FILE: (attributes, oracle_attribute_key),
         **({PARTITION_FILE: (partitions, oracle_partition_key)} if partitions is not None else {}),
     }
@@ -338,7 +375,9 @@ def test_the_ingest_finishes_and_accounts_for_every_input(entries, mapping, iden
     assert len(result.catalog) + len(result.quarantine) == len(entries) + orphans + problems
     # Each folder entry is in exactly one of the two, under its own (printable) name.
     shown = Counter(f"{IMAGE_DIR}/{name.decode('utf-8', 'backslashreplace')}" for name, _, _ in entries)
-    images = Counter(result.catalog["path"]) + Counter(result.quarantine.loc[result.quarantine["kind"] == "image", "path"])
+    images = Counter(result.catalog["path"]) + Counter(
+        result.quarantine.loc[result.quarantine["kind"] == "image", "path"]
+    )
     assert images == shown
     assert result.catalog["hq_idx"].is_unique
     assert all(oracle_hq_index(path.removeprefix(f"{IMAGE_DIR}/")) is not None for path in result.catalog["path"])

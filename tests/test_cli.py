@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 
 def idglow(*args: str) -> subprocess.CompletedProcess:
@@ -37,13 +38,16 @@ def test_ingest_celebahq_on_a_bad_root_is_a_clear_error(tmp_path):
 
 
 def test_demo_data_command(tmp_path):
-    result = idglow("demo-data", "--out", str(tmp_path / "d"), "--identities", "6", "--images-per-identity", "2", "--size", "64")
+    result = idglow(
+        "demo-data", "--out", str(tmp_path / "d"), "--identities", "6", "--images-per-identity", "2", "--size", "64"
+    )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "d" / "CelebA-HQ-img").glob("*.jpg"))) == 12 + 7  # good + broken .jpg records
     again = idglow("demo-data", "--out", str(tmp_path / "d"), "--identities", "7")
     assert again.returncode == 2 and "another spec" in again.stderr
 
 
+@pytest.mark.slow
 def test_review_commands_add_a_reviewer_and_migrate(tmp_path):
     import os
 
@@ -52,26 +56,49 @@ def test_review_commands_add_a_reviewer_and_migrate(tmp_path):
 
     db = tmp_path / "review.sqlite"
     env = {**os.environ, "IDGLOW_REVIEW_PASSWORD": "a long enough password"}
-    added = subprocess.run([sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
-                           capture_output=True, text=True, timeout=120, env=env)
+    added = subprocess.run(
+        [sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     assert verify_password("a long enough password", ReviewStore(db).reviewer("ann")["password_hash"])
-    twice = subprocess.run([sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
-                           capture_output=True, text=True, timeout=120, env=env)
+    twice = subprocess.run(
+        [sys.executable, "-m", "idglow.cli", "review", "add-reviewer", "ann", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert twice.returncode == 2 and "exists already" in twice.stderr
     migrated = idglow("review", "migrate", "--db", str(db))
     assert migrated.returncode == 0 and "revision 0002" in migrated.stdout
 
 
+@pytest.mark.slow
 def test_review_publish_puts_the_kept_pairs_up_for_people(tmp_path):
     from idglow.review.store import ReviewStore, default_database
     from idglow.scoring import METRICS
     from idglow.storage import write_parquet_atomic
 
-    rows = [{"pair_id": f"pair-{i}", "kept": i != 2, "prompt": "p", "task": "group_fusion", "n_subjects": 2, "source": "s",
-             "condition_paths": ["a.jpg", "b.jpg"], "chosen_path": "c.png", "rejected_path": "r.png",
-             **{f"{side}_{m}": 0.5 for side in ("chosen", "rejected") for m in METRICS},
-             **{f"delta_{m}": 0.0 for m in METRICS}} for i in range(3)]
+    rows = [
+        {
+            "pair_id": f"pair-{i}",
+            "kept": i != 2,
+            "prompt": "p",
+            "task": "group_fusion",
+            "n_subjects": 2,
+            "source": "s",
+            "condition_paths": ["a.jpg", "b.jpg"],
+            "chosen_path": "c.png",
+            "rejected_path": "r.png",
+            **{f"{side}_{m}": 0.5 for side in ("chosen", "rejected") for m in METRICS},
+            **{f"delta_{m}": 0.0 for m in METRICS},
+        }
+        for i in range(3)
+    ]
     write_parquet_atomic(tmp_path / "auto_filtered_pairs" / "auto_filtered_pairs.parquet", pd.DataFrame(rows))
     result = idglow("review", "publish", "--storage-root", str(tmp_path), "--overlap", "2")
     assert result.returncode == 0, result.stderr

@@ -16,13 +16,15 @@ import pandas as pd
 import pytest
 
 from assets.benchmark import benchmark_report as benchmark_report_asset
-from assets.preference import prompts as prompts_asset
 from assets.groups import benchmark_groups, identity_splits_are_disjoint, training_groups
+from assets.preference import prompts as prompts_asset
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from pipelines.definitions import build_definitions
 from pipelines.demo import run_sensor
 from pipelines.resources import resources_for
+
+pytestmark = pytest.mark.slow  # materialises assets, training through Pipes, and starts the webserver
 
 REPO = Path(__file__).resolve().parent.parent
 FOUNDATION_ASSETS = {"celebahq_images", "identity_splits", "benchmark_groups", "training_groups"}
@@ -61,7 +63,10 @@ def test_foundation_assets_materialise_on_a_test_instance(storage_env):
         assert set(materialized) == FOUNDATION_ASSETS
         catalog_meta = materialized["celebahq_images"].metadata
         assert catalog_meta["count_catalog"].value == 160
-        assert catalog_meta["count_catalog"].value + catalog_meta["count_quarantine"].value == catalog_meta["count_inputs"].value
+        assert (
+            catalog_meta["count_catalog"].value + catalog_meta["count_quarantine"].value
+            == catalog_meta["count_inputs"].value
+        )
         assert Path(catalog_meta["catalog_uri"].value).is_file()
         assert materialized["benchmark_groups"].metadata["groups_of_2"].value == 2
         assert materialized["benchmark_groups"].metadata["groups_of_3"].value == 2
@@ -85,7 +90,9 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
     defs = build_definitions(load_profile())
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(generation_rounds.name, ["round-000"])
-        result = defs.resolve_job_def("materialize_everything").execute_in_process(instance=instance, partition_key="round-000")
+        result = defs.resolve_job_def("materialize_everything").execute_in_process(
+            instance=instance, partition_key="round-000"
+        )
         assert result.success
         materialized = _materializations(result)
         weights = materialized["model_weights"].metadata
@@ -101,8 +108,10 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         candidates = materialized["candidate_images"].metadata
         assert candidates["generated_now"].value == candidates["dagster/row_count"].value > 0
         pairs = materialized["preference_pairs"].metadata
-        assert all(pairs[f"pairs_{s}"].value > 0 for s in
-                   ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed"))
+        assert all(
+            pairs[f"pairs_{s}"].value > 0
+            for s in ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed")
+        )
         filtered = materialized["auto_filtered_pairs"].metadata
         assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
         assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,15 +138,26 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
 
         # Registration, the benchmark of every version (the sensor's requests), promotion, the report.
-        materialized.update(_materializations(defs.resolve_job_def("register_models").execute_in_process(instance=instance)))
+        materialized.update(
+            _materializations(defs.resolve_job_def("register_models").execute_in_process(instance=instance))
+        )
         assert set(materialized["model_registry"].metadata["registered_now"].value) == {
-            "base", f"sft-{sft.metadata['lora_sha256'].value[:12]}", f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}"}
+            "base",
+            f"sft-{sft.metadata['lora_sha256'].value[:12]}",
+            f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}",
+        }
         for run in run_sensor(defs, instance, "benchmark_new_versions", rounds=3):
             assert run.success
             materialized.update(_materializations(run))
         results = pd.read_parquet(materialized["benchmark_results"].metadata["results_uri"].value)
-        assert len(results) == 16 and {"checkpoint_sha256", "shard_manifest_sha256", "prompt_set_sha256", "metric_models",
-                                        "code_version", "inference"} <= set(results.columns)
+        assert len(results) == 16 and {
+            "checkpoint_sha256",
+            "shard_manifest_sha256",
+            "prompt_set_sha256",
+            "metric_models",
+            "code_version",
+            "inference",
+        } <= set(results.columns)
         report = Path(materialized["benchmark_report"].metadata["report_uri"].value).read_text()
         assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
         assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
@@ -146,11 +166,40 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         # Images made elsewhere, scored with the same metrics, appear in the next report.
         first = results.iloc[0]
         manifest = storage_env / "external.json"
-        manifest.write_text(json.dumps([
-            {"group_id": first["group_id"], "task": first["task"], "prompt_kind": first["prompt_kind"], "image": first["image"]},
-            {"group_id": first["group_id"], "task": first["task"], "prompt_kind": "dynamic", "image": "gone.png"}]))
-        scored = subprocess.run([sys.executable, "-m", "idglow.cli", "eval", "external", "--manifest", str(manifest),
-                                 "--name", "elsewhere"], capture_output=True, text=True, timeout=300)
+        manifest.write_text(
+            json.dumps(
+                [
+                    {
+                        "group_id": first["group_id"],
+                        "task": first["task"],
+                        "prompt_kind": first["prompt_kind"],
+                        "image": first["image"],
+                    },
+                    {
+                        "group_id": first["group_id"],
+                        "task": first["task"],
+                        "prompt_kind": "dynamic",
+                        "image": "gone.png",
+                    },
+                ]
+            )
+        )
+        scored = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "idglow.cli",
+                "eval",
+                "external",
+                "--manifest",
+                str(manifest),
+                "--name",
+                "elsewhere",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert scored.returncode == 0, scored.stderr
         assert "scored 1 of 2 images" in scored.stdout and "missing file" in scored.stderr
         again = dg.materialize([benchmark_report_asset], instance=instance, resources=resources_for(load_profile()))
@@ -159,17 +208,30 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         # Table 3's ablation as one job: three SFT configurations and + DPO, trained, evaluated, tabulated.
         ablation = _materializations(defs.resolve_job_def("sft_ablation_job").execute_in_process(instance=instance))
         rows = ablation["sft_ablation"].metadata["table"].value.splitlines()[2:]
-        assert len(rows) == 8 and {r.split(" | ")[1] for r in rows} == {"no ID loss", "constant", "annealing", "gating", "+ DPO"}
+        assert len(rows) == 8 and {r.split(" | ")[1] for r in rows} == {
+            "no ID loss",
+            "constant",
+            "annealing",
+            "gating",
+            "+ DPO",
+        }
         assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
 
         # The aligned prompt model is a version the prompts asset can name.
         alignment = materialized["prompt_model_alignment"].metadata
         assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
         base_settings = IdglowSettings.from_profile(load_profile())
-        aligned_settings = IdglowSettings(**{**{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
-                                             "prompt_model_version": alignment["checkpoint_uri"].value})
-        renamed = dg.materialize([prompts_asset], instance=instance,
-                                 resources={**resources_for(load_profile()), "settings": aligned_settings})
+        aligned_settings = IdglowSettings(
+            **{
+                **{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
+                "prompt_model_version": alignment["checkpoint_uri"].value,
+            }
+        )
+        renamed = dg.materialize(
+            [prompts_asset],
+            instance=instance,
+            resources={**resources_for(load_profile()), "settings": aligned_settings},
+        )
         written = pd.read_parquet(_materializations(renamed)["prompts"].metadata["prompts_uri"].value)
         assert set(written["prompt_model_version"]) == {alignment["prompt_model_version"].value}
 
@@ -178,22 +240,32 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
         two = build_definitions(load_profile())
         k8s = json.loads(two.resolve_assets_def("sft_checkpoint").op.tags["dagster-k8s/config"])
         assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
-        ddp = _materializations(two.resolve_job_def("materialize_everything").execute_in_process(
-            instance=instance, partition_key="round-000", asset_selection=[dg.AssetKey("sft_checkpoint")],
-        ))["sft_checkpoint"]
+        ddp = _materializations(
+            two.resolve_job_def("materialize_everything").execute_in_process(
+                instance=instance,
+                partition_key="round-000",
+                asset_selection=[dg.AssetKey("sft_checkpoint")],
+            )
+        )["sft_checkpoint"]
         assert ddp.metadata["world_size"].value == 2 and ddp.metadata["step"].value == 4
         assert ddp.metadata["checkpoint_uri"].value != sft.metadata["checkpoint_uri"].value  # its own run folder
         assert ddp.tags["dagster/data_version"] == ddp.metadata["lora_sha256"].value
 
         # A rerun of the same round generates nothing new.
-        again = _materializations(defs.resolve_job_def("materialize_everything").execute_in_process(
-            instance=instance, partition_key="round-000", asset_selection=[dg.AssetKey("candidate_images")],
-        ))
+        again = _materializations(
+            defs.resolve_job_def("materialize_everything").execute_in_process(
+                instance=instance,
+                partition_key="round-000",
+                asset_selection=[dg.AssetKey("candidate_images")],
+            )
+        )
         assert again["candidate_images"].metadata["generated_now"].value == 0
         assert again["candidate_images"].metadata["skipped_existing"].value == candidates["dagster/row_count"].value
 
 
-def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(storage_env, tiny_models_dir, sft_shards, monkeypatch):
+def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(
+    storage_env, tiny_models_dir, sft_shards, monkeypatch
+):
     import shutil
 
     monkeypatch.setenv("IDGLOW_MODELS_DIR", str(tiny_models_dir))
@@ -205,8 +277,16 @@ def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(storage_env
     runs = {}
     with dg.DagsterInstance.ephemeral() as instance:
         for lambda_id in (0.1, 0.25):
-            result = dg.materialize([sft], instance=instance, resources=resources_for(profile), run_config={
-                "ops": {"sft_checkpoint": {"config": {"steps": 1, "lambda_id": lambda_id, "modulation": "constant"}}}})
+            result = dg.materialize(
+                [sft],
+                instance=instance,
+                resources=resources_for(profile),
+                run_config={
+                    "ops": {
+                        "sft_checkpoint": {"config": {"steps": 1, "lambda_id": lambda_id, "modulation": "constant"}}
+                    }
+                },
+            )
             runs[lambda_id] = _materializations(result)["sft_checkpoint"].metadata
     for lambda_id, metadata in runs.items():
         assert metadata["config"].value["lambda_id"] == lambda_id and metadata["config"].value["steps"] == 1
@@ -221,10 +301,14 @@ def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(storage_env
 def test_overlapping_split_fails_the_check_and_blocks_downstream(storage_env):
     @dg.asset(name="identity_splits", group_name="identities")
     def overlapping_splits(settings: IdglowSettings) -> dg.MaterializeResult:
-        frame = pd.DataFrame({
-            "identity": [1, 1, 2], "split": ["train", "benchmark", "train"],
-            "n_images": [2, 2, 2], "partitions": ["test", "test", "train"],
-        })
+        frame = pd.DataFrame(
+            {
+                "identity": [1, 1, 2],
+                "split": ["train", "benchmark", "train"],
+                "n_images": [2, 2, 2],
+                "partitions": ["test", "test", "train"],
+            }
+        )
         settings.paths.identity_splits.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(settings.paths.identity_splits)
         return dg.MaterializeResult()
@@ -278,7 +362,11 @@ def test_webserver_serves_the_asset_graph(tmp_path):
     webserver = Path(sys.executable).parent / "dagster-webserver"
     process = subprocess.Popen(
         [str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         keys: set[str] = set()

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from training.data import Sample
-from training.flow import sample_generators
 from training.encodings import held_tensor_bytes
+from training.flow import sample_generators
 from training.sft import SFTConfig, load_generator, sft_loss
 
 
@@ -22,9 +22,15 @@ def portrait(seed: int, size: int = 96) -> Image.Image:
 
 def samples(count: int, start: int = 0, subjects: int = 2) -> list[Sample]:
     """In-memory samples (no shard): distinct pixels, one prompt length."""
-    return [Sample(f"s{i:04d}", {"prompt": f"Two friends number {i % 10} in a park.", "task": "group_photo"},
-                   {"target": portrait(10_000 + i)}, [portrait(20_000 + 10 * i + j) for j in range(subjects)])
-            for i in range(start, start + count)]
+    return [
+        Sample(
+            f"s{i:04d}",
+            {"prompt": f"Two friends number {i % 10} in a park.", "task": "group_photo"},
+            {"target": portrait(10_000 + i)},
+            [portrait(20_000 + 10 * i + j) for j in range(subjects)],
+        )
+        for i in range(start, start + count)
+    ]
 
 
 class EncoderCalls:
@@ -46,8 +52,13 @@ def pipeline(tiny_models_dir):
 
 
 def cache_config(tiny_models_dir, cache_dir, **overrides) -> SFTConfig:
-    return SFTConfig(generator_dir=str(tiny_models_dir / "generator"), shards="", output_dir="",
-                     encoding_cache_dir=str(cache_dir), **overrides)
+    return SFTConfig(
+        generator_dir=str(tiny_models_dir / "generator"),
+        shards="",
+        output_dir="",
+        encoding_cache_dir=str(cache_dir),
+        **overrides,
+    )
 
 
 def test_the_cache_holds_no_encodings_in_memory_as_the_sample_count_grows(pipeline, tiny_models_dir, tmp_path):
@@ -58,7 +69,7 @@ def test_the_cache_holds_no_encodings_in_memory_as_the_sample_count_grows(pipeli
         cache = EncodingCache(pipeline, cache_config(tiny_models_dir, tmp_path / f"n{count}"))
         batch_samples = samples(count)
         for index in range(0, count, 2):
-            cache.batch(batch_samples[index:index + 2], "target")
+            cache.batch(batch_samples[index : index + 2], "target")
         gc.collect()
         held[count] = held_tensor_bytes(cache, skip=(pipeline, cache.config))
         assert len(list((tmp_path / f"n{count}").glob("*.safetensors"))) == count  # one file per sample
@@ -123,7 +134,9 @@ def test_the_disk_cache_gives_the_loss_without_a_cache_bitwise(pipeline, tiny_mo
 
     def loss(batch) -> torch.Tensor:
         with torch.no_grad():
-            return sft_loss(pipeline.transformer, pipeline.scheduler, batch, ["group_photo"] * 2, config, generators())[0]
+            return sft_loss(pipeline.transformer, pipeline.scheduler, batch, ["group_photo"] * 2, config, generators())[
+                0
+            ]
 
     uncached = stack([encode_sample(pipeline, s, config) for s in pair], "target", config)
     cache = EncodingCache(pipeline, config)

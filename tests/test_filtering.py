@@ -8,25 +8,46 @@ from idglow.filtering import DEFAULT_THRESHOLDS, Threshold, apply_filter, filter
 ZERO = {"identity": 0.0, "object": 0.0, "semantic": 0.0, "aesthetic": 0.0, "people_count": 0.0}
 
 
-@pytest.mark.parametrize("metric, delta", [
-    ("identity", 0.05), ("object", 0.02), ("semantic", 0.01), ("aesthetic", 0.3), ("people_count", 0.5),
-])
+@pytest.mark.parametrize(
+    "metric, delta",
+    [
+        ("identity", 0.05),
+        ("object", 0.02),
+        ("semantic", 0.01),
+        ("aesthetic", 0.3),
+        ("people_count", 0.5),
+    ],
+)
 def test_each_metric_alone_can_keep_a_pair(metric, delta):
     keep, reason = filter_decision({**ZERO, metric: delta})
     assert keep and metric in reason
 
 
-@pytest.mark.parametrize("metric, delta", [
-    ("identity", 0.049), ("object", 0.0199), ("semantic", 0.0099), ("aesthetic", 0.299), ("people_count", 0.49),
-])
+@pytest.mark.parametrize(
+    "metric, delta",
+    [
+        ("identity", 0.049),
+        ("object", 0.0199),
+        ("semantic", 0.0099),
+        ("aesthetic", 0.299),
+        ("people_count", 0.49),
+    ],
+)
 def test_just_below_the_threshold_is_dropped(metric, delta):
     keep, reason = filter_decision({**ZERO, metric: delta})
     assert not keep and reason.startswith("no metric reaches its threshold")
 
 
-@pytest.mark.parametrize("metric, epsilon", [
-    ("identity", 0.02), ("object", 0.02), ("semantic", 0.01), ("aesthetic", 0.2), ("people_count", 0.0),
-])
+@pytest.mark.parametrize(
+    "metric, epsilon",
+    [
+        ("identity", 0.02),
+        ("object", 0.02),
+        ("semantic", 0.01),
+        ("aesthetic", 0.2),
+        ("people_count", 0.0),
+    ],
+)
 def test_a_contradicting_metric_vetoes(metric, epsilon):
     other = "aesthetic" if metric == "identity" else "identity"
     supported = {**ZERO, other: 1.0}

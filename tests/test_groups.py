@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from idglow.data.groups import (
-    NotEnoughIdentities,
     TASKS,
+    NotEnoughIdentities,
     group_id,
     make_benchmark_groups,
     make_training_groups,

@@ -22,9 +22,21 @@ def jobs(folder: Path) -> pd.DataFrame:
         path = folder / f"portrait-{i}.png"
         Image.new("RGB", (32, 32), colour).save(path)
         portraits.append(str(path))
-    return pd.DataFrame([{"job_id": "job-1", "group_id": "g1", "task": "group_fusion", "prompt_kind": "static",
-                          "prompt": "Two friends smiling in a park.", "condition_paths": portraits,
-                          "identities": [1, 2], "n_subjects": 2, "photo_id": None}])
+    return pd.DataFrame(
+        [
+            {
+                "job_id": "job-1",
+                "group_id": "g1",
+                "task": "group_fusion",
+                "prompt_kind": "static",
+                "prompt": "Two friends smiling in a park.",
+                "condition_paths": portraits,
+                "identities": [1, 2],
+                "n_subjects": 2,
+                "photo_id": None,
+            }
+        ]
+    )
 
 
 SETTINGS = GenerationSettings(height=32, width=32, steps=2, true_cfg_scale=1.0, candidates_per_job=2, seed=0)
@@ -32,7 +44,9 @@ SETTINGS = GenerationSettings(height=32, width=32, steps=2, true_cfg_scale=1.0, 
 
 def test_a_rerun_regenerates_a_truncated_candidate_and_keeps_the_rest(generator, tmp_path):
     table = jobs(tmp_path)
-    straight, generated = generate_candidates(generator, table, SETTINGS, tmp_path / "straight", "r1", "base", progress=False)
+    straight, generated = generate_candidates(
+        generator, table, SETTINGS, tmp_path / "straight", "r1", "base", progress=False
+    )
     assert generated == 2
     expected = {Path(p).name: Path(p).read_bytes() for p in straight["path"]}
 

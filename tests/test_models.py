@@ -39,8 +39,13 @@ def test_generator_is_the_real_pipeline_with_tiny_parts(hub, demo_dataset):
 
     def generate(seed):
         return pipeline(
-            image=refs, prompt="A group photo of these people", height=64, width=64, num_inference_steps=3,
-            true_cfg_scale=1.0, generator=torch.Generator().manual_seed(seed),
+            image=refs,
+            prompt="A group photo of these people",
+            height=64,
+            width=64,
+            num_inference_steps=3,
+            true_cfg_scale=1.0,
+            generator=torch.Generator().manual_seed(seed),
         ).images[0]
 
     first, again, other = generate(0), generate(0), generate(1)
@@ -53,7 +58,9 @@ def test_generator_is_the_real_pipeline_with_tiny_parts(hub, demo_dataset):
 def test_prompt_model_writes_text_from_pictures(hub, demo_dataset):
     model, processor = hub.prompt_model()
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Describe."}]}
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert text.count("<|image_pad|>") == 2
     inputs = processor(text=[text], images=portraits(demo_dataset, 2), return_tensors="pt")
@@ -107,7 +114,9 @@ def test_face_pack_is_loaded_by_insightface(hub):
     app = hub.face_analysis()
     assert isinstance(app, FaceAnalysis)
     assert {name: type(model).__name__ for name, model in app.models.items()} == {
-        "detection": "SCRFD", "recognition": "ArcFaceONNX", "genderage": "Attribute",
+        "detection": "SCRFD",
+        "recognition": "ArcFaceONNX",
+        "genderage": "Attribute",
     }
 
 
@@ -187,7 +196,9 @@ def test_demo_profile_without_building_names_the_missing_file(tmp_path):
 
 def test_models_check_command(tiny_models_dir, tmp_path):
     def check(*args):
-        return subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", *args], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "idglow.cli", "models", "check", *args], capture_output=True, text=True, timeout=120
+        )
 
     missing = check("--profile", "real", "--models-dir", str(tmp_path))
     assert missing.returncode == 1
@@ -229,12 +240,31 @@ def test_real_check_with_verified_hashes_rejects_a_wrong_file(tmp_path):
 
 def test_models_check_command_passes_on_a_complete_real_directory(tmp_path):
     root = _complete_real_directory(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "present (unverified)" in result.stdout  # the pinned CLIP file, its hash not computed
-    failed = subprocess.run([sys.executable, "-m", "idglow.cli", "models", "check", "--profile", "real", "--models-dir", str(root),
-                             "--verify-hashes"], capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idglow.cli",
+            "models",
+            "check",
+            "--profile",
+            "real",
+            "--models-dir",
+            str(root),
+            "--verify-hashes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert failed.returncode == 1 and "HASH MISMATCH" in failed.stdout
 
 
@@ -244,8 +274,15 @@ def test_tiny_builds_are_deterministic(tmp_path):
     for name in ("transformer", "vae", "text_encoder"):
         (a,) = (tmp_path / "a" / name).glob("*.safetensors")
         assert sha256_file(a) == sha256_file(tmp_path / "b" / name / a.name)
-    small = FaceTrainingConfig(detector_scenes=40, detector_epochs=1, recognizer_identities=8, renders_per_identity=2,
-                               recognizer_epochs=1, genderage_samples=16, genderage_epochs=1)
+    small = FaceTrainingConfig(
+        detector_scenes=40,
+        detector_epochs=1,
+        recognizer_identities=8,
+        renders_per_identity=2,
+        recognizer_epochs=1,
+        genderage_samples=16,
+        genderage_epochs=1,
+    )
     write_tiny_face_pack(tmp_path / "p1", small, progress=False)
     write_tiny_face_pack(tmp_path / "p2", small, progress=False)
     for onnx_file in (tmp_path / "p1").glob("*.onnx"):

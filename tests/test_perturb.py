@@ -13,9 +13,15 @@ def image():
     return Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8), "RGB")
 
 
-@pytest.mark.parametrize("perturbation", [
-    Perturbation("gaussian_noise", 20.0, 7), Perturbation("saturation", 0.4), Perturbation("jpeg", 10), Perturbation("blur", 2.0),
-])
+@pytest.mark.parametrize(
+    "perturbation",
+    [
+        Perturbation("gaussian_noise", 20.0, 7),
+        Perturbation("saturation", 0.4),
+        Perturbation("jpeg", 10),
+        Perturbation("blur", 2.0),
+    ],
+)
 def test_same_parameters_same_pixels(image, perturbation):
     first, again = np.asarray(apply(image, perturbation)), np.asarray(apply(image, perturbation))
     assert np.array_equal(first, again)

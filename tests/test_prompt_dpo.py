@@ -24,14 +24,22 @@ from training.prompt_dpo import (
 
 def test_sequence_dpo_loss_by_hand():
     # margin = (-10 - -11) - (-12 - -11) = 2; beta 0.5 -> -log sigmoid(1) = log(1 + e^-1)
-    loss = sequence_dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.5)
+    loss = sequence_dpo_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.5
+    )
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
     assert sequence_dpo_loss(*(torch.zeros(1),) * 4, beta=0.5).item() == pytest.approx(math.log(2), abs=1e-6)
 
 
 def _placement_config(device, model_dir="unused", output_dir="unused") -> PromptDPOConfig:
-    return PromptDPOConfig(model_dir=str(model_dir), preferences="unused", catalog="unused", source_root="unused",
-                           output_dir=str(output_dir), device=device)
+    return PromptDPOConfig(
+        model_dir=str(model_dir),
+        preferences="unused",
+        catalog="unused",
+        source_root="unused",
+        output_dir=str(output_dir),
+        device=device,
+    )
 
 
 def test_the_prompt_model_trains_in_bf16_on_cuda_and_fp32_on_the_cpu():
@@ -51,14 +59,22 @@ def test_the_policy_loads_where_the_placement_says(tiny_models_dir):
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
 
 
-def test_alignment_prefers_descriptive_prompts_and_loads_like_the_base(tiny_models_dir, demo_dataset, demo_ingest, tmp_path):
+def test_alignment_prefers_descriptive_prompts_and_loads_like_the_base(
+    tiny_models_dir, demo_dataset, demo_ingest, tmp_path
+):
     catalog = demo_ingest.catalog
     groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 2, 0, seed=0)
     write_parquet_atomic(tmp_path / "preferences.parquet", build_prompt_preferences(groups, catalog))
     write_parquet_atomic(tmp_path / "catalog.parquet", catalog)
-    config = PromptDPOConfig(model_dir=str(tiny_models_dir / "prompt_model"), preferences=str(tmp_path / "preferences.parquet"),
-                             catalog=str(tmp_path / "catalog.parquet"), source_root=str(demo_dataset.root),
-                             output_dir=str(tmp_path / "aligned"), steps=6, learning_rate=2e-3)
+    config = PromptDPOConfig(
+        model_dir=str(tiny_models_dir / "prompt_model"),
+        preferences=str(tmp_path / "preferences.parquet"),
+        catalog=str(tmp_path / "catalog.parquet"),
+        source_root=str(demo_dataset.root),
+        output_dir=str(tmp_path / "aligned"),
+        steps=6,
+        learning_rate=2e-3,
+    )
     folder = train(config)
     pair = load_pairs(config)[0]
 

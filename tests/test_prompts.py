@@ -1,7 +1,5 @@
 """Prompt templates, the dynamic-prompt validator and its fallback."""
 
-import pandas as pd
-
 from idglow.prompts import BADCASES, badcase_for, descriptive_prompt, static_prompt, validate_dynamic_prompt
 
 
@@ -11,8 +9,10 @@ def test_static_templates_name_every_picture():
     assert static_prompt("group_fusion", 2) != static_prompt("group_fusion", 3)
 
 
-GOOD = ("Picture 1, a woman with long blond hair and a red coat, stands on the left; Picture 2, a man with "
-        "glasses and a grey beard, stands on the right with his arm around her; warm evening light in a park.")
+GOOD = (
+    "Picture 1, a woman with long blond hair and a red coat, stands on the left; Picture 2, a man with "
+    "glasses and a grey beard, stands on the right with his arm around her; warm evening light in a park."
+)
 
 
 def test_a_hand_written_good_prompt_is_accepted():
@@ -53,8 +53,15 @@ def test_the_tiny_prompt_model_falls_back_with_reasons(hub, demo_ingest, demo_da
     catalog = demo_ingest.catalog
     groups = make_benchmark_groups(catalog, split_identities(catalog, 10, 0), 2, 2, 0).head(2)
     tokenizer = hub.generator_tokenizer()
-    table = build_prompts(groups, demo_dataset.root, hub.prompt_model(), lambda t: len(tokenizer(t).input_ids),
-                          512, "demo:test", progress=False)
+    table = build_prompts(
+        groups,
+        demo_dataset.root,
+        hub.prompt_model(),
+        lambda t: len(tokenizer(t).input_ids),
+        512,
+        "demo:test",
+        progress=False,
+    )
     assert len(table) == 2 * 2 * 2  # groups x tasks x (static, dynamic)
     dynamic = table[table["prompt_kind"] == "dynamic"]
     for row in dynamic.itertuples():

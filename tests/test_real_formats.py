@@ -66,9 +66,18 @@ def test_the_archive_is_what_open_clip_alone_refuses(clip_files):
     assert not is_torchscript_archive(clip_files / "open_clip_pytorch_model.bin")
     assert not is_torchscript_archive(clip_files / "open_clip_pytorch_model.safetensors")
     keys = torch.jit.load(str(archive), map_location="cpu").state_dict()
-    assert {"input_resolution", "context_length", "vocab_size", "visual.conv1.weight", "visual.class_embedding",
-            "transformer.resblocks.0.attn.in_proj_weight", "positional_embedding", "text_projection", "logit_scale",
-            "token_embedding.weight"} <= set(keys)
+    assert {
+        "input_resolution",
+        "context_length",
+        "vocab_size",
+        "visual.conv1.weight",
+        "visual.class_embedding",
+        "transformer.resblocks.0.attn.in_proj_weight",
+        "positional_embedding",
+        "text_projection",
+        "logit_scale",
+        "token_embedding.weight",
+    } <= set(keys)
     assert keys["visual.conv1.weight"].dtype == torch.float16 and keys["ln_final.weight"].dtype == torch.float32
     with pytest.raises(RuntimeError, match="TorchScript"):
         open_clip.create_model_and_transforms(TEST_CLIP, pretrained=str(archive))
@@ -79,7 +88,9 @@ def test_openai_and_open_clip_files_load_and_embed_alike(clip_files):
     loaded = {
         "openai": load_clip(TEST_CLIP, archive, torch.device("cpu"), clip_files, expected_sha256=sha256_file(archive)),
         "bin": load_clip(TEST_CLIP, clip_files / "open_clip_pytorch_model.bin", torch.device("cpu"), clip_files),
-        "safetensors": load_clip(TEST_CLIP, clip_files / "open_clip_pytorch_model.safetensors", torch.device("cpu"), clip_files),
+        "safetensors": load_clip(
+            TEST_CLIP, clip_files / "open_clip_pytorch_model.safetensors", torch.device("cpu"), clip_files
+        ),
     }
     assert type(loaded["openai"].model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     images = {k: clip.encode_images(_images()) for k, clip in loaded.items()}
@@ -95,7 +106,9 @@ def test_a_wrong_hash_names_the_file_and_both_hashes(clip_files):
     archive = clip_files / "ViT-test.pt"
     with pytest.raises(WeightsHashMismatch) as error:
         load_clip(TEST_CLIP, archive, torch.device("cpu"), clip_files, expected_sha256="0" * 64)
-    assert str(archive) in str(error.value) and sha256_file(archive) in str(error.value) and "0" * 64 in str(error.value)
+    assert (
+        str(archive) in str(error.value) and sha256_file(archive) in str(error.value) and "0" * 64 in str(error.value)
+    )
 
 
 def test_the_released_name_is_checked_against_the_pin(clip_files, tmp_path):

@@ -38,8 +38,16 @@ from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG
 from idglow.storage import sha256_file
 
 LIGHT = (AESTHETIC, CLIP, FACE_PACK)
-RELEASED_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
-                "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
+RELEASED_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +74,15 @@ def test_a_second_build_with_the_same_recipe_does_nothing_and_a_new_seed_rebuild
     assert sha256_file(light_dir / REAL_COMPONENTS[AESTHETIC].path) == before
 
 
+@pytest.mark.slow
 def test_light_builds_are_deterministic(light_dir, tmp_path):
     """Byte for byte, except the TorchScript archive's code: it names its classes by a counter of
     the process's earlier scripting (``___torch_mangle_19``), so only its tensors are compared; two
     fresh processes running the same build write the same archive."""
-    script = (f"from idglow.models.rehearsal import build_rehearsal_models; "
-              f"build_rehearsal_models({str(tmp_path)!r}, roles={LIGHT!r}, progress=False)")
+    script = (
+        f"from idglow.models.rehearsal import build_rehearsal_models; "
+        f"build_rehearsal_models({str(tmp_path)!r}, roles={LIGHT!r}, progress=False)"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     files = [p for p in light_dir.rglob("*") if p.is_file()]
     assert len(files) == 2 + 5 + 3  # two single files, five ONNX files, a stamp per component
@@ -79,7 +90,9 @@ def test_light_builds_are_deterministic(light_dir, tmp_path):
     for path in files:
         if path != archive:
             assert sha256_file(path) == sha256_file(tmp_path / path.relative_to(light_dir)), path
-    ours, theirs = (torch.jit.load(str(root / REAL_COMPONENTS[CLIP].path)).state_dict() for root in (light_dir, tmp_path))
+    ours, theirs = (
+        torch.jit.load(str(root / REAL_COMPONENTS[CLIP].path)).state_dict() for root in (light_dir, tmp_path)
+    )
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
@@ -95,9 +108,16 @@ def test_aesthetic_mlp_has_the_released_keys_and_loads(light_dir):
     path = light_dir / REAL_COMPONENTS[AESTHETIC].path
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert {k: tuple(v.shape) for k, v in state.items()} == {
-        "layers.0.weight": (1024, 768), "layers.0.bias": (1024,), "layers.2.weight": (128, 1024), "layers.2.bias": (128,),
-        "layers.4.weight": (64, 128), "layers.4.bias": (64,), "layers.6.weight": (16, 64), "layers.6.bias": (16,),
-        "layers.7.weight": (1, 16), "layers.7.bias": (1,),
+        "layers.0.weight": (1024, 768),
+        "layers.0.bias": (1024,),
+        "layers.2.weight": (128, 1024),
+        "layers.2.bias": (128,),
+        "layers.4.weight": (64, 128),
+        "layers.4.bias": (64,),
+        "layers.6.weight": (16, 64),
+        "layers.6.bias": (16,),
+        "layers.7.weight": (1, 16),
+        "layers.7.bias": (1,),
     }
     predictor = ModelHub("real", light_dir, device="cpu").aesthetic()
     embeddings = torch.nn.functional.normalize(torch.randn(2, 768), dim=-1)
@@ -136,8 +156,10 @@ def test_buffalo_l_loads_all_five_models_to_their_tasks(light_dir):
     app = FaceAnalysis(name=str(pack), providers=["CPUExecutionProvider"])
     routed = {task: (type(model).__name__, os.path.basename(model.model_file)) for task, model in app.models.items()}
     assert routed == {
-        "detection": ("SCRFD", "det_10g.onnx"), "recognition": ("ArcFaceONNX", "w600k_r50.onnx"),
-        "genderage": ("Attribute", "genderage.onnx"), "landmark_3d_68": ("Landmark", "1k3d68.onnx"),
+        "detection": ("SCRFD", "det_10g.onnx"),
+        "recognition": ("ArcFaceONNX", "w600k_r50.onnx"),
+        "genderage": ("Attribute", "genderage.onnx"),
+        "landmark_3d_68": ("Landmark", "1k3d68.onnx"),
         "landmark_2d_106": ("Landmark", "2d106det.onnx"),
     }
     detector = app.models["detection"]
@@ -177,8 +199,15 @@ def test_the_hub_loads_the_face_pack_and_its_torch_encoder(light_dir):
 
 
 def test_tokenizer_and_processor_carry_the_released_ids_and_files(text_files):
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "preprocessor_config.json",
-                 "video_preprocessor_config.json", "chat_template.jinja"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+        "chat_template.jinja",
+    ):
         assert (text_files / name).is_file(), name
     assert len(json.loads((text_files / "vocab.json").read_text())) == BASE_VOCAB_SIZE
     tokenizer = AutoTokenizer.from_pretrained(text_files, local_files_only=True)
@@ -208,7 +237,11 @@ def test_vae_and_scheduler_have_qwen_images_configuration(tmp_path):
     FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG).save_pretrained(tmp_path / "scheduler")
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler", local_files_only=True)
     assert scheduler.config.use_dynamic_shifting and scheduler.config.max_image_seq_len == 8192
-    assert scheduler.config.base_shift == 0.5 and scheduler.config.max_shift == 0.9 and scheduler.config.shift_terminal == 0.02
+    assert (
+        scheduler.config.base_shift == 0.5
+        and scheduler.config.max_shift == 0.9
+        and scheduler.config.shift_terminal == 0.02
+    )
 
 
 def test_text_encoder_config_has_the_7b_widths():
@@ -223,6 +256,7 @@ def idglow(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "idglow.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_models_build_takes_a_layout(light_dir, tmp_path):
     """`--layout real` goes to the rehearsal builder with its seed and depth: a directory whose
     components are stamped for them builds nothing, and the real check passes on it."""
@@ -244,8 +278,11 @@ def test_models_build_takes_a_layout(light_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("IDGLOW_REHEARSAL_FULL"), reason="builds 6.6 GB of 7B-wide weights (about 2 "
-                    "minutes, 5.7 GB peak); set IDGLOW_REHEARSAL_FULL=1, or use `idglow models build --layout real`")
+@pytest.mark.skipif(
+    not os.environ.get("IDGLOW_REHEARSAL_FULL"),
+    reason="builds 6.6 GB of 7B-wide weights (about 2 "
+    "minutes, 5.7 GB peak); set IDGLOW_REHEARSAL_FULL=1, or use `idglow models build --layout real`",
+)
 def test_the_full_rehearsal_directory_passes_the_real_check_and_generates(tmp_path, monkeypatch):
     from diffusers import QwenImageEditPlusPipeline
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
@@ -255,11 +292,18 @@ def test_the_full_rehearsal_directory_passes_the_real_check_and_generates(tmp_pa
     # bf16 and small reference images, or the CPU needs 9.5 GB and a 1 MP VAE encode
     monkeypatch.setattr(pipeline_qwenimage_edit_plus, "VAE_IMAGE_SIZE", 64 * 64)
     monkeypatch.setattr(pipeline_qwenimage_edit_plus, "CONDITION_IMAGE_SIZE", 56 * 56)
-    pipeline = QwenImageEditPlusPipeline.from_pretrained(tmp_path / REAL_COMPONENTS[GENERATOR].path,
-                                                         dtype=torch.bfloat16, local_files_only=True)
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(
+        tmp_path / REAL_COMPONENTS[GENERATOR].path, dtype=torch.bfloat16, local_files_only=True
+    )
     assert pipeline.transformer.config.zero_cond_t and pipeline.text_encoder.config.text_config.hidden_size == 3584
     with torch.no_grad():
-        out = pipeline(image=[Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")],
-                       prompt="the people of both pictures together", height=64, width=64, num_inference_steps=2,
-                       true_cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+        out = pipeline(
+            image=[Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")],
+            prompt="the people of both pictures together",
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            true_cfg_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
     assert out.images[0].size == (64, 64)

@@ -3,9 +3,13 @@ review with the keyboard only, undo, add a reason, and every decision lands in t
 
 import shutil
 
+import pytest
+from review_fixtures import PASSWORD, review_setup
+
 from idglow.review.app import create_app
 from idglow.review.load import BackgroundServer
-from review_fixtures import PASSWORD, review_setup
+
+pytestmark = pytest.mark.slow  # drives chromium against a real server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

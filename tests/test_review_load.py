@@ -5,7 +5,11 @@ no reviewer twice on an item) and the leases of walked-away clients were reclaim
 import collections
 import json
 
+import pytest
+
 from idglow.review.load import run_load
+
+pytestmark = pytest.mark.slow  # twenty clients against a real server
 
 
 def test_twenty_reviewers_work_through_five_hundred_items(tmp_path):
@@ -18,8 +22,11 @@ def test_twenty_reviewers_work_through_five_hundred_items(tmp_path):
     assert len(log) == 1000 == report.decisions  # every posted decision is in the log, once
     assert report.abandoned > 0 and store.reclaimed_leases() >= report.abandoned
     assert store.finished_batches()[0][0] == "load-batch"
-    (tmp_path / "figures.json").write_text(json.dumps({"decisions_per_second": report.decisions_per_second,
-                                                       "p95_ms": report.p95_ms}))
-    print(f"\nreview load: {report.decisions} decisions by {report.clients} clients in {report.seconds:.1f} s: "
-          f"{report.decisions_per_second:.1f} decisions/s, p95 {report.p95_ms:.0f} ms, "
-          f"{report.abandoned} walked away, {store.reclaimed_leases()} leases reclaimed")
+    (tmp_path / "figures.json").write_text(
+        json.dumps({"decisions_per_second": report.decisions_per_second, "p95_ms": report.p95_ms})
+    )
+    print(
+        f"\nreview load: {report.decisions} decisions by {report.clients} clients in {report.seconds:.1f} s: "
+        f"{report.decisions_per_second:.1f} decisions/s, p95 {report.p95_ms:.0f} ms, "
+        f"{report.abandoned} walked away, {store.reclaimed_leases()} leases reclaimed"
+    )

@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import itsdangerous
 import pytest
+from review_fixtures import PASSWORD, review_setup
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from idglow.review.app import create_app
 from idglow.review.load import BackgroundServer
 from idglow.review.security import LoginLimits, file_token, hash_password, session_secret
-from review_fixtures import PASSWORD, review_setup
 
 COOKIE = "idglow_review"
 PUBLIC = {("GET", "/login"), ("POST", "/login")}  # what a stranger may use; tested on their own below
@@ -55,10 +55,25 @@ def world(tmp_path, monkeypatch):
     (storage / "img" / "link-to-secret").symlink_to(home / "session_secret")
     (storage / "img" / "link-to-database").symlink_to(database)
     (storage / "img" / "not-named-by-any-item.png").write_bytes((storage / "img" / "chosen.png").read_bytes())
-    private = [str(home / "session_secret"), str(database), str(storage / "img" / "link-to-secret"),
-               str(storage / "img" / "link-to-database"), "../storage-review/session_secret"]
-    store.publish("batch-hostile", "test", [{"pair_id": "hostile", "chosen_path": private[0], "rejected_path": private[1],
-                                             "condition_paths": private[2:]}])
+    private = [
+        str(home / "session_secret"),
+        str(database),
+        str(storage / "img" / "link-to-secret"),
+        str(storage / "img" / "link-to-database"),
+        "../storage-review/session_secret",
+    ]
+    store.publish(
+        "batch-hostile",
+        "test",
+        [
+            {
+                "pair_id": "hostile",
+                "chosen_path": private[0],
+                "rejected_path": private[1],
+                "condition_paths": private[2:],
+            }
+        ],
+    )
     app = create_app(store, storage, secret, private_files=[home / "session_secret"])
     return {"app": app, "store": store, "secret": secret, "home": home, "database": database, "storage": storage}
 
@@ -70,8 +85,9 @@ def csrf(html: str) -> str:
 def sign_in(app, username: str = "ann", password: str = PASSWORD, address: str = "10.0.0.1") -> TestClient:
     client = TestClient(app, client=(address, 50000))
     token = csrf(client.get("/login").text)
-    response = client.post("/login", data={"username": username, "password": password, "csrf_token": token},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token}, follow_redirects=False
+    )
     assert response.status_code == 303, response.text
     return client
 
@@ -93,7 +109,11 @@ def every_route(world) -> list[tuple[str, str]]:
     """(method, concrete path) for every route of the app; path parameters are filled with values
     that would work for a signed-in reviewer (a real item and a real file token)."""
     item_id = item_of(world["store"], "batch-web")
-    samples = {"item_id": str(item_id), "token": file_token(world["secret"], item_id, "chosen"), "path": "img/chosen.png"}
+    samples = {
+        "item_id": str(item_id),
+        "token": file_token(world["secret"], item_id, "chosen"),
+        "path": "img/chosen.png",
+    }
     found = []
     for route in world["app"].routes:
         assert isinstance(route, Route), f"{route!r}: teach this walker about the new kind of route"
@@ -111,9 +131,15 @@ def assert_refused_everywhere(world, client: TestClient, token: str | None) -> N
     assert {path for _, path in routes} >= {"/", "/review", "/stats", "/review/decide", "/review/undo", "/logout"}
     before = world["store"].decision_log()
     for method, path in routes:
-        data = {"csrf_token": token, "action": "accept", "item_id": str(item_of(world["store"], "batch-web"))} if token else {}
+        data = (
+            {"csrf_token": token, "action": "accept", "item_id": str(item_of(world["store"], "batch-web"))}
+            if token
+            else {}
+        )
         response = client.request(method, path, data=data if method == "POST" else None, follow_redirects=False)
-        refused = response.status_code in (401, 403) or (response.status_code == 303 and response.headers["location"] == "/login")
+        refused = response.status_code in (401, 403) or (
+            response.status_code == 303 and response.headers["location"] == "/login"
+        )
         assert refused, f"{method} {path} answered {response.status_code}"
         assert b"\x89PNG" not in response.content
     assert world["store"].decision_log() == before
@@ -124,7 +150,9 @@ def assert_refused_everywhere(world, client: TestClient, token: str | None) -> N
 
 def test_the_walker_sees_every_route(world):
     paths = {path for _, path in every_route(world)}
-    assert len(paths) == len({route.path for route in world["app"].routes}) and any(p.startswith("/files/") for p in paths)
+    assert len(paths) == len({route.path for route in world["app"].routes}) and any(
+        p.startswith("/files/") for p in paths
+    )
 
 
 def test_a_stranger_gets_nothing_from_any_route(world):
@@ -142,7 +170,9 @@ def test_a_cookie_copied_before_sign_out_stops_working_after_it(world):
     assert_refused_everywhere(world, thief, token)
 
 
-@pytest.mark.parametrize("forgery", ["wrong secret", "unknown session", "expired session", "old user cookie", "not text"])
+@pytest.mark.parametrize(
+    "forgery", ["wrong secret", "unknown session", "expired session", "old user cookie", "not text"]
+)
 def test_forged_cookies_get_nothing(world, forgery):
     store, secret = world["store"], world["secret"]
     ann = store.reviewer("ann")["id"]
@@ -191,8 +221,13 @@ def test_only_the_files_items_name_are_served(world):
     assert urls and all(re.fullmatch(r"/files/\d+/[0-9a-f]{32}", url) for url in urls)  # no path, no role in the URL
     assert all(ann.get(url).content.startswith(b"\x89PNG") for url in urls)
     item_id = item_of(store, "batch-web")
-    for made_up in (file_token(secret[::-1], item_id, "chosen"), file_token(secret, item_id, "condition", 1),
-                    file_token(secret, item_id + 1000, "chosen"), "0" * 32, "é"):
+    for made_up in (
+        file_token(secret[::-1], item_id, "chosen"),
+        file_token(secret, item_id, "condition", 1),
+        file_token(secret, item_id + 1000, "chosen"),
+        "0" * 32,
+        "é",
+    ):
         assert ann.get(f"/files/{item_id}/{made_up}").status_code == 404
 
 
@@ -201,16 +236,26 @@ def test_the_secret_and_the_database_cannot_be_fetched_by_any_path(world):
     ann = sign_in(world["app"])
     secret_file, database = world["home"] / "session_secret", world["database"]
     hostile = item_of(store, "batch-hostile")
-    tokens = [file_token(secret, hostile, role, index) for role, index in
-              (("chosen", 0), ("rejected", 0), ("condition", 0), ("condition", 1), ("condition", 2))]
+    tokens = [
+        file_token(secret, hostile, role, index)
+        for role, index in (("chosen", 0), ("rejected", 0), ("condition", 0), ("condition", 1), ("condition", 2))
+    ]
     tries = [f"/files/{hostile}/{token}" for token in tokens]  # an item that names them, directly or through links
     for target in (secret_file, database):
         relative = Path("..") / target.relative_to(storage.parent)
-        tries += [f"/files/{relative}", f"/files/{str(relative).replace('..', '%2e%2e')}",
-                  f"/files/{str(relative).replace('/', '%2f')}", f"/files/{target}", f"/files//{target}",
-                  f"/files/%2f{str(target).lstrip('/').replace('/', '%2f')}", f"/files/img/{'link-to-' + target.stem}",
-                  f"/files/1/..%2f..%2f{target.name}", f"/files/1/{'%2e%2e/' * 8}{target}",
-                  f"/files/img/%2e%2e/%2e%2e/{relative}", f"/files/{hostile}/../../{relative}"]
+        tries += [
+            f"/files/{relative}",
+            f"/files/{str(relative).replace('..', '%2e%2e')}",
+            f"/files/{str(relative).replace('/', '%2f')}",
+            f"/files/{target}",
+            f"/files//{target}",
+            f"/files/%2f{str(target).lstrip('/').replace('/', '%2f')}",
+            f"/files/img/{'link-to-' + target.stem}",
+            f"/files/1/..%2f..%2f{target.name}",
+            f"/files/1/{'%2e%2e/' * 8}{target}",
+            f"/files/img/%2e%2e/%2e%2e/{relative}",
+            f"/files/{hostile}/../../{relative}",
+        ]
     tries += ["/files/img/not-named-by-any-item.png", "/files/img/chosen.png"]
     for path in tries:
         response = ann.get(path)
@@ -226,8 +271,18 @@ def test_a_database_inside_the_storage_root_is_never_served_even_when_an_item_na
     inside = ReviewStore(storage / "review" / "review.sqlite")  # the layout before the review home
     inside.add_reviewer("ann", hash_password(PASSWORD))
     database = storage / "review" / "review.sqlite"
-    inside.publish("b", "test", [{"pair_id": "p", "chosen_path": str(database), "rejected_path": str(database) + "-wal",
-                                  "condition_paths": [str(storage / "img" / "portrait.png")]}])
+    inside.publish(
+        "b",
+        "test",
+        [
+            {
+                "pair_id": "p",
+                "chosen_path": str(database),
+                "rejected_path": str(database) + "-wal",
+                "condition_paths": [str(storage / "img" / "portrait.png")],
+            }
+        ],
+    )
     app = create_app(inside, storage, "s" * 32)
     ann = sign_in(app)
     item_id = item_of(inside, "b")
@@ -243,8 +298,9 @@ def test_a_database_inside_the_storage_root_is_never_served_even_when_an_item_na
 def attempt(app, username: str, password: str, address: str = "10.0.0.1") -> httpx.Response:
     client = TestClient(app, client=(address, 50000))
     token = csrf(client.get("/login").text)
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": token},
-                       follow_redirects=False)
+    return client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token}, follow_redirects=False
+    )
 
 
 def test_repeated_wrong_passwords_lock_the_account_for_doubling_times(world):
@@ -261,7 +317,9 @@ def test_repeated_wrong_passwords_lock_the_account_for_doubling_times(world):
     assert attempt(app, "nobody", "wrong password").status_code == 401
     clock.now += 61
     assert [attempt(app, "ann", "wrong password").status_code for _ in range(3)] == [401] * 3
-    assert attempt(app, "ann", "wrong password").headers["Retry-After"] == "120"  # the next lock in a row: twice as long
+    assert (
+        attempt(app, "ann", "wrong password").headers["Retry-After"] == "120"
+    )  # the next lock in a row: twice as long
     clock.now += 30
     assert attempt(app, "ann", PASSWORD).headers["Retry-After"] == "90"
     clock.now += 91
@@ -280,7 +338,9 @@ def test_one_address_guessing_many_accounts_is_locked_but_other_addresses_are_no
 
 
 def test_successful_sign_ins_do_not_add_up_to_a_lock(world):
-    app = create_app(world["store"], world["storage"], world["secret"], limits=LoginLimits(account_failures=2, address_failures=2))
+    app = create_app(
+        world["store"], world["storage"], world["secret"], limits=LoginLimits(account_failures=2, address_failures=2)
+    )
     assert [attempt(app, "ann", PASSWORD).status_code for _ in range(6)] == [303] * 6
 
 
@@ -327,6 +387,7 @@ def _read_secret(folder: str, barrier, results) -> None:
         results.put(("error", repr(error)))
 
 
+@pytest.mark.slow
 def test_processes_starting_at_once_on_a_fresh_folder_share_one_complete_secret(tmp_path, monkeypatch):
     monkeypatch.delenv("IDGLOW_REVIEW_SECRET", raising=False)
     context = multiprocessing.get_context("fork")
@@ -334,7 +395,9 @@ def test_processes_starting_at_once_on_a_fresh_folder_share_one_complete_secret(
     for round_ in range(30):  # the race is narrow: several rounds so that it is met
         folder = tmp_path / f"home-{round_}"
         barrier, results = context.Barrier(processes), context.Queue()
-        children = [context.Process(target=_read_secret, args=(str(folder), barrier, results)) for _ in range(processes)]
+        children = [
+            context.Process(target=_read_secret, args=(str(folder), barrier, results)) for _ in range(processes)
+        ]
         for child in children:
             child.start()
         answers = [results.get(timeout=120) for _ in children]

@@ -112,8 +112,14 @@ def test_skip_passes_the_item_on_without_counting(store):
 
 
 def test_auto_mode_decides_by_the_written_rule_and_labels_it(store):
-    store.publish("b2", "test", [{"pair_id": "good", "deltas": {"identity": 0.2, "aesthetic": 0.0}},
-                                 {"pair_id": "mixed", "deltas": {"identity": 0.2, "aesthetic": -0.01}}])
+    store.publish(
+        "b2",
+        "test",
+        [
+            {"pair_id": "good", "deltas": {"identity": 0.2, "aesthetic": 0.0}},
+            {"pair_id": "mixed", "deltas": {"identity": 0.2, "aesthetic": -0.01}},
+        ],
+    )
     assert store.decide_automatically("b2", "auto-rule", auto_decision) == 2
     outcomes = {o["pair_id"]: o for o in store.item_outcomes("b2")}
     assert outcomes["good"]["final"] == "accept" and outcomes["mixed"]["final"] == "reject"
@@ -127,8 +133,12 @@ def test_final_rule_and_agreement_by_hand():
     assert final_decision(["accept", "accept"], rule) == "accept"
     assert final_decision(["accept", "reject"], rule) == "reject"
     assert final_decision(["accept", "reject"], FinalRule(overlap=2, min_accepts=1, max_rejects=1)) == "accept"
-    votes = {1: {"a": "accept", "b": "accept"}, 2: {"a": "reject", "b": "reject"}, 3: {"a": "accept", "b": "reject"},
-             4: {"a": "accept", "b": "accept"}}
+    votes = {
+        1: {"a": "accept", "b": "accept"},
+        2: {"a": "reject", "b": "reject"},
+        3: {"a": "accept", "b": "reject"},
+        4: {"a": "accept", "b": "accept"},
+    }
     # observed agreement 3/4; a accepts 3/4, b 2/4; expected 3/8 + 1/8 = 1/2; kappa = (0.75 - 0.5) / 0.5
     assert pairwise_cohen_kappa(votes)[0]["cohen_kappa"] == pytest.approx(0.5)
     # Fleiss, 2 raters: P_i = 1, 1, 0, 1 -> 0.75; p_accept = 5/8 -> P_e = 25/64 + 9/64; (0.75 - 34/64) / (1 - 34/64)
@@ -145,6 +155,7 @@ def _open_store(path: str, barrier, results) -> None:
         results.put(("error", repr(error)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(3))
 def test_several_processes_starting_at_once_on_a_fresh_database_all_end_at_head(tmp_path, round_):
     import multiprocessing

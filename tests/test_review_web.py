@@ -3,10 +3,10 @@
 import re
 
 import pytest
+from review_fixtures import PASSWORD, review_setup
 from starlette.testclient import TestClient
 
 from idglow.review.app import create_app
-from review_fixtures import PASSWORD, review_setup
 
 
 @pytest.fixture
@@ -57,8 +57,13 @@ def test_image_paths_cannot_leave_the_storage_root(app_and_store):
     client, page = signed_in(app)
     image = re.search(r'src="(/files/[^"]+)"', page).group(1)
     assert client.get(image).status_code == 200
-    for path in ("/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/img/%2e%2e/%2e%2e/secret.txt",
-                 "/files//etc/passwd", "/files/img/missing.png"):
+    for path in (
+        "/files/../secret.txt",
+        "/files/%2e%2e/secret.txt",
+        "/files/img/%2e%2e/%2e%2e/secret.txt",
+        "/files//etc/passwd",
+        "/files/img/missing.png",
+    ):
         response = client.get(path)
         assert response.status_code == 404 and "outside" not in response.text
 
@@ -81,8 +86,10 @@ def test_decisions_and_statistics_through_the_forms(app_and_store):
     client, page = signed_in(app)
     for action in ("prefer-left", "reject", "accept"):
         fields = dict(re.findall(r'name="(csrf_token|item_id|left)" value="([^"]*)"', page))
-        page = client.post("/review/decide", data={**fields, "action": action, "reason": ["artifact"] if action == "reject" else [],
-                                                   "seconds": "2.5"}).text
+        page = client.post(
+            "/review/decide",
+            data={**fields, "action": action, "reason": ["artifact"] if action == "reject" else [], "seconds": "2.5"},
+        ).text
     log = store.decision_log()
     assert [row["decision"] for row in log][1:] == ["reject", "accept"]
     first = log[0]
@@ -95,8 +102,9 @@ def test_decisions_and_statistics_through_the_forms(app_and_store):
 def sign_in_without_following(app) -> TestClient:
     client = TestClient(app)
     token = csrf(client.get("/login").text)
-    response = client.post("/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token},
-                           follow_redirects=False)
+    response = client.post(
+        "/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token}, follow_redirects=False
+    )
     assert response.status_code == 303
     return client
 
@@ -117,8 +125,9 @@ def test_a_csrf_token_sent_as_a_file_upload_is_refused_not_an_error(app_and_stor
     app, _ = app_and_store
     client = TestClient(app)
     token = csrf(client.get("/login").text)
-    response = client.post("/login", data={"username": "ann", "password": PASSWORD},
-                           files={"csrf_token": ("token.txt", token.encode())})
+    response = client.post(
+        "/login", data={"username": "ann", "password": PASSWORD}, files={"csrf_token": ("token.txt", token.encode())}
+    )
     assert response.status_code == 403
     fields = {"username": ("u.txt", b"ann"), "password": ("p.txt", PASSWORD.encode())}
     response = client.post("/login", data={"csrf_token": token}, files=fields)
@@ -171,8 +180,11 @@ def test_out_of_range_numbers_are_refused_not_an_error(app_and_store):
     huge = "9" * 30
     assert client.get(f"/files/{huge}/{'0' * 32}").status_code == 404
     for item_id, seconds in ((huge, "1"), ("-1", "1"), ("1", "nan"), ("1", "inf")):
-        response = client.post("/review/decide", data={"csrf_token": token, "item_id": item_id, "action": "skip",
-                                                       "seconds": seconds}, follow_redirects=False)
+        response = client.post(
+            "/review/decide",
+            data={"csrf_token": token, "item_id": item_id, "action": "skip", "seconds": seconds},
+            follow_redirects=False,
+        )
         assert response.status_code == 303
     log = store.decision_log()
     assert len(log) == 1 and log[0]["seconds"] is None  # the one skip of the held item, its time unknown
@@ -192,11 +204,23 @@ def test_relative_payload_paths_are_served_from_the_storage_root_the_app_is_star
     (tmp_path / "mounted" / "secret.png").write_bytes((storage / "img" / "chosen.png").read_bytes())
     store = ReviewStore(tmp_path / "review" / "review.sqlite", lease_seconds=120)
     store.add_reviewer("ann", hash_password(PASSWORD))
-    store.publish("batch-relative", "test", [{
-        "pair_id": "pair-0", "prompt": "Two friends, relative", "task": "group_fusion", "n_subjects": 1,
-        "condition_paths": ["../secret.png"], "chosen_path": "img/chosen.png", "rejected_path": "img/rejected.png",
-        "scores": {"chosen": {"identity": 0.5}, "rejected": {"identity": 0.3}}, "deltas": {"identity": 0.2},
-    }])
+    store.publish(
+        "batch-relative",
+        "test",
+        [
+            {
+                "pair_id": "pair-0",
+                "prompt": "Two friends, relative",
+                "task": "group_fusion",
+                "n_subjects": 1,
+                "condition_paths": ["../secret.png"],
+                "chosen_path": "img/chosen.png",
+                "rejected_path": "img/rejected.png",
+                "scores": {"chosen": {"identity": 0.5}, "rejected": {"identity": 0.3}},
+                "deltas": {"identity": 0.2},
+            }
+        ],
+    )
     client, page = signed_in(create_app(store, storage, "test-secret-" + "x" * 20))
     images = dict.fromkeys(re.findall(r'src="(/files/[^"]+)"', page))
     # Both sides from the root given now; the portrait that climbs out of it is never served.

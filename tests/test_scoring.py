@@ -17,8 +17,24 @@ def real_pairs(demo_dataset, demo_ingest, tmp_path_factory):
     groups = make_training_groups(catalog, split_identities(catalog, 10, seed=0), 6, 6, seed=0)
     work = tmp_path_factory.mktemp("scoring")
     photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 8, 256, 0)
-    empty = pd.DataFrame(columns=["photo_id", "job_id", "round", "k", "path", "seed", "model_version", "prompt", "task",
-                                  "condition_paths", "identities", "n_subjects", "group_id", "candidate_id"])
+    empty = pd.DataFrame(
+        columns=[
+            "photo_id",
+            "job_id",
+            "round",
+            "k",
+            "path",
+            "seed",
+            "model_version",
+            "prompt",
+            "task",
+            "condition_paths",
+            "identities",
+            "n_subjects",
+            "group_id",
+            "candidate_id",
+        ]
+    )
     return build_pairs(empty, photos, work / "perturbed", seed=0)
 
 
@@ -44,11 +60,21 @@ def test_batched_scorer_equals_the_naive_loop(hub, real_pairs):
 
 
 def test_orientation_by_score_swaps_only_undecided_pairs():
-    pairs = pd.DataFrame({"pair_id": ["a", "b"], "orientation": ["by_score", "fixed"],
-                          "chosen_path": ["x1", "y1"], "rejected_path": ["x2", "y2"]})
-    scores = pd.DataFrame({"pair_id": ["a", "b"], **{f"{s}_{m}": [0.0, 0.0] for s in ("chosen", "rejected") for m in METRICS}})
+    pairs = pd.DataFrame(
+        {
+            "pair_id": ["a", "b"],
+            "orientation": ["by_score", "fixed"],
+            "chosen_path": ["x1", "y1"],
+            "rejected_path": ["x2", "y2"],
+        }
+    )
+    scores = pd.DataFrame(
+        {"pair_id": ["a", "b"], **{f"{s}_{m}": [0.0, 0.0] for s in ("chosen", "rejected") for m in METRICS}}
+    )
     scores["rejected_identity"] = [0.5, 0.5]
-    scores, oriented = orient_by_score(scores.assign(**{f"delta_{m}": 0.0 for m in METRICS}).assign(delta_identity=[-0.5, -0.5]), pairs)
+    scores, oriented = orient_by_score(
+        scores.assign(**{f"delta_{m}": 0.0 for m in METRICS}).assign(delta_identity=[-0.5, -0.5]), pairs
+    )
     assert oriented["chosen_path"].tolist() == ["x2", "y1"]
     assert scores["delta_identity"].tolist() == [0.5, -0.5]
     assert scores["swapped"].tolist() == [True, False]

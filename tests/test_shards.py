@@ -17,7 +17,16 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from idglow.shards import MANIFEST, ShardIntegrityError, jpeg_bytes, manifest_hash, png_bytes, read_manifest, shard_urls, write_shard_sets
+from idglow.shards import (
+    MANIFEST,
+    ShardIntegrityError,
+    jpeg_bytes,
+    manifest_hash,
+    png_bytes,
+    read_manifest,
+    shard_urls,
+    write_shard_sets,
+)
 from idglow.storage import sha256_file
 from training.data import batches
 
@@ -76,8 +85,12 @@ def test_hugging_face_datasets_reads_every_portrait(tmp_path):
     datasets = pytest.importorskip("datasets")
     write_shard_sets(samples({2: 3, 3: 4}), tmp_path, "dpo")
     for n, count in ((2, 3), (3, 4)):
-        loaded = datasets.load_dataset("webdataset", data_files={"train": shard_urls(tmp_path, n)}, split="train",
-                                       cache_dir=str(tmp_path / "hf-cache"))
+        loaded = datasets.load_dataset(
+            "webdataset",
+            data_files={"train": shard_urls(tmp_path, n)},
+            split="train",
+            cache_dir=str(tmp_path / "hf-cache"),
+        )
         assert len(loaded) == count
         columns = [c for c in loaded.column_names if c.startswith("cond")]
         assert len(columns) == n, loaded.column_names
@@ -92,7 +105,7 @@ def test_a_dot_in_a_key_is_refused(tmp_path):
         write_shard_sets(iter([bad]), tmp_path, "dpo")
 
 
-WRITER = textwrap.dedent('''
+WRITER = textwrap.dedent("""
     import logging, os, sys, time
     sys.path.insert(0, {tests!r})
     logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
@@ -108,15 +121,22 @@ WRITER = textwrap.dedent('''
             yield sample
     write_shard_sets(slow(), __import__("pathlib").Path({out!r}), "dpo", max_count=2)
     print("written", flush=True)
-''')
+""")
 
 
-def start_writer(out: Path, counts: dict[int, int] | None = None, offset: int = 0, pause: bool = True,
-                 go: Path | None = None) -> subprocess.Popen:
+def start_writer(
+    out: Path, counts: dict[int, int] | None = None, offset: int = 0, pause: bool = True, go: Path | None = None
+) -> subprocess.Popen:
     """A writer process of ``samples(counts, offset)`` into ``out`` (two samples per shard); with
     ``pause`` it stops after the first shard closed until the file ``go`` exists."""
-    script = WRITER.format(tests=str(Path(__file__).parent), out=str(out), counts=counts or {2: 6}, offset=offset,
-                           pause=pause, go=str(go or out.parent / "never"))
+    script = WRITER.format(
+        tests=str(Path(__file__).parent),
+        out=str(out),
+        counts=counts or {2: 6},
+        offset=offset,
+        pause=pause,
+        go=str(go or out.parent / "never"),
+    )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -149,7 +169,11 @@ def test_a_killed_run_leaves_only_complete_shards_and_a_rerun_finishes(tmp_path)
 def test_rewriting_a_smaller_set_removes_stale_shards(tmp_path):
     write_shard_sets(samples({2: 6}), tmp_path, "dpo", max_count=2)
     manifest = write_shard_sets(samples({2: 2}), tmp_path, "dpo", max_count=2)
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["dpo-n2-000000.tar"] == [s["file"] for s in manifest["shards"]]
+    assert (
+        sorted(p.name for p in tmp_path.glob("*.tar"))
+        == ["dpo-n2-000000.tar"]
+        == [s["file"] for s in manifest["shards"]]
+    )
     assert np.sum([s["samples"] for s in manifest["shards"]]) == 2
 
 
@@ -187,7 +211,11 @@ def test_a_changed_shard_byte_is_refused_with_both_hashes(tmp_path):
     shard.write_bytes(bytes(data))
     assert len(list(wds.WebDataset([str(shard)], shardshuffle=False, empty_check=False))) == entry["samples"]
     actual = sha256_file(shard)
-    for reader in (lambda: shard_urls(tmp_path), lambda: shard_urls(tmp_path, n_subjects=2), lambda: read_all(tmp_path)):
+    for reader in (
+        lambda: shard_urls(tmp_path),
+        lambda: shard_urls(tmp_path, n_subjects=2),
+        lambda: read_all(tmp_path),
+    ):
         with pytest.raises(ShardIntegrityError) as caught:
             reader()
         message = str(caught.value)
@@ -221,7 +249,9 @@ def test_two_concurrent_writers_wait_for_each_other_and_leave_a_consistent_set(t
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGB"])
 def test_portraits_reach_a_shard_as_rgb_whatever_their_source_mode(tmp_path, mode):
     source = tmp_path / f"{mode}.jpg"
-    Image.new(mode, (16, 16), (200,) if mode == "L" else (10, 20, 30, 40) if mode == "CMYK" else (10, 20, 30)).save(source)
+    Image.new(mode, (16, 16), (200,) if mode == "L" else (10, 20, 30, 40) if mode == "CMYK" else (10, 20, 30)).save(
+        source
+    )
     for encoded in (jpeg_bytes(source), png_bytes(source)):
         image = Image.open(io.BytesIO(encoded))
         assert image.mode == "RGB" and image.size == (16, 16)

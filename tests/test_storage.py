@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from idglow.storage import (
-    atomic_path, remove_stale_partials, sha256_bytes, sha256_file, tensors_sha256, write_bytes_atomic,
+    atomic_path,
+    remove_stale_partials,
+    sha256_bytes,
+    sha256_file,
+    tensors_sha256,
+    write_bytes_atomic,
     write_parquet_atomic,
 )
 
@@ -38,7 +43,7 @@ def test_parquet_round_trip_and_hash(tmp_path):
     assert sha256_file(path) == sha256_bytes(path.read_bytes())
 
 
-HOLDER = textwrap.dedent('''
+HOLDER = textwrap.dedent("""
     import os, sys, time
     from idglow.storage import atomic_path
     folder, names, go = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
@@ -54,13 +59,18 @@ HOLDER = textwrap.dedent('''
             hold(rest[1:])
     hold(names)
     print("done", flush=True)
-''')
+""")
 
 
 def holder(folder: Path, names: list[str], go: Path) -> subprocess.Popen:
     """A process inside ``atomic_path`` for each of ``names`` until ``go`` exists."""
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), ",".join(names), str(go)], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), ",".join(names), str(go)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert process.stdout.readline().strip() == "writing"
     return process
 
@@ -95,7 +105,7 @@ def test_a_killed_writes_partials_are_removed_and_live_ones_kept(tmp_path):
     assert (folder / "y.png").read_bytes() == b"half of y.png"
 
 
-SAVER = textwrap.dedent('''
+SAVER = textwrap.dedent("""
     import json, sys, torch
     from safetensors.torch import save_file
     path, order, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -109,7 +119,7 @@ SAVER = textwrap.dedent('''
         metadata = dict(reversed(metadata.items()))
         metadata["lora_adapter_metadata"] = json.dumps(dict(reversed(adapter.items())), indent=2)
     save_file(tensors, path, metadata=metadata)
-''')
+""")
 
 
 def save_in_new_process(path: Path, order: str = "given", scale: float = 1.0) -> Path:
@@ -117,6 +127,7 @@ def save_in_new_process(path: Path, order: str = "given", scale: float = 1.0) ->
     return path
 
 
+@pytest.mark.slow
 def test_tensors_sha256_names_the_weights_not_the_file(tmp_path):
     a = save_in_new_process(tmp_path / "a.safetensors")
     b = save_in_new_process(tmp_path / "b.safetensors", "reversed")

@@ -17,11 +17,16 @@ from idglow.review.store import default_database
 from pipelines.definitions import build_definitions
 from pipelines.demo import run_sensor
 
+pytestmark = pytest.mark.slow  # materialises the pipeline twice
+
 # The launched training processes record their own config (absolute paths included) in their run
 # folders; those files are training/sft.py's and the run key's business, not table content.
 TRAINING_RUNS = ("sft_checkpoint", "dpo_checkpoint", "prompt_model_alignment")
-BEFORE_MOVE = dg.AssetSelection.all() - dg.AssetSelection.assets("review_queue", "accepted_pairs").downstream() \
+BEFORE_MOVE = (
+    dg.AssetSelection.all()
+    - dg.AssetSelection.assets("review_queue", "accepted_pairs").downstream()
     - dg.AssetSelection.assets("review_decisions", "sft_ablation", "prompt_model_alignment")
+)
 
 
 def test_relative_to_root_refuses_a_path_outside_the_root(tmp_path):
@@ -41,10 +46,17 @@ def test_a_dataset_outside_the_storage_root_is_stored_relative_to_its_own_root(t
     from idglow.paths import TableRoots
 
     roots = TableRoots(tmp_path / "storage", tmp_path / "celebahq")
-    frame = pd.DataFrame({"path": [str(tmp_path / "storage" / "c" / "x.png")], "prompt": ["p"],
-                          "condition_paths": [[str(tmp_path / "celebahq" / "CelebA-HQ-img" / "1.jpg")]]})
+    frame = pd.DataFrame(
+        {
+            "path": [str(tmp_path / "storage" / "c" / "x.png")],
+            "prompt": ["p"],
+            "condition_paths": [[str(tmp_path / "celebahq" / "CelebA-HQ-img" / "1.jpg")]],
+        }
+    )
     stored = roots.store_frame(frame)
-    assert stored["path"].tolist() == ["c/x.png"] and stored["condition_paths"].tolist() == [["celebahq:CelebA-HQ-img/1.jpg"]]
+    assert stored["path"].tolist() == ["c/x.png"] and stored["condition_paths"].tolist() == [
+        ["celebahq:CelebA-HQ-img/1.jpg"]
+    ]
     moved = TableRoots(tmp_path / "new-storage", tmp_path / "new-celebahq").resolve_frame(stored)
     assert moved["path"].tolist() == [str(tmp_path / "new-storage" / "c" / "x.png")]
     assert moved["condition_paths"].tolist() == [[str(tmp_path / "new-celebahq" / "CelebA-HQ-img" / "1.jpg")]]
@@ -58,11 +70,17 @@ def test_group_photos_from_elsewhere_are_copied_under_the_storage_root(tmp_path)
     for name in ("photo.png", "face.png"):
         (tmp_path / "user" / name).write_bytes(name.encode())
     roots = TableRoots(tmp_path / "storage", tmp_path / "celebahq")
-    photos = pd.DataFrame({"photo_path": [str(tmp_path / "user" / "photo.png")],
-                           "condition_paths": [[str(tmp_path / "user" / "face.png"), str(tmp_path / "user" / "gone.png")]]})
+    photos = pd.DataFrame(
+        {
+            "photo_path": [str(tmp_path / "user" / "photo.png")],
+            "condition_paths": [[str(tmp_path / "user" / "face.png"), str(tmp_path / "user" / "gone.png")]],
+        }
+    )
     copied = copy_outside_files(photos, roots, tmp_path / "storage" / "real_group_photos" / "imported")
     photo = roots.store(copied["photo_path"].iloc[0])
-    assert photo.startswith("real_group_photos/imported/") and (tmp_path / "storage" / photo).read_bytes() == b"photo.png"
+    assert (
+        photo.startswith("real_group_photos/imported/") and (tmp_path / "storage" / photo).read_bytes() == b"photo.png"
+    )
     face, gone = copied["condition_paths"].iloc[0]
     assert Path(face).read_bytes() == b"face.png" and roots.store(face).startswith("real_group_photos/imported/")
     assert gone == str(tmp_path / "user" / "gone.png")  # left as named, for the quarantine
@@ -102,8 +120,10 @@ def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_
         instance.add_dynamic_partitions(generation_rounds.name, ["round-000"])
         defs = build_definitions(load_profile())
         first = defs.resolve_job_def("materialize_everything").execute_in_process(
-            instance=instance, partition_key="round-000",
-            asset_selection=list(BEFORE_MOVE.resolve(defs.resolve_asset_graph())))
+            instance=instance,
+            partition_key="round-000",
+            asset_selection=list(BEFORE_MOVE.resolve(defs.resolve_asset_graph())),
+        )
         assert first.success
         assert (storage_env / "sft_checkpoint").is_dir() and (storage_env / "preference_pairs").is_dir()
 
@@ -115,10 +135,14 @@ def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_
 
         # The tables written under the old root are read again from the copy, the review batch is
         # published from them, and the review run trains DPO on the SFT checkpoint found in the copy.
-        later = dg.AssetSelection.assets("preference_pairs", "pair_scores", "auto_filtered_pairs", "sft_examples",
-                                         "sft_shards", "review_queue")
+        later = dg.AssetSelection.assets(
+            "preference_pairs", "pair_scores", "auto_filtered_pairs", "sft_examples", "sft_shards", "review_queue"
+        )
         second = defs.resolve_job_def("materialize_everything").execute_in_process(
-            instance=instance, partition_key="round-000", asset_selection=list(later.resolve(defs.resolve_asset_graph())))
+            instance=instance,
+            partition_key="round-000",
+            asset_selection=list(later.resolve(defs.resolve_asset_graph())),
+        )
         assert second.success
         (reviewed,) = run_sensor(defs, instance, "review_batches_finished")
         assert reviewed.success

@@ -42,10 +42,15 @@ def test_run_config_shows_the_profiles_defaults():
         for knob in ("beta", "chosen_weight", "margin", "sft_weight"):
             assert dpo_defaults[knob] == _class_default(DPOConfig, knob)
         # Paths, the seed and the sizes inference shares are not run config; DPO shows no ID-loss knobs.
-        assert not {"output_dir", "shards", "seed", "resolution", "reference_resolution", "condition_pixels"} & set(sft_defaults)
+        assert not {"output_dir", "shards", "seed", "resolution", "reference_resolution", "condition_pixels"} & set(
+            sft_defaults
+        )
         assert not {"lambda_id", "modulation", "sft_checkpoint"} & set(dpo_defaults)
         assert sft_defaults["gradient_checkpoint_blocks"] == str(profile.gradient_checkpoint_blocks)
-    assert _defaults(build_training_assets(1, load_profile("real", env={}))[0])["checkpoint_every"] < load_profile("real", env={}).sft_steps
+    assert (
+        _defaults(build_training_assets(1, load_profile("real", env={}))[0])["checkpoint_every"]
+        < load_profile("real", env={}).sft_steps
+    )
 
 
 def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
@@ -53,9 +58,20 @@ def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
     base = training_config(SFTConfig, profile, {}, **PATHS)
     folder = Path(in_run_dir(base, tmp_path, INPUTS, 0).output_dir)
     assert folder.parent == tmp_path and folder == Path(in_run_dir(base, tmp_path, INPUTS, 0).output_dir)
-    for change in ({"lambda_id": 0.2}, {"tau": 0.3}, {"t1": 0.2}, {"t2": 0.8}, {"modulation": "gate"},
-                   {"learning_rate": 5e-5}, {"batch_size": 2}, {"gradient_accumulation": 4}, {"compile": True},
-                   {"checkpoint_every": 7}, {"checkpoint_every_minutes": None}, {"lora_rank": 8}):
+    for change in (
+        {"lambda_id": 0.2},
+        {"tau": 0.3},
+        {"t1": 0.2},
+        {"t2": 0.8},
+        {"modulation": "gate"},
+        {"learning_rate": 5e-5},
+        {"batch_size": 2},
+        {"gradient_accumulation": 4},
+        {"compile": True},
+        {"checkpoint_every": 7},
+        {"checkpoint_every_minutes": None},
+        {"lora_rank": 8},
+    ):
         other = training_config(SFTConfig, profile, change, **PATHS)
         assert Path(in_run_dir(other, tmp_path, INPUTS, 0).output_dir) != folder, change
     dpo = training_config(DPOConfig, profile, {}, **PATHS, sft_checkpoint="sft/step-4")
@@ -64,8 +80,12 @@ def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
     assert run_key(base, INPUTS, 0) != run_key(base, "b" * 64, 0)  # other shards
     assert run_key(base, INPUTS, 0) != run_key(base, INPUTS, 2)  # more ranks
     # What a resume may change leaves the folder: a run recomputing more to fit a smaller card resumes.
-    for same in ({"output_dir": "elsewhere"}, {"device": "cuda:1"}, {"gradient_checkpoint_blocks": -1},
-                 {"memory_fraction": 0.8}):
+    for same in (
+        {"output_dir": "elsewhere"},
+        {"device": "cuda:1"},
+        {"gradient_checkpoint_blocks": -1},
+        {"memory_fraction": 0.8},
+    ):
         assert run_key(base, INPUTS, 0) == run_key(dataclasses.replace(base, **same), INPUTS, 0), same
 
 
@@ -83,12 +103,14 @@ def test_training_encodes_references_with_the_inference_budgets():
 
     pipeline = _fresh_edit_plus_module()
     real = training_config(SFTConfig, load_profile("real", env={}), {}, **PATHS)
-    assert real.reference_resolution ** 2 == pipeline.VAE_IMAGE_SIZE == 1024 * 1024
+    assert real.reference_resolution**2 == pipeline.VAE_IMAGE_SIZE == 1024 * 1024
     assert real.condition_pixels == pipeline.CONDITION_IMAGE_SIZE == 384 * 384
     assert real.resolution == load_profile("real", env={}).generation_size == 1024
     assert real.steps == 2000 and real.lora_rank == 32  # the real profile's run, not the class defaults
     demo = training_config(DPOConfig, load_profile("demo", env={}), {}, **PATHS)
-    assert demo.reference_resolution ** 2 == DEMO_VAE_IMAGE_PIXELS and demo.condition_pixels == DEMO_CONDITION_IMAGE_PIXELS
+    assert (
+        demo.reference_resolution**2 == DEMO_VAE_IMAGE_PIXELS and demo.condition_pixels == DEMO_CONDITION_IMAGE_PIXELS
+    )
 
 
 def test_reference_budgets_must_make_whole_latent_tokens():
@@ -100,11 +122,15 @@ def test_reference_budgets_must_make_whole_latent_tokens():
 
 
 def test_checkpoints_follow_the_step_and_the_minute_cadence():
-    config = SFTConfig(generator_dir="", shards="", output_dir="", steps=10, checkpoint_every=4, checkpoint_every_minutes=30)
+    config = SFTConfig(
+        generator_dir="", shards="", output_dir="", steps=10, checkpoint_every=4, checkpoint_every_minutes=30
+    )
     assert [s for s in range(1, 11) if checkpoint_due(s, config, seconds_since_last=0)] == [4, 8, 10]
-    assert checkpoint_due(5, config, seconds_since_last=30 * 60) and not checkpoint_due(5, config, seconds_since_last=29 * 60)
+    assert checkpoint_due(5, config, seconds_since_last=30 * 60) and not checkpoint_due(
+        5, config, seconds_since_last=29 * 60
+    )
     steps_only = dataclasses.replace(config, checkpoint_every_minutes=None)
-    assert not checkpoint_due(5, steps_only, seconds_since_last=10 ** 6)
+    assert not checkpoint_due(5, steps_only, seconds_since_last=10**6)
 
 
 def test_the_recomputed_block_count_is_auto_or_a_count():
@@ -112,7 +138,9 @@ def test_the_recomputed_block_count_is_auto_or_a_count():
     assert real.gradient_checkpoint_blocks == "auto" and load_profile("demo", env={}).gradient_checkpoint_blocks == 0
     sft = build_training_assets(1, real)[0]
     assert _defaults(sft)["gradient_checkpoint_blocks"] == "auto"  # text in the launchpad: Dagster config has no unions
-    assert training_config(SFTConfig, real, {"gradient_checkpoint_blocks": "12"}, **PATHS).gradient_checkpoint_blocks == 12
+    assert (
+        training_config(SFTConfig, real, {"gradient_checkpoint_blocks": "12"}, **PATHS).gradient_checkpoint_blocks == 12
+    )
     assert training_config(SFTConfig, real, {}, **PATHS).gradient_checkpoint_blocks == "auto"
     with pytest.raises(ValueError, match="block count or 'auto'"):
         SFTConfig(generator_dir="", shards="", output_dir="", gradient_checkpoint_blocks="most")
@@ -126,7 +154,7 @@ def _memory(layers: int, base: float, per_block: float, capacity: float, extra_p
     def peak(count: int) -> float | None:
         calls.append(count)
         kept = layers - count
-        used = base + per_block * kept + extra_per_kept * kept ** 2
+        used = base + per_block * kept + extra_per_kept * kept**2
         return None if used > capacity else used
 
     return peak, calls
@@ -135,7 +163,7 @@ def _memory(layers: int, base: float, per_block: float, capacity: float, extra_p
 def test_the_planner_keeps_the_most_blocks_that_fit():
     from training.memory import plan_recomputed_blocks
 
-    gib = 2 ** 30
+    gib = 2**30
     peak, _ = _memory(60, base=40 * gib, per_block=2 * gib, capacity=139 * gib)
     count, info = plan_recomputed_blocks(60, peak, budget_bytes=125 * gib)
     assert count == 60 - 42  # (125 - 40) // 2 blocks keep their activations

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from training.data import shards_for_rank
+
+pytestmark = pytest.mark.slow  # starts torchrun and gloo process groups
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,8 +40,14 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tiny_models_dir, 
     common = ["--generator", str(tiny_models_dir / "generator"), "--shards", str(sft_shards), "--steps", "3"]
     done = torchrun("tests/ddp_worker.py", *common, "--out", str(tmp_path / "ddp.safetensors"))
     assert "rank 1 of 2 done" in done.stdout and "rank 0 of 2 done" in done.stdout
-    single = subprocess.run([sys.executable, "tests/ddp_worker.py", *common, "--out", str(tmp_path / "one.safetensors")],
-                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, "tests/ddp_worker.py", *common, "--out", str(tmp_path / "one.safetensors")],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     ddp, one = load_file(str(tmp_path / "ddp.safetensors")), load_file(str(tmp_path / "one.safetensors"))
     assert ddp.keys() == one.keys()
@@ -50,8 +59,14 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tiny_models_dir, 
 
 def test_torchrun_sft_loop_writes_from_rank_zero_only(tiny_models_dir, sft_shards, tmp_path):
     out = tmp_path / "run"
-    config = {"generator_dir": str(tiny_models_dir / "generator"), "shards": str(sft_shards), "output_dir": str(out),
-              "steps": 2, "checkpoint_every": 2, "modulation": "none"}
+    config = {
+        "generator_dir": str(tiny_models_dir / "generator"),
+        "shards": str(sft_shards),
+        "output_dir": str(out),
+        "steps": 2,
+        "checkpoint_every": 2,
+        "modulation": "none",
+    }
     (tmp_path / "sft.json").write_text(json.dumps(config))
     torchrun("-m", "training.sft", "--config", str(tmp_path / "sft.json"))
     log = (out / "log.jsonl").read_text().splitlines()

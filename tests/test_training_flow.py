@@ -64,6 +64,13 @@ def test_velocity_covers_only_the_target_tokens(pipeline):
     references = torch.randn(2, 2 * 16, 64)
     prompt = torch.randn(2, 7, transformer.config.joint_attention_dim)
     with torch.no_grad():
-        velocity = predict_velocity(transformer, x_t, references, prompt, torch.ones(2, 7, dtype=torch.long),
-                                    torch.tensor([0.3, 0.8]), [(1, 4, 4), (1, 4, 4), (1, 4, 4)])
+        velocity = predict_velocity(
+            transformer,
+            x_t,
+            references,
+            prompt,
+            torch.ones(2, 7, dtype=torch.long),
+            torch.tensor([0.3, 0.8]),
+            [(1, 4, 4), (1, 4, 4), (1, 4, 4)],
+        )
     assert velocity.shape == x_t.shape

@@ -7,9 +7,9 @@ import shutil
 from functools import partial
 
 import numpy as np
+import onnx
 import pytest
 import torch
-import onnx
 from diffusers import AutoencoderKLQwenImage
 from insightface.app import FaceAnalysis
 from onnx import TensorProto, helper
@@ -72,10 +72,14 @@ def test_no_decoder_and_no_face_model_when_every_lambda_is_zero(hub, monkeypatch
     x_t, velocity = torch.randn(2, 16, 64), torch.randn(2, 16, 64)
     sources = [torch.randn(2, 64), torch.randn(3, 64)]
     args = (x_t, velocity, torch.tensor([0.1, 0.9]))
-    off = modulated_identity_term(*args, torch.zeros(2), 64, 64, pipeline.vae, sources, partial(detect_landmarks, app), encoder)
+    off = modulated_identity_term(
+        *args, torch.zeros(2), 64, 64, pipeline.vae, sources, partial(detect_landmarks, app), encoder
+    )
     assert calls == {"decode": 0, "detect": 0} and off.decoded == 0
     assert torch.equal(off.weighted, torch.zeros(2))
-    on = modulated_identity_term(*args, torch.tensor([0.0, 0.1]), 64, 64, pipeline.vae, sources, partial(detect_landmarks, app), encoder)
+    on = modulated_identity_term(
+        *args, torch.tensor([0.0, 0.1]), 64, 64, pipeline.vae, sources, partial(detect_landmarks, app), encoder
+    )
     assert calls == {"decode": 1, "detect": 1} and on.decoded == 1
     assert on.weighted[0] == 0 and on.detections[0] == -1
     assert on.weighted[1] == pytest.approx(0.1 * on.losses[1].item())
@@ -84,8 +88,12 @@ def test_no_decoder_and_no_face_model_when_every_lambda_is_zero(hub, monkeypatch
 def test_id_loss_detects_faces_with_the_metrics_face_analysis(hub, tmp_path):
     """The loss and FaceSim must see the same faces: one FaceAnalysis, one det_size, one threshold."""
     pack = hub.path(FACE_PACK)
-    config = SFTConfig(generator_dir=str(hub.path("generator")), shards=str(tmp_path), output_dir=str(tmp_path),
-                       face_pack_dir=str(pack))
+    config = SFTConfig(
+        generator_dir=str(hub.path("generator")),
+        shards=str(tmp_path),
+        output_dir=str(tmp_path),
+        face_pack_dir=str(pack),
+    )
     loss, metric = IdentityLoss(hub.generator(), config), hub.face_analysis()
     size = (FACE_ANALYSIS.det_size, FACE_ANALYSIS.det_size)
     assert loss.app.det_size == metric.det_size == size
@@ -100,9 +108,13 @@ def _write_landmark_model(path, outputs: int) -> None:
     """An ONNX graph shaped like buffalo_l's landmark models (192^2 input, one output), which
     insightface routes to its Landmark task by shape."""
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "weight"], ["fc1"])],
-        "landmarks", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
+        [
+            helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "weight"], ["fc1"]),
+        ],
+        "landmarks",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
         [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, outputs])],
         [helper.make_tensor("weight", TensorProto.FLOAT, [3, outputs], np.zeros(3 * outputs, np.float32))],
     )
@@ -125,7 +137,9 @@ def test_face_analysis_skips_the_landmark_models_of_a_full_pack(tiny_models_dir,
 FIT_RECIPE = {"version": 2, "base_dim": 12, "steps": 700, "lr": 2e-3, "face_weight": 4.0, "seed": 0}
 
 
-def fit_reconstructing_decoder(image: torch.Tensor, face_boxes: np.ndarray) -> tuple[AutoencoderKLQwenImage, torch.Tensor]:
+def fit_reconstructing_decoder(
+    image: torch.Tensor, face_boxes: np.ndarray
+) -> tuple[AutoencoderKLQwenImage, torch.Tensor]:
     """A small Qwen-Image VAE whose decoder, with a latent fitted jointly, reproduces ``image``.
 
     The tiny generator's VAE has random weights and decodes any latent to noise, so no clean
@@ -135,20 +149,27 @@ def fit_reconstructing_decoder(image: torch.Tensor, face_boxes: np.ndarray) -> t
     the tiny detector scores the demo photo's faces barely above its threshold (0.57 for one), and
     after 400 steps the reconstruction of that face fell below it on one machine."""
     torch.manual_seed(FIT_RECIPE["seed"])
-    vae = AutoencoderKLQwenImage(base_dim=FIT_RECIPE["base_dim"], z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True], latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    vae = AutoencoderKLQwenImage(
+        base_dim=FIT_RECIPE["base_dim"],
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
+    )
     side = image.shape[-1]
     latent = torch.nn.Parameter(torch.randn(1, 16, 1, side // 8, side // 8))
     weight = torch.ones(1, 1, side, side)
     for x1, y1, x2, y2 in face_boxes[:, :4].astype(int):
-        weight[..., max(y1, 0): y2 + 1, max(x1, 0): x2 + 1] = FIT_RECIPE["face_weight"]
+        weight[..., max(y1, 0) : y2 + 1, max(x1, 0) : x2 + 1] = FIT_RECIPE["face_weight"]
     lr, steps = FIT_RECIPE["lr"], FIT_RECIPE["steps"]
     decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     optimizer = torch.optim.Adam([{"params": decoder}, {"params": [latent], "lr": lr * 5}], lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr, lr * 5], total_steps=steps, pct_start=0.1)
     for _ in range(steps):
         error = decode(vae, latent) - image
-        loss = (weight * (error.abs() + error ** 2)).mean()
+        loss = (weight * (error.abs() + error**2)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -179,13 +200,16 @@ def teacher_forcing_case(hub, tiny_models_dir, demo_dataset, demo_ingest, tmp_pa
     return row, vae, latent, sources
 
 
+@pytest.mark.slow
 def test_teacher_forced_clean_estimate_gives_faces_identity_and_lora_gradient(hub, teacher_forcing_case):
     """v = u_t + small noise in value (gradient still through the LoRA transformer), so that
     x0_hat = x_t - t v decodes to the group photo: the identity term must see its faces."""
     row, vae, latent, sources = teacher_forcing_case
     app, encoder = hub.face_analysis(), hub.face_encoder()
     transformer = hub.generator().transformer
-    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    lora = LoraConfig(
+        r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
     transformer.add_adapter(lora, adapter_name="teacher_forcing")
     try:
         transformer.set_adapter("teacher_forcing")
@@ -196,17 +220,22 @@ def test_teacher_forced_clean_estimate_gives_faces_identity_and_lora_gradient(hu
         noise = torch.randn(x0.shape, generator=generator)
         sigma = torch.tensor([0.6])
         x_t = noisy(x0, noise, sigma)
-        model_velocity = predict_velocity(transformer, x_t, refs, prompt, None, sigma, [(1, 8, 8), (1, 4, 4), (1, 4, 4)])
+        model_velocity = predict_velocity(
+            transformer, x_t, refs, prompt, None, sigma, [(1, 8, 8), (1, 4, 4), (1, 4, 4)]
+        )
         forced = noise - x0 + 0.01 * torch.randn(x0.shape, generator=generator)
         velocity = model_velocity - model_velocity.detach() + forced  # forced value, the model's gradient
 
-        term = modulated_identity_term(x_t, velocity, sigma, torch.tensor([0.1]), 128, 128, vae, [sources],
-                                       partial(detect_landmarks, app), encoder)
+        term = modulated_identity_term(
+            x_t, velocity, sigma, torch.tensor([0.1]), 128, 128, vae, [sources], partial(detect_landmarks, app), encoder
+        )
         assert term.decoded == 1
         assert term.detections[0] >= row["n_subjects"]
         assert 0 < term.losses[0].item() < 1
         term.weighted.sum().backward()
-        lora_grads = [p.grad for name, p in transformer.named_parameters() if "teacher_forcing" in name and p.grad is not None]
+        lora_grads = [
+            p.grad for name, p in transformer.named_parameters() if "teacher_forcing" in name and p.grad is not None
+        ]
         assert lora_grads and max(g.abs().max().item() for g in lora_grads) > 0
     finally:
         transformer.delete_adapters("teacher_forcing")

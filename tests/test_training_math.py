@@ -54,7 +54,9 @@ def test_dpo_test_vector_from_method_md():
     # float64: beta/2 = 1250 times a difference of 2e-4 needs more than float32's 7 digits
     args = [torch.tensor([v], dtype=torch.float64) for v in (0.5000, 0.5100, 0.5002, 0.5098)]
     assert weighted_dpo_loss(*args, beta=2500).item() == pytest.approx(0.474077, abs=1e-6)
-    assert weighted_dpo_loss(*args, beta=2500, chosen_weight=1.5, margin=0.1, sft_weight=0.1).item() == pytest.approx(0.514712, abs=1e-6)
+    assert weighted_dpo_loss(*args, beta=2500, chosen_weight=1.5, margin=0.1, sft_weight=0.1).item() == pytest.approx(
+        0.514712, abs=1e-6
+    )
 
 
 def test_defaults_equal_standard_diffusion_dpo():
@@ -65,6 +67,8 @@ def test_defaults_equal_standard_diffusion_dpo():
 
 
 def test_dpo_statistics():
-    stats = dpo_statistics(torch.tensor([0.1, 0.3]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]))
+    stats = dpo_statistics(
+        torch.tensor([0.1, 0.3]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2]), torch.tensor([0.2, 0.2])
+    )
     assert stats["implicit_accuracy"] == 0.5
     assert stats["reward_margin"] == pytest.approx(0.0, abs=1e-7)

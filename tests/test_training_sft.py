@@ -23,14 +23,21 @@ PROMPT = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(3))
 
 def transformer_output(transformer) -> torch.Tensor:
     with torch.no_grad():
-        return transformer(hidden_states=torch.cat([X, REFS], 1), timestep=torch.tensor([0.6]), encoder_hidden_states=PROMPT,
-                           encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
-                           img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]], return_dict=False)[0]
+        return transformer(
+            hidden_states=torch.cat([X, REFS], 1),
+            timestep=torch.tensor([0.6]),
+            encoder_hidden_states=PROMPT,
+            encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
+            img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]],
+            return_dict=False,
+        )[0]
 
 
 def config(tiny_models_dir, shards, out, **overrides) -> SFTConfig:
     settings = {"steps": 4, "checkpoint_every": 2, "learning_rate": 1e-3, **overrides}
-    return SFTConfig(generator_dir=str(tiny_models_dir / "generator"), shards=str(shards), output_dir=str(out), **settings)
+    return SFTConfig(
+        generator_dir=str(tiny_models_dir / "generator"), shards=str(shards), output_dir=str(out), **settings
+    )
 
 
 def log_rows(folder) -> list[dict]:
@@ -50,12 +57,16 @@ def test_exact_resume_and_lora_round_trip(tiny_models_dir, sft_shards, tmp_path)
     assert [row["step"] for row in log_rows(tmp_path / "b")] == [1, 2, 3, 4]
     assert [row["loss"] for row in log_rows(tmp_path / "b")] == [row["loss"] for row in log_rows(tmp_path / "a")]
     assert json.loads((resumed / "manifest.json").read_text())["lora_sha256"] == tensors_sha256(
-        straight / "pytorch_lora_weights.safetensors")  # the same weights, the same version
+        straight / "pytorch_lora_weights.safetensors"
+    )  # the same weights, the same version
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # moved away from the zero init
     manifest = json.loads((straight / "manifest.json").read_text())
     assert manifest["step"] == 4 and len(manifest["shard_manifest_sha256"]) == 64
     # Both runs kept their encodings beside their folders, one file per sample: run b read run a's.
-    assert len(list((tmp_path / "encodings").glob("*.safetensors"))) == json.loads((sft_shards / "manifest.json").read_text())["samples"]
+    assert (
+        len(list((tmp_path / "encodings").glob("*.safetensors")))
+        == json.loads((sft_shards / "manifest.json").read_text())["samples"]
+    )
 
     # The trained model, rebuilt the way training holds it, against stock diffusers loading the file.
     trained = load_generator(config(tiny_models_dir, sft_shards, tmp_path / "c"))
@@ -87,6 +98,7 @@ def test_identity_path_runs_only_with_lambda(tiny_models_dir, sft_shards, tmp_pa
     assert all(row["decoded"] == 0 and row["loss"] == pytest.approx(row["loss_fm"]) for row in off)
 
 
+@pytest.mark.slow
 def test_command_line_entry_point(tiny_models_dir, sft_shards, tmp_path):
     import subprocess
     import sys
@@ -94,7 +106,9 @@ def test_command_line_entry_point(tiny_models_dir, sft_shards, tmp_path):
 
     path = tmp_path / "sft.json"
     path.write_text(json.dumps(asdict(config(tiny_models_dir, sft_shards, tmp_path / "cli", steps=1))))
-    result = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.sft", "--config", str(path)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step-000001" in result.stdout
     assert (tmp_path / "cli" / "step-000001" / "pytorch_lora_weights.safetensors").exists()
@@ -111,22 +125,44 @@ def dpo_shards(hub, demo_dataset, demo_ingest, tmp_path_factory):
     groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
     work = tmp_path_factory.mktemp("dpo")
     photos = write_demo_group_photos(groups, catalog, demo_dataset.root, work / "photos", 4, 256, 0)
-    empty = pd.DataFrame(columns=["photo_id", "job_id", "round", "k", "path", "seed", "model_version", "prompt", "task",
-                                  "condition_paths", "identities", "n_subjects", "group_id", "candidate_id"])
+    empty = pd.DataFrame(
+        columns=[
+            "photo_id",
+            "job_id",
+            "round",
+            "k",
+            "path",
+            "seed",
+            "model_version",
+            "prompt",
+            "task",
+            "condition_paths",
+            "identities",
+            "n_subjects",
+            "group_id",
+            "candidate_id",
+        ]
+    )
     pairs = build_pairs(empty, photos, work / "perturbed", seed=0)
     scored = apply_filter(PairScorer(hub, progress=False).score(pairs), pairs)
     write_shard_sets(dpo_samples(scored.assign(review_decision="accept", review_mode="test")), work / "shards", "dpo")
     return work / "shards"
 
 
-def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(tiny_models_dir, sft_shards, dpo_shards, tmp_path):
+def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(
+    tiny_models_dir, sft_shards, dpo_shards, tmp_path
+):
     from training.dpo import DPOConfig, merge_sft
     from training.dpo import train as train_dpo
     from training.sft import add_lora, load_checkpoint
 
     sft = train(config(tiny_models_dir, sft_shards, tmp_path / "sft"))
-    dpo_config = DPOConfig(**{**config(tiny_models_dir, dpo_shards, tmp_path / "dpo", steps=3, checkpoint_every=3).__dict__,
-                              "sft_checkpoint": str(sft)})
+    dpo_config = DPOConfig(
+        **{
+            **config(tiny_models_dir, dpo_shards, tmp_path / "dpo", steps=3, checkpoint_every=3).__dict__,
+            "sft_checkpoint": str(sft),
+        }
+    )
     combined = train_dpo(dpo_config)
     logs = [json.loads(line) for line in (tmp_path / "dpo" / "log.jsonl").read_text().splitlines()]
     assert logs[0]["reward_margin"] == 0.0  # a fresh adapter starts as the reference
@@ -165,14 +201,22 @@ def test_selective_gradient_checkpointing_keeps_gradients_and_keys(tiny_models_d
                 if "lora_B" in name:
                     parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
         assert checkpoint_blocks(pipeline.transformer, count) == (2 if count < 0 else count)
-        out = pipeline.transformer(hidden_states=torch.cat([X, REFS], 1), timestep=torch.tensor([0.6]),
-                                   encoder_hidden_states=PROMPT, encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
-                                   img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]], return_dict=False)[0]
+        out = pipeline.transformer(
+            hidden_states=torch.cat([X, REFS], 1),
+            timestep=torch.tensor([0.6]),
+            encoder_hidden_states=PROMPT,
+            encoder_hidden_states_mask=torch.ones(1, 6, dtype=torch.long),
+            img_shapes=[[(1, 4, 4), (1, 4, 4), (1, 4, 4)]],
+            return_dict=False,
+        )[0]
         out.square().mean().backward()
         keys = set(lora_state(pipeline.transformer))
         # Parameters that cannot reach the image output (the last block's text stream) get no gradient.
-        return {n: None if p.grad is None else p.grad.clone()
-                for n, p in pipeline.transformer.named_parameters() if p.requires_grad}, keys
+        return {
+            n: None if p.grad is None else p.grad.clone()
+            for n, p in pipeline.transformer.named_parameters()
+            if p.requires_grad
+        }, keys
 
     plain, plain_keys = gradients(0)
     for count in (1, -1):
@@ -219,21 +263,34 @@ def test_resume_refuses_a_folder_trained_with_other_settings(tiny_models_dir, sf
     assert "tau" not in str(refused.value)  # only what differs is named
     assert not (out / "step-000004").exists()
     # Where the run lives and runs, and how much it recomputes, may change: these settings resume it.
-    resumed = train(config(tiny_models_dir, sft_shards, out, modulation="none", device="cpu", gradient_checkpoint_blocks=1))
+    resumed = train(
+        config(tiny_models_dir, sft_shards, out, modulation="none", device="cpu", gradient_checkpoint_blocks=1)
+    )
     assert resumed.name == "step-000004"
 
 
 def test_the_loop_checkpoints_on_the_minute_cadence_too(tiny_models_dir, sft_shards, tmp_path):
     # Zero minutes: every step is due by time, whatever the step cadence says (no clock is involved).
-    train(config(tiny_models_dir, sft_shards, tmp_path / "run", steps=3, checkpoint_every=100, modulation="none",
-                 checkpoint_every_minutes=0))
+    train(
+        config(
+            tiny_models_dir,
+            sft_shards,
+            tmp_path / "run",
+            steps=3,
+            checkpoint_every=100,
+            modulation="none",
+            checkpoint_every_minutes=0,
+        )
+    )
     assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-000001", "step-000002", "step-000003"]
 
 
 def test_auto_recomputation_means_none_on_the_cpu(tiny_models_dir, sft_shards, tmp_path):
     from training.sft import prepare_trainable
 
-    auto = config(tiny_models_dir, sft_shards, tmp_path / "auto", gradient_checkpoint_blocks="auto", modulation="none", steps=1)
+    auto = config(
+        tiny_models_dir, sft_shards, tmp_path / "auto", gradient_checkpoint_blocks="auto", modulation="none", steps=1
+    )
     pipeline = load_generator(auto)
     prepare_trainable(pipeline.transformer, auto)
     assert not any(block.recompute_in_backward for block in pipeline.transformer.transformer_blocks)

@@ -37,8 +37,11 @@ class Sample:
 def _decode(raw: dict) -> Sample:
     meta = json.loads(raw["json"])
     n = int(meta["n_subjects"])
-    images = {name[:-4]: Image.open(io.BytesIO(raw[name])).convert("RGB")
-              for name in ("target.png", "chosen.png", "rejected.png") if name in raw}
+    images = {
+        name[:-4]: Image.open(io.BytesIO(raw[name])).convert("RGB")
+        for name in ("target.png", "chosen.png", "rejected.png")
+        if name in raw
+    }
     conditions = [Image.open(io.BytesIO(raw[f"cond.{i}.jpg"])).convert("RGB") for i in range(n)]
     return Sample(raw["__key__"], meta, images, conditions)
 
@@ -56,8 +59,15 @@ def shards_for_rank(urls: list[str], seed: int, epoch: int, rank: int = 0, world
     return [order[i % len(order)] for i in range(rank, max(len(order), world), world)]
 
 
-def batches(shard_dir: Path, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world: int = 1,
-            manifest: dict | None = None) -> Iterator[list[Sample]]:
+def batches(
+    shard_dir: Path,
+    batch_size: int,
+    seed: int,
+    skip: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    manifest: dict | None = None,
+) -> Iterator[list[Sample]]:
     """Endless batches (epoch after epoch) of samples with one subject count, after skipping
     ``skip`` batches; a batch never mixes shards, so never mixes subject counts (a shard's last
     incomplete batch is dropped). Under data parallelism each rank reads its own shards

@@ -20,11 +20,11 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from idglow.storage import tensors_sha256, write_json_atomic
-from training.losses import dpo_statistics, weighted_dpo_loss
-from training.reporting import run_command
 from training.distributed import setup_distributed, unwrap
 from training.encodings import EncodedBatch, EncodingCache, stack
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
+from training.losses import dpo_statistics, weighted_dpo_loss
+from training.reporting import run_command
 from training.sft import SFTConfig, load_generator, lora_metadata, run_loop
 
 
@@ -58,18 +58,25 @@ def merge_sft(pipeline: QwenImageEditPlusPipeline, checkpoint: Path) -> None:
     pipeline.unload_lora_weights()
 
 
-def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Tensor, config: DPOConfig,
-             generator: Generators) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_loss(
+    transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Tensor, config: DPOConfig, generator: Generators
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 6-7 on encoded tensors. Chosen and rejected share t and noise and go through the network
     as one batch; the reference is the same network with the DPO adapter disabled, without gradient."""
     x_w, x_l = chosen.x0, rejected_x0
     noise = randn(tuple(x_w.shape), generator).to(x_w.device, x_w.dtype)
-    sigma = sample_sigmas(x_w.shape[0], x_w.shape[1], scheduler, generator,
-                          config.logit_mean, config.logit_std, config.resolution_shift).to(x_w.device)
+    sigma = sample_sigmas(
+        x_w.shape[0], x_w.shape[1], scheduler, generator, config.logit_mean, config.logit_std, config.resolution_shift
+    ).to(x_w.device)
     both = torch.cat([noisy(x_w, noise, sigma), noisy(x_l, noise, sigma)])
     mask = None if chosen.mask is None else torch.cat([chosen.mask, chosen.mask])
-    args = (torch.cat([chosen.refs, chosen.refs]), torch.cat([chosen.prompt, chosen.prompt]), mask,
-            torch.cat([sigma, sigma]), chosen.shapes)
+    args = (
+        torch.cat([chosen.refs, chosen.refs]),
+        torch.cat([chosen.prompt, chosen.prompt]),
+        mask,
+        torch.cat([sigma, sigma]),
+        chosen.shapes,
+    )
     targets, noises = torch.cat([x_w, x_l]), torch.cat([noise, noise])
     policy = flow_matching_loss(predict_velocity(transformer, both, *args), targets, noises)
     network = unwrap(transformer)
@@ -81,8 +88,9 @@ def dpo_loss(transformer, scheduler, chosen: EncodedBatch, rejected_x0: torch.Te
         network.enable_adapters()
     n = x_w.shape[0]
     parts = (policy[:n], policy[n:], reference[:n], reference[n:])
-    loss = weighted_dpo_loss(*parts, beta=config.beta, chosen_weight=config.chosen_weight, margin=config.margin,
-                             sft_weight=config.sft_weight)
+    loss = weighted_dpo_loss(
+        *parts, beta=config.beta, chosen_weight=config.chosen_weight, margin=config.margin, sft_weight=config.sft_weight
+    )
     stats = dpo_statistics(*(p.detach() for p in parts), chosen_weight=config.chosen_weight)
     logs = {"mse_chosen": parts[0].mean().item(), "mse_rejected": parts[1].mean().item(), **stats}
     return loss, logs
@@ -109,14 +117,20 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     sft_config = json.loads((sft_checkpoint / "manifest.json").read_text())["config"]
     # Both adapters use alpha = r (scale 1), so the concatenation keeps scale 1 with alpha = r_sft + r_dpo.
     lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=sft_config["lora_targets"])
-    QwenImageEditPlusPipeline.save_lora_weights(out, transformer_lora_layers=combined,
-                                                transformer_lora_adapter_metadata=lora_metadata(lora))
-    write_json_atomic(out / "manifest.json", {  # lora_sha256: the tensors' content hash (see training.sft)
-        "lora_sha256": tensors_sha256(out / "pytorch_lora_weights.safetensors"), "rank": rank,
-        "sft_checkpoint": str(sft_checkpoint), "dpo_checkpoint": str(dpo_checkpoint),
-        "sft_manifest": json.loads((sft_checkpoint / "manifest.json").read_text()),
-        "dpo_manifest": json.loads((dpo_checkpoint / "manifest.json").read_text()),
-    })
+    QwenImageEditPlusPipeline.save_lora_weights(
+        out, transformer_lora_layers=combined, transformer_lora_adapter_metadata=lora_metadata(lora)
+    )
+    write_json_atomic(
+        out / "manifest.json",
+        {  # lora_sha256: the tensors' content hash (see training.sft)
+            "lora_sha256": tensors_sha256(out / "pytorch_lora_weights.safetensors"),
+            "rank": rank,
+            "sft_checkpoint": str(sft_checkpoint),
+            "dpo_checkpoint": str(dpo_checkpoint),
+            "sft_manifest": json.loads((sft_checkpoint / "manifest.json").read_text()),
+            "dpo_manifest": json.loads((dpo_checkpoint / "manifest.json").read_text()),
+        },
+    )
     return out
 
 
@@ -130,8 +144,14 @@ def train(config: DPOConfig, stop_after: int | None = None, on_step=None) -> Pat
     pipeline = load_generator(config)
     merge_sft(pipeline, Path(config.sft_checkpoint))
     cache = EncodingCache(pipeline, config)
-    checkpoint = run_loop(config, pipeline, lambda model, samples, generators: dpo_step(
-        model, pipeline, cache, samples, config, generators), stop_after, dist, on_step)
+    checkpoint = run_loop(
+        config,
+        pipeline,
+        lambda model, samples, generators: dpo_step(model, pipeline, cache, samples, config, generators),
+        stop_after,
+        dist,
+        on_step,
+    )
     if stop_after is not None and json.loads((checkpoint / "manifest.json").read_text())["step"] < config.steps:
         return checkpoint
     combined = Path(config.output_dir) / "combined"
@@ -144,14 +164,22 @@ def train(config: DPOConfig, stop_after: int | None = None, on_step=None) -> Pat
 def combined_metadata(combined: Path) -> dict:
     """What the Dagster materialization of a DPO run adds: the export's rank and lineage."""
     manifest = json.loads((combined / "manifest.json").read_text())
-    return {"rank": manifest["rank"], "sft_lora_sha256": manifest["sft_manifest"]["lora_sha256"],
-            "shard_manifest_sha256": manifest["dpo_manifest"]["shard_manifest_sha256"],
-            "dpo_step": manifest["dpo_manifest"]["step"]}
+    return {
+        "rank": manifest["rank"],
+        "sft_lora_sha256": manifest["sft_manifest"]["lora_sha256"],
+        "shard_manifest_sha256": manifest["dpo_manifest"]["shard_manifest_sha256"],
+        "dpo_step": manifest["dpo_manifest"]["step"],
+    }
 
 
 def main() -> None:
-    run_command("Weighted-margin DPO on top of an SFT checkpoint.", DPOConfig, train, "combined LoRA",
-                extra_metadata=combined_metadata)
+    run_command(
+        "Weighted-margin DPO on top of an SFT checkpoint.",
+        DPOConfig,
+        train,
+        "combined LoRA",
+        extra_metadata=combined_metadata,
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Training a LoRA on the transformer leaves the VAE and the text encoder frozen, so a sample's
 target latents, reference latents and prompt embeddings are the same every epoch and every run
 with the same encoders and sizes. They are written once to ``<cache dir>/<key>.safetensors``,
-where the key is a SHA-256 of the sample's content (its decoded pixels and its prompt) and of the encoding settings (the encoders' files,
+where the key is a SHA-256 of the sample's content (its decoded pixels and its prompt) and of the
+encoding settings (the encoders' files,
 resolution, reference and condition budgets, dtype, library versions). Each step reads its
 samples' files to the CPU, moves them to the device, and drops them after the step: nothing in
 memory grows with the sample count (a few thousand 1024² samples with two or three references
@@ -85,14 +86,17 @@ class SampleEncoding:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SampleEncoding:
-        latents = {name.removeprefix("latents."): value for name, value in tensors.items() if name.startswith("latents.")}
+        latents = {
+            name.removeprefix("latents."): value for name, value in tensors.items() if name.startswith("latents.")
+        }
         if not latents or "references" not in tensors or "prompt" not in tensors:
             raise KeyError(f"an encoding file needs latents.*, references and prompt; it has {sorted(tensors)}")
         return cls(latents, tensors["references"], tensors["prompt"])
 
     def to(self, device: torch.device) -> SampleEncoding:
-        return SampleEncoding({k: v.to(device) for k, v in self.latents.items()}, self.references.to(device),
-                              self.prompt.to(device))
+        return SampleEncoding(
+            {k: v.to(device) for k, v in self.latents.items()}, self.references.to(device), self.prompt.to(device)
+        )
 
 
 def encoder_fingerprint(generator_dir: str | Path) -> str:
@@ -118,12 +122,19 @@ class EncodingSettings:
     reference_resolution: int
     condition_pixels: int
     dtype: str
-    versions: str = f"encoding {ENCODING_VERSION}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
+    versions: str = (
+        f"encoding {ENCODING_VERSION}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
+    )
 
     @classmethod
     def of(cls, pipeline, config: EncodingConfig) -> EncodingSettings:
-        return cls(encoder_fingerprint(config.generator_dir), config.resolution, config.reference_resolution,
-                   config.condition_pixels, str(pipeline.transformer.dtype))
+        return cls(
+            encoder_fingerprint(config.generator_dir),
+            config.resolution,
+            config.reference_resolution,
+            config.condition_pixels,
+            str(pipeline.transformer.dtype),
+        )
 
 
 def _pixels_sha256(image: Image.Image) -> str:
@@ -161,7 +172,7 @@ def encode_sample(pipeline, sample: Sample, config: EncodingConfig) -> SampleEnc
     references = torch.stack([to_tensor(c, config.reference_resolution) for c in sample.conditions]).to(device, dtype)
     channels = next(iter(latents.values())).shape[-1]
     refs = pack(encode(pipeline.vae, references)).reshape(1, -1, channels)[0]
-    side = int(config.condition_pixels ** 0.5)
+    side = int(config.condition_pixels**0.5)
     conditions = [c.resize((side, side)) for c in sample.conditions]
     prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=conditions, device=device)
     return SampleEncoding(latents, refs, prompt[0])
@@ -173,8 +184,9 @@ def stack(encodings: list[SampleEncoding], image_name: str, config: EncodingConf
     refs = torch.stack([e.references for e in encodings])
     lengths = [e.prompt.shape[0] for e in encodings]
     length = max(lengths)
-    prompt = torch.stack([torch.cat([e.prompt, e.prompt.new_zeros(length - e.prompt.shape[0], e.prompt.shape[1])])
-                          for e in encodings])
+    prompt = torch.stack(
+        [torch.cat([e.prompt, e.prompt.new_zeros(length - e.prompt.shape[0], e.prompt.shape[1])]) for e in encodings]
+    )
     mask = None
     if min(lengths) < length:
         mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
@@ -228,8 +240,11 @@ class EncodingCache:
                 self.read += 1
                 return encoding.to(device)
         encoding = encode_sample(self.pipeline, sample, self.config)
-        metadata = {"sample_key": sample.key, "content": json.dumps(sample_content(sample), sort_keys=True),
-                    "settings": json.dumps(asdict(self.settings), sort_keys=True)}
+        metadata = {
+            "sample_key": sample.key,
+            "content": json.dumps(sample_content(sample), sort_keys=True),
+            "settings": json.dumps(asdict(self.settings), sort_keys=True),
+        }
         with atomic_path(path) as tmp:
             save_file(encoding.tensors(), str(tmp), metadata=metadata)
         self.encoded += 1

@@ -55,7 +55,9 @@ def sample_generators(seed: int, step: int, keys: list[str]) -> list[torch.Gener
     """One generator per sample, seeded by (run seed, step, sample key). The t and noise a sample
     gets then depend on neither its batch nor its rank: N ranks equal one process on the
     concatenated batch, and a resumed run draws what the uninterrupted one drew."""
-    seeds = [int.from_bytes(hashlib.sha256(f"{seed}:{step}:{key}".encode()).digest()[:8], "little") >> 1 for key in keys]
+    seeds = [
+        int.from_bytes(hashlib.sha256(f"{seed}:{step}:{key}".encode()).digest()[:8], "little") >> 1 for key in keys
+    ]
     return [torch.Generator().manual_seed(value) for value in seeds]
 
 
@@ -67,8 +69,13 @@ def randn(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
 
 
 def sample_sigmas(
-    batch: int, image_tokens: int, scheduler: FlowMatchEulerDiscreteScheduler, generator: Generators,
-    logit_mean: float = 0.0, logit_std: float = 1.0, shift: bool = True,
+    batch: int,
+    image_tokens: int,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    generator: Generators,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    shift: bool = True,
 ) -> torch.Tensor:
     """Logit-normal times, moved by the scheduler's resolution-dependent shift (as inference does).
 
@@ -78,7 +85,9 @@ def sample_sigmas(
     if not shift:
         return u
     config = scheduler.config
-    mu = calculate_shift(image_tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
+    mu = calculate_shift(
+        image_tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+    )
     return scheduler.time_shift(mu, 1.0, u)
 
 
@@ -88,15 +97,23 @@ def noisy(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.T
 
 
 def predict_velocity(
-    transformer, x_t: torch.Tensor, references: torch.Tensor, prompt_embeds: torch.Tensor,
-    prompt_mask: torch.Tensor | None, sigma: torch.Tensor, shapes: list[tuple[int, int, int]],
+    transformer,
+    x_t: torch.Tensor,
+    references: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    prompt_mask: torch.Tensor | None,
+    sigma: torch.Tensor,
+    shapes: list[tuple[int, int, int]],
 ) -> torch.Tensor:
     """v(x_t, t, c) for the target tokens: references appended after them, ``zero_cond_t`` as in
     the pipeline, ``timestep`` = sigma in [0, 1]; ``shapes`` = [(1, h, w) target, then each reference]."""
     out = transformer(
-        hidden_states=torch.cat([x_t, references], dim=1), timestep=sigma.to(x_t.dtype),
-        encoder_hidden_states=prompt_embeds, encoder_hidden_states_mask=prompt_mask,
-        img_shapes=[shapes] * x_t.shape[0], return_dict=False,
+        hidden_states=torch.cat([x_t, references], dim=1),
+        timestep=sigma.to(x_t.dtype),
+        encoder_hidden_states=prompt_embeds,
+        encoder_hidden_states_mask=prompt_mask,
+        img_shapes=[shapes] * x_t.shape[0],
+        return_dict=False,
     )[0]
     return out[:, : x_t.shape[1]]
 

@@ -43,7 +43,9 @@ def source_embeddings(face_analysis, portraits: list[Image.Image]) -> torch.Tens
 Detector = Callable[[torch.Tensor], np.ndarray]  # (3, H, W) image -> (F, 5, 2) landmarks, no gradient
 
 
-def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], detect: Detector, encoder) -> tuple[torch.Tensor, list[int]]:
+def identity_losses(
+    images: torch.Tensor, sources: list[torch.Tensor], detect: Detector, encoder
+) -> tuple[torch.Tensor, list[int]]:
     """L_ID per image of ``images`` (B, 3, H, W) RGB in [-1, 1], against each image's source faces.
     ``detect`` finds the five landmarks of every face (``partial(detect_landmarks, face_analysis)``)."""
     losses, detections = [], []
@@ -57,8 +59,16 @@ def identity_losses(images: torch.Tensor, sources: list[torch.Tensor], detect: D
 
 
 def modulated_identity_term(
-    x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, lambdas: torch.Tensor, height: int, width: int,
-    vae, sources: list[torch.Tensor], detect: Detector, encoder,
+    x_t: torch.Tensor,
+    velocity: torch.Tensor,
+    sigma: torch.Tensor,
+    lambdas: torch.Tensor,
+    height: int,
+    width: int,
+    vae,
+    sources: list[torch.Tensor],
+    detect: Detector,
+    encoder,
 ) -> IdentityTerm:
     """lambda(t) * L_ID for a batch of target tokens; runs the decoder and face models only where lambda > 0."""
     batch = x_t.shape[0]
@@ -98,6 +108,14 @@ class IdentityLoss:
             if sample.key not in self.sources:
                 self.sources[sample.key] = source_embeddings(self.app, sample.conditions)
         return modulated_identity_term(
-            x_t, velocity, sigma, lambdas, self.size, self.size, self.pipeline.vae,
-            [self.sources[s.key] for s in samples], partial(detect_landmarks, self.app), self.encoder,
+            x_t,
+            velocity,
+            sigma,
+            lambdas,
+            self.size,
+            self.size,
+            self.pipeline.vae,
+            [self.sources[s.key] for s in samples],
+            partial(detect_landmarks, self.app),
+            self.encoder,
         )

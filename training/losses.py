@@ -51,8 +51,11 @@ def weighted_dpo_loss(
 
 
 def dpo_statistics(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor, chosen_weight: float = 1.0,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    chosen_weight: float = 1.0,
 ) -> dict[str, float]:
     """Implicit accuracy (fraction with w*Delta_w - Delta_l < 0) and the mean reward margin."""
     delta = chosen_weight * (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)

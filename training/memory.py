@@ -24,19 +24,25 @@ def plan_recomputed_blocks(layers: int, peak: Callable[[int], float | None], bud
     probe = max(1, layers // 10)
     every = peak(layers)
     if every is None:
-        raise MemoryPlanError(f"out of memory even with all {layers} blocks recomputed in backward: lower the "
-                              "batch size, the resolution or the LoRA rank")
+        raise MemoryPlanError(
+            f"out of memory even with all {layers} blocks recomputed in backward: lower the "
+            "batch size, the resolution or the LoRA rank"
+        )
     fewer = peak(layers - probe)
     per_block = (fewer - every) / probe if fewer is not None else budget_bytes
     count = layers - int(max(budget_bytes - every, 0) // max(per_block, 1))
     count = min(max(count, 0), layers)
     while count < layers and peak(count) is None:  # the estimate was short: recompute more
         count = min(layers, count + probe)
-    return count, {"peak_all_checkpointed_gib": round(every / 2**30, 1), "gib_per_kept_block": round(per_block / 2**30, 2)}
+    return count, {
+        "peak_all_checkpointed_gib": round(every / 2**30, 1),
+        "gib_per_kept_block": round(per_block / 2**30, 2),
+    }
 
 
-def plan_checkpointing(run: Callable[[], None], apply: Callable[[int], int], layers: int, budget_bytes: float,
-                       extra_bytes: float = 0.0) -> tuple[int, dict]:
+def plan_checkpointing(
+    run: Callable[[], None], apply: Callable[[int], int], layers: int, budget_bytes: float, extra_bytes: float = 0.0
+) -> tuple[int, dict]:
     """Plan on the current CUDA device: ``run`` is one training step (or its forward and
     backward), ``apply(count)`` sets how many blocks recompute (training.sft.checkpoint_blocks).
     ``extra_bytes`` is memory the measured step does not hold yet (the optimizer state before

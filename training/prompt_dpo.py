@@ -56,8 +56,13 @@ FIELD_HELP = {  # what the launchpad shows beside each run-config field (assets/
 }
 
 
-def sequence_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-                      reference_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def sequence_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """DPO on sequence log-likelihoods (Rafailov et al.): -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))),
     averaged over the batch. Inputs are summed response log-probabilities, shape (B,)."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
@@ -66,13 +71,15 @@ def sequence_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor
 
 def response_logprob(model, processor, portraits: list[Image.Image], instruction: str, response: str) -> torch.Tensor:
     """Summed log-probability of ``response`` after the chat prompt with the portraits."""
-    messages = [{"role": "user", "content": [*({"type": "image"} for _ in portraits), {"type": "text", "text": instruction}]}]
+    messages = [
+        {"role": "user", "content": [*({"type": "image"} for _ in portraits), {"type": "text", "text": instruction}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     end = processor.tokenizer.eos_token or ""
     prompt_ids = processor(text=[prompt], images=portraits, return_tensors="pt")["input_ids"]
     inputs = processor(text=[prompt + response + end], images=portraits, return_tensors="pt").to(model.device)
     start = prompt_ids.shape[1]
-    logits = model(**inputs).logits[:, start - 1:-1].float()
+    logits = model(**inputs).logits[:, start - 1 : -1].float()
     targets = inputs["input_ids"][:, start:]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1).sum()
 
@@ -95,8 +102,15 @@ def load_policy(config: PromptDPOConfig):
     device, dtype = model_placement(config)
     base = AutoModelForImageTextToText.from_pretrained(config.model_dir, dtype=dtype, local_files_only=True).to(device)
     base.requires_grad_(False)
-    model = get_peft_model(base, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, target_modules=config.lora_targets,
-                                            init_lora_weights="gaussian"))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_rank,
+            target_modules=config.lora_targets,
+            init_lora_weights="gaussian",
+        ),
+    )
     if device.type == "cuda":
         cast_training_params(model, dtype=torch.float32)
     return model
@@ -108,10 +122,19 @@ def load_pairs(config: PromptDPOConfig) -> list[dict]:
     size = (config.portrait_size, config.portrait_size)
     pairs = []
     for row in preferences.itertuples():
-        portraits = [Image.open(Path(config.source_root) / paths.loc[int(h)]).convert("RGB").resize(size)
-                     for h in row.condition_hq_idx]
-        pairs.append({"portraits": portraits, "instruction": dynamic_instruction(row.task, int(row.n_subjects)),
-                      "chosen": row.chosen, "rejected": row.rejected, "badcase": row.badcase})
+        portraits = [
+            Image.open(Path(config.source_root) / paths.loc[int(h)]).convert("RGB").resize(size)
+            for h in row.condition_hq_idx
+        ]
+        pairs.append(
+            {
+                "portraits": portraits,
+                "instruction": dynamic_instruction(row.task, int(row.n_subjects)),
+                "chosen": row.chosen,
+                "rejected": row.rejected,
+                "badcase": row.badcase,
+            }
+        )
     if not pairs:
         raise ValueError(f"no prompt preference pairs in {config.preferences}")
     return pairs
@@ -148,8 +171,14 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
         loss.backward()
         optimizer.step()
         margin = ((policy[0] - reference[0]) - (policy[1] - reference[1])).item()
-        row = {"step": step, "time": time.time(), "loss": loss.item(), "reward_margin": config.beta * margin,
-               "implicit_accuracy": float(margin > 0), "badcase": pair["badcase"]}
+        row = {
+            "step": step,
+            "time": time.time(),
+            "loss": loss.item(),
+            "reward_margin": config.beta * margin,
+            "implicit_accuracy": float(margin > 0),
+            "badcase": pair["badcase"],
+        }
         with open(log, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         if on_step is not None:
@@ -160,16 +189,27 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
         processor.save_pretrained(staging)
         weights = sorted(staging.glob("*.safetensors"))
         digest = tensors_sha256(*weights)  # "lora_sha256" below: the merged weights' content hash, not a file's
-        write_json_atomic(staging / "manifest.json", {
-            "lora_sha256": digest, "base_model": config.model_dir, "pairs": len(pairs), "step": config.steps,
-            "config": asdict(config),
-        })
+        write_json_atomic(
+            staging / "manifest.json",
+            {
+                "lora_sha256": digest,
+                "base_model": config.model_dir,
+                "pairs": len(pairs),
+                "step": config.steps,
+                "config": asdict(config),
+            },
+        )
     return final
 
 
 def main() -> None:
-    run_command("DPO alignment of the prompt model on the prompt preference set.", PromptDPOConfig, train,
-                "aligned prompt model", distributed=False)
+    run_command(
+        "DPO alignment of the prompt model on the prompt preference set.",
+        PromptDPOConfig,
+        train,
+        "aligned prompt model",
+        distributed=False,
+    )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,16 @@ def step_reporter(pipes: PipesContext | None, total_steps: int, every: int = 1):
 
     def report(row: dict) -> None:
         if row["step"] % every == 0 or row["step"] == total_steps:
-            pipes.log.info(f"step {row['step']}/{total_steps} " + json.dumps({k: v for k, v in row.items() if k != "step"}))
+            pipes.log.info(
+                f"step {row['step']}/{total_steps} " + json.dumps({k: v for k, v in row.items() if k != "step"})
+            )
 
     return report
 
 
-def report_checkpoint(pipes: PipesContext | None, checkpoint: Path, dist: DistributedContext, extra: dict | None = None) -> None:
+def report_checkpoint(
+    pipes: PipesContext | None, checkpoint: Path, dist: DistributedContext, extra: dict | None = None
+) -> None:
     """The materialization of a finished run: URI, SHA-256 (also the data version), the trained-on
     shard manifest, the last step's metrics, and who trained it."""
     if pipes is None:
@@ -64,8 +68,14 @@ def report_checkpoint(pipes: PipesContext | None, checkpoint: Path, dist: Distri
     pipes.report_asset_materialization(metadata=metadata, data_version=manifest["lora_sha256"])
 
 
-def run_command(description: str, config_type, train: Callable, label: str, distributed: bool = True,
-                extra_metadata: Callable[[Path], dict] | None = None) -> Path:
+def run_command(
+    description: str,
+    config_type,
+    train: Callable,
+    label: str,
+    distributed: bool = True,
+    extra_metadata: Callable[[Path], dict] | None = None,
+) -> Path:
     """The ``python -m training.X --config FILE`` entry point the loops share: read the config
     (JSON with ``config_type``'s fields), join torchrun's process group when there is one, train,
     and report to Dagster through Pipes from global rank 0 when Dagster launched the run."""

@@ -29,14 +29,30 @@ from training import modulation
 from training.data import Sample, batches
 from training.distributed import DistributedContext, setup_distributed, wrap_for_data_parallel
 from training.encodings import EncodedBatch, EncodingCache
-from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_generators, sample_sigmas
+from training.flow import (
+    Generators,
+    flow_matching_loss,
+    noisy,
+    predict_velocity,
+    randn,
+    sample_generators,
+    sample_sigmas,
+)
 from training.identity import IdentityLoss
 from training.memory import plan_checkpointing
 from training.reporting import run_command
 
 DEFAULT_LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-    "img_mlp.net.2", "txt_mlp.net.2",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+    "img_mlp.net.2",
+    "txt_mlp.net.2",
 )
 
 
@@ -72,7 +88,9 @@ class SFTConfig:
     resolution_shift: bool = True
     checkpoint_every: int = 5  # steps between checkpoints (the last step always gets one)
     checkpoint_every_minutes: float | None = None  # also checkpoint when this long has passed since the last one
-    gradient_checkpoint_blocks: int | str = 0  # recompute the first N transformer blocks in backward (-1: all; "auto": planned)
+    gradient_checkpoint_blocks: int | str = (
+        0  # recompute the first N transformer blocks in backward (-1: all; "auto": planned)
+    )
     memory_fraction: float = 0.9  # share of the GPU's memory the "auto" plan may fill
     compile: bool = False  # torch.compile the repeated transformer block (regional compilation)
     attention_backend: str | None = None  # diffusers attention backend, e.g. "_native_cudnn"; None: its default
@@ -88,7 +106,9 @@ class SFTConfig:
             try:
                 self.gradient_checkpoint_blocks = int(blocks)
             except ValueError:
-                raise ValueError(f"gradient_checkpoint_blocks must be a block count or {AUTO!r}, not {blocks!r}") from None
+                raise ValueError(
+                    f"gradient_checkpoint_blocks must be a block count or {AUTO!r}, not {blocks!r}"
+                ) from None
 
     @classmethod
     def from_file(cls, path: Path) -> SFTConfig:
@@ -117,7 +137,7 @@ FIELD_HELP = {
     "checkpoint_every": "steps between checkpoints (the last step always gets one)",
     "checkpoint_every_minutes": "also checkpoint when this many minutes passed since the last one (null: steps only)",
     "gradient_checkpoint_blocks": "transformer blocks recomputed in backward: a count (-1: all), or auto (the fewest "
-                                  "that fit memory_fraction of the GPU, planned on the first batch; 0 on the CPU)",
+    "that fit memory_fraction of the GPU, planned on the first batch; 0 on the CPU)",
     "memory_fraction": "share of the GPU's memory the auto plan may fill",
     "compile": "torch.compile the repeated transformer block",
     "attention_backend": "diffusers attention backend, e.g. _native_cudnn (null: its default)",
@@ -140,8 +160,11 @@ def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     one side lacks (a checkpoint written before the field existed)."""
     names = sorted((saved.keys() | current.keys()) - set(MAY_DIFFER_ON_RESUME))
     absent = "<absent>"
-    return {name: (saved.get(name, absent), current.get(name, absent)) for name in names
-            if saved.get(name, absent) != current.get(name, absent)}
+    return {
+        name: (saved.get(name, absent), current.get(name, absent))
+        for name in names
+        if saved.get(name, absent) != current.get(name, absent)
+    }
 
 
 def check_resumable(checkpoint: Path, config: SFTConfig) -> None:
@@ -150,12 +173,15 @@ def check_resumable(checkpoint: Path, config: SFTConfig) -> None:
     saved = json.loads((checkpoint / "manifest.json").read_text())["config"]
     differences = config_differences(saved, json.loads(json.dumps(asdict(config))))  # compared as the manifest holds it
     if differences:
-        listed = "; ".join(f"{name}: saved {old!r}, now {new!r}" for name, old, new in
-                           ((name, *values) for name, values in differences.items()))
+        listed = "; ".join(
+            f"{name}: saved {old!r}, now {new!r}"
+            for name, old, new in ((name, *values) for name, values in differences.items())
+        )
         raise ConfigMismatch(
             f"{checkpoint.parent} holds a run trained with other settings ({listed}); it cannot be resumed "
             f"with these. Use another output_dir (the Dagster assets key each run's folder by its whole config), "
-            f"or restore the saved values to resume it.")
+            f"or restore the saved values to resume it."
+        )
 
 
 # ------------------------------------------------------------------------- set-up
@@ -164,10 +190,12 @@ def check_resumable(checkpoint: Path, config: SFTConfig) -> None:
 def load_generator(config: SFTConfig) -> QwenImageEditPlusPipeline:
     from idglow.models.hub import set_pipeline_reference_sizes  # the hub pulls in CLIP and onnxruntime
 
-    set_pipeline_reference_sizes(config.reference_resolution ** 2, config.condition_pixels)
+    set_pipeline_reference_sizes(config.reference_resolution**2, config.condition_pixels)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipeline = QwenImageEditPlusPipeline.from_pretrained(config.generator_dir, dtype=dtype, local_files_only=True).to(device)
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(config.generator_dir, dtype=dtype, local_files_only=True).to(
+        device
+    )
     pipeline.set_progress_bar_config(disable=True)
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.transformer):
         module.requires_grad_(False)
@@ -175,8 +203,12 @@ def load_generator(config: SFTConfig) -> QwenImageEditPlusPipeline:
 
 
 def add_lora(transformer, config: SFTConfig, adapter_name: str = "default") -> LoraConfig:
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
-                      target_modules=list(config.lora_targets))
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_rank,
+        init_lora_weights="gaussian",
+        target_modules=list(config.lora_targets),
+    )
     torch.manual_seed(config.seed)
     transformer.add_adapter(lora, adapter_name=adapter_name)
     return lora
@@ -186,7 +218,9 @@ def lora_metadata(lora: LoraConfig) -> dict:
     """The adapter config saved beside the weights, with its sets sorted: peft keeps
     ``target_modules`` as a set, whose order changes from process to process, and the file's
     SHA-256 (a model version's name) must depend on the weights alone."""
-    return {key: sorted(value) if isinstance(value, set | frozenset) else value for key, value in lora.to_dict().items()}
+    return {
+        key: sorted(value) if isinstance(value, set | frozenset) else value for key, value in lora.to_dict().items()
+    }
 
 
 def checkpoint_blocks(transformer, count: int) -> int:
@@ -217,8 +251,12 @@ def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torc
     if config.modulation == "task":
         is_child = torch.tensor([task == "age_transformed" for task in tasks])
         return torch.where(is_child, gate, annealing)
-    return {"annealing": annealing, "gate": gate, "constant": modulation.constant(sigma, config.lambda_id),
-            "none": modulation.none(sigma)}[config.modulation]
+    return {
+        "annealing": annealing,
+        "gate": gate,
+        "constant": modulation.constant(sigma, config.lambda_id),
+        "none": modulation.none(sigma),
+    }[config.modulation]
 
 
 # ---------------------------------------------------------------------- encodings
@@ -230,8 +268,16 @@ def lambda_for(config: SFTConfig, sigma: torch.Tensor, tasks: list[str]) -> torc
 # --------------------------------------------------------------------------- step
 
 
-def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], config: SFTConfig,
-             generator: Generators, identity=None, samples: list[Sample] | None = None) -> tuple[torch.Tensor, dict]:
+def sft_loss(
+    transformer,
+    scheduler,
+    batch: EncodedBatch,
+    tasks: list[str],
+    config: SFTConfig,
+    generator: Generators,
+    identity=None,
+    samples: list[Sample] | None = None,
+) -> tuple[torch.Tensor, dict]:
     """L_SFT = L_FM + lambda(t) * L_ID, averaged over the batch (Eq. 1), on encoded tensors.
 
     ``transformer`` may be wrapped for data parallelism (it is only called). ``generator`` is one
@@ -239,8 +285,9 @@ def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], conf
     IdentityTerm; None leaves it out."""
     x0 = batch.x0
     noise = randn(tuple(x0.shape), generator).to(x0.device, x0.dtype)
-    sigma = sample_sigmas(x0.shape[0], x0.shape[1], scheduler, generator,
-                          config.logit_mean, config.logit_std, config.resolution_shift).to(x0.device)
+    sigma = sample_sigmas(
+        x0.shape[0], x0.shape[1], scheduler, generator, config.logit_mean, config.logit_std, config.resolution_shift
+    ).to(x0.device)
     x_t = noisy(x0, noise, sigma)
     velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
     fm = flow_matching_loss(velocity, x0, noise)
@@ -250,18 +297,36 @@ def sft_loss(transformer, scheduler, batch: EncodedBatch, tasks: list[str], conf
     if identity is not None:
         term = identity(x_t, velocity, sigma, lambdas, samples)
         loss = fm + term.weighted
-        logs.update(loss_id=term.losses.sum().item() / max(term.decoded, 1), decoded=term.decoded,
-                    detections=sum(d for d in term.detections if d >= 0))
+        logs.update(
+            loss_id=term.losses.sum().item() / max(term.decoded, 1),
+            decoded=term.decoded,
+            detections=sum(d for d in term.detections if d >= 0),
+        )
         logs.update(detection_rate_by_t_bin(term.detections, sigma, expected=len(batch.shapes) - 1))
     return loss.mean(), logs
 
 
-def sft_step(model, pipeline, cache: EncodingCache, samples: list[Sample], config: SFTConfig, generator: Generators,
-             identity=None) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_step(
+    model,
+    pipeline,
+    cache: EncodingCache,
+    samples: list[Sample],
+    config: SFTConfig,
+    generator: Generators,
+    identity=None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch of samples: encodings from the cache, then ``sft_loss`` through ``model`` (the
     transformer, or its data-parallel wrapper)."""
-    return sft_loss(model, pipeline.scheduler, cache.batch(samples, "target"),
-                    [s.meta["task"] for s in samples], config, generator, identity, samples)
+    return sft_loss(
+        model,
+        pipeline.scheduler,
+        cache.batch(samples, "target"),
+        [s.meta["task"] for s in samples],
+        config,
+        generator,
+        identity,
+        samples,
+    )
 
 
 def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, expected: int, bins: int = 5) -> dict:
@@ -273,21 +338,27 @@ def detection_rate_by_t_bin(detections: list[int], sigma: torch.Tensor, expected
         if count < 0:
             continue
         b = min(int(float(sigma[index]) * bins), bins - 1)
-        found.setdefault(f"detect_rate_t{b / bins:.1f}-{(b + 1) / bins:.1f}", []).append(min(count, expected) / expected)
+        found.setdefault(f"detect_rate_t{b / bins:.1f}-{(b + 1) / bins:.1f}", []).append(
+            min(count, expected) / expected
+        )
     return {key: sum(values) / len(values) for key, values in found.items()}
 
 
 # -------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: int,
-                    config: SFTConfig, lora: LoraConfig, shard_hash: str) -> Path:
+def save_checkpoint(
+    folder: Path, transformer, optimizer, step: int, position: int, config: SFTConfig, lora: LoraConfig, shard_hash: str
+) -> Path:
     """LoRA (diffusers format), optimizer tensors and the torch RNG in safetensors, the rest in
     JSON, and a manifest with the checkpoint's SHA-256 and the shard manifest it trained on.
     (Noise and t come from per-sample generators seeded by the step, so need no saved state.)"""
     folder.mkdir(parents=True, exist_ok=True)
-    QwenImageEditPlusPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
-                                                transformer_lora_adapter_metadata=lora_metadata(lora))
+    QwenImageEditPlusPipeline.save_lora_weights(
+        folder,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=lora_metadata(lora),
+    )
     optimizer_state = optimizer.state_dict()
     tensors = {"rng.torch": torch.get_rng_state()}
     for index, state in optimizer_state["state"].items():
@@ -295,16 +366,24 @@ def save_checkpoint(folder: Path, transformer, optimizer, step: int, position: i
             tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
     with atomic_path(folder / "training_state.safetensors") as tmp:
         save_file(tensors, str(tmp))
-    write_json_atomic(folder / "training_state.json", {
-        "step": step, "data_position": position, "param_groups": optimizer_state["param_groups"],
-    })
+    write_json_atomic(
+        folder / "training_state.json",
+        {
+            "step": step,
+            "data_position": position,
+            "param_groups": optimizer_state["param_groups"],
+        },
+    )
     lora_file = folder / "pytorch_lora_weights.safetensors"
     manifest = {
         # "lora_sha256" is the tensors' content hash (tensors_sha256), not the file's SHA-256: the
         # safetensors header's metadata order changes from process to process. The key keeps its
         # name because the model versions, the registry and the Pipes reports read it.
-        "step": step, "lora_sha256": tensors_sha256(lora_file), "shard_manifest_sha256": shard_hash,
-        "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "step": step,
+        "lora_sha256": tensors_sha256(lora_file),
+        "shard_manifest_sha256": shard_hash,
+        "config": asdict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(folder / "manifest.json", manifest)
     return folder
@@ -360,7 +439,9 @@ def truncate_log(log: Path, step: int) -> None:
 # --------------------------------------------------------------------------- loop
 
 
-def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[torch.nn.Parameter], torch.optim.Optimizer]:
+def prepare_trainable(
+    transformer, config: SFTConfig
+) -> tuple[LoraConfig, list[torch.nn.Parameter], torch.optim.Optimizer]:
     """A fresh LoRA, the speed levers the config asks for, and AdamW over the LoRA weights.
 
     On CUDA the base weights stay bf16 while the LoRA weights and the optimizer state are fp32
@@ -372,7 +453,9 @@ def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[
     if config.attention_backend:
         transformer.set_attention_backend(config.attention_backend)
     # "auto" starts with none recomputed; on CUDA the loop plans the count on its first batch.
-    checkpoint_blocks(transformer, 0 if config.gradient_checkpoint_blocks == AUTO else config.gradient_checkpoint_blocks)
+    checkpoint_blocks(
+        transformer, 0 if config.gradient_checkpoint_blocks == AUTO else config.gradient_checkpoint_blocks
+    )
     if config.compile:
         transformer.compile_repeated_blocks(dynamic=False)
     parameters = [p for p in transformer.parameters() if p.requires_grad]
@@ -380,7 +463,9 @@ def prepare_trainable(transformer, config: SFTConfig) -> tuple[LoraConfig, list[
     return lora, parameters, optimizer
 
 
-def optimizer_step(step_fn, next_batch, parameters, optimizer, config: SFTConfig, model=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def optimizer_step(
+    step_fn, next_batch, parameters, optimizer, config: SFTConfig, model=None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One optimizer step: ``gradient_accumulation`` batches (bf16 autocast on CUDA), clipping, AdamW.
     With a data-parallel ``model`` the gradients are all-reduced once, on the last batch.
     Returns the last batch's loss, the gradient norm before clipping, and the last batch's logs."""
@@ -413,12 +498,20 @@ def plan_recomputation(transformer, parameters, optimizer, config: SFTConfig, lo
 
     moments = 0.0 if optimizer.state else 2.0 * sum(p.numel() * p.element_size() for p in parameters)
     budget = torch.cuda.get_device_properties(transformer.device).total_memory * config.memory_fraction
-    return plan_checkpointing(run, lambda count: checkpoint_blocks(transformer, count), len(transformer.transformer_blocks),
-                              budget, moments)
+    return plan_checkpointing(
+        run, lambda count: checkpoint_blocks(transformer, count), len(transformer.transformer_blocks), budget, moments
+    )
 
 
-def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None,
-             dist: DistributedContext | None = None, on_step=None, plan_step_fn=None) -> Path:
+def run_loop(
+    config: SFTConfig,
+    pipeline,
+    step_fn,
+    stop_after: int | None = None,
+    dist: DistributedContext | None = None,
+    on_step=None,
+    plan_step_fn=None,
+) -> Path:
     """The loop SFT and DPO share: a fresh LoRA on the transformer, AdamW, resume from the latest
     checkpoint, gradient accumulation and clipping, a JSON line per step, checkpoints.
     ``step_fn(model, samples, generators)`` returns (loss, logs) for one batch. Under torchrun the
@@ -438,15 +531,27 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
         check_resumable(resume_from, config)
         step, position = load_checkpoint(resume_from, transformer, optimizer)
     shard_manifest, shard_hash = load_manifest(Path(config.shards))
-    stream = batches(Path(config.shards), config.batch_size, config.seed, skip=position, rank=dist.rank, world=dist.world,
-                     manifest=shard_manifest)
+    stream = batches(
+        Path(config.shards),
+        config.batch_size,
+        config.seed,
+        skip=position,
+        rank=dist.rank,
+        world=dist.world,
+        manifest=shard_manifest,
+    )
     plan = None
     if config.gradient_checkpoint_blocks == AUTO and transformer.device.type == "cuda":
         first = next(stream)
         stream = itertools.chain([first], stream)  # the probe reads the first batch; training still starts with it
         generators = sample_generators(config.seed, step, [s.key for s in first])
-        count, info = plan_recomputation(transformer, parameters, optimizer, config,
-                                         lambda: (plan_step_fn or step_fn)(transformer, first, generators))
+        count, info = plan_recomputation(
+            transformer,
+            parameters,
+            optimizer,
+            config,
+            lambda: (plan_step_fn or step_fn)(transformer, first, generators),
+        )
         plan = {"recomputed_blocks": count, "of": len(transformer.transformer_blocks), **info}
     model = wrap_for_data_parallel(transformer, dist)
     if dist.is_main:
@@ -462,6 +567,7 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
 
     last_saved = time.monotonic()
     while step < config.steps:
+
         def one_batch(samples, _step=step):
             return step_fn(model, samples, sample_generators(config.seed, _step, [s.key for s in samples]))
 
@@ -474,8 +580,9 @@ def run_loop(config: SFTConfig, pipeline, step_fn, stop_after: int | None = None
             if on_step is not None:
                 on_step(row)
             if checkpoint_due(step, config, time.monotonic() - last_saved):
-                save_checkpoint(output_dir / f"step-{step:06d}", transformer, optimizer, step, position,
-                                config, lora, shard_hash)
+                save_checkpoint(
+                    output_dir / f"step-{step:06d}", transformer, optimizer, step, position, config, lora, shard_hash
+                )
                 last_saved = time.monotonic()
         if stop_after is not None and step >= stop_after:
             break
@@ -496,9 +603,17 @@ def train(config: SFTConfig, identity_factory=None, stop_after: int | None = Non
     identity = identity_factory(pipeline, config) if identity_factory else None
     # The ID path's memory only counts when lambda(t) > 0; the plan must hold a step where every sample takes it.
     worst = replace(config, modulation="constant")
-    return run_loop(config, pipeline, lambda model, samples, generators: sft_step(
-        model, pipeline, cache, samples, config, generators, identity), stop_after, dist, on_step,
-        plan_step_fn=lambda model, samples, generators: sft_step(model, pipeline, cache, samples, worst, generators, identity))
+    return run_loop(
+        config,
+        pipeline,
+        lambda model, samples, generators: sft_step(model, pipeline, cache, samples, config, generators, identity),
+        stop_after,
+        dist,
+        on_step,
+        plan_step_fn=lambda model, samples, generators: sft_step(
+            model, pipeline, cache, samples, worst, generators, identity
+        ),
+    )
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import re
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
@@ -81,13 +81,46 @@ REASON_MALFORMED_ROW = "malformed row: {error}"
 REASON_DUPLICATE_ROW = "duplicate row for {key} (first on line {line}, {detail})"
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
-    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
-    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
-    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 
 # Only ASCII digits are numbers here: str.isdigit(), int() and a str pattern's \d also accept
@@ -176,9 +209,7 @@ def parse_identity_line(line: str) -> tuple[str, int]:
         raise MalformedRow(f"expected '<000001.jpg> <identity>', got {_excerpt(line)}")
     identity = canonical_int(parts[1])
     if identity is None:
-        raise MalformedRow(
-            f"identity must be an ASCII integer without leading zeros in {_excerpt(line)}", key=parts[0]
-        )
+        raise MalformedRow(f"identity must be an ASCII integer without leading zeros in {_excerpt(line)}", key=parts[0])
     return parts[0], identity
 
 
@@ -432,7 +463,9 @@ def _check_header(image: Image.Image, header_warnings: list[str], path: str, exp
         return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail=_describe(error))
     header_warnings = header_warnings + _pil_messages(caught)
     if header_warnings:
-        return ImageCheck(path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail="; ".join(header_warnings)[:200])
+        return ImageCheck(
+            path, REASON_METADATA_DAMAGED, width, height, mode=mode, detail="; ".join(header_warnings)[:200]
+        )
     # Quarantined rather than rotated: the shards pass JPEG bytes through and every later reader
     # decodes raw pixels, so an orientation tag would be honoured by some readers and not others.
     if orientation in _TRANSPOSING_ORIENTATIONS:
@@ -573,8 +606,17 @@ class IngestResult:
 
 
 CATALOG_COLUMNS = (
-    "hq_idx", "celeba_file", "orig_idx", "identity", "partition",
-    "width", "height", "sha256", "path", *CELEBA_ATTRIBUTES, "mode",
+    "hq_idx",
+    "celeba_file",
+    "orig_idx",
+    "identity",
+    "partition",
+    "width",
+    "height",
+    "sha256",
+    "path",
+    *CELEBA_ATTRIBUTES,
+    "mode",
 )
 QUARANTINE_COLUMNS = ("path", "reason", "kind", "hq_idx", "detail")
 KIND_IMAGE = "image"
@@ -599,9 +641,7 @@ def require_layout(root: Path) -> None:
         raise CelebAHQLayoutError(f"CelebA-HQ root {root}: {'; '.join(wrong)}; see docs/data.md")
 
 
-def _read_table(
-    path: Path, parse: Callable[[str], tuple[K, V]], skip: int = 0
-) -> AnnotationTable[K, V]:
+def _read_table(path: Path, parse: Callable[[str], tuple[K, V]], skip: int = 0) -> AnnotationTable[K, V]:
     try:
         return read_annotation_table(_numbered_lines(path, skip), path.name, parse)
     except OSError as error:
@@ -675,7 +715,9 @@ def ingest_celebahq(
         seen_content[check.sha256] = idx
         row = mapping.values[idx]
         file_number = row.orig_idx + 1
-        partition = partitions.values[row.orig_file] if partitions is not None else partition_from_file_number(file_number)
+        partition = (
+            partitions.values[row.orig_file] if partitions is not None else partition_from_file_number(file_number)
+        )
         record = {
             "hq_idx": idx,
             "celeba_file": row.orig_file,
@@ -703,7 +745,9 @@ def ingest_celebahq(
         quarantine.append(_q(f"{problem.source}:{problem.line_number}", problem.reason, KIND_ANNOTATION_ROW, None))
 
     catalog = pd.DataFrame(rows, columns=list(CATALOG_COLUMNS))
-    catalog = catalog.astype({"hq_idx": "int64", "orig_idx": "int64", "identity": "int64", "width": "int64", "height": "int64"})
+    catalog = catalog.astype(
+        {"hq_idx": "int64", "orig_idx": "int64", "identity": "int64", "width": "int64", "height": "int64"}
+    )
     for name in CELEBA_ATTRIBUTES:
         catalog[name] = catalog[name].astype(bool)
     quarantine_frame = pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS)).astype({"hq_idx": "Int64"})

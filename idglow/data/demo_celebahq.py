@@ -167,19 +167,27 @@ def _write(staging: Path, spec: DemoDatasetSpec) -> dict:
             mapping_rows.append((hq_idx, number - 1, celeba_file))
             identity_rows.append((celeba_file, int(identity_numbers[person])))
             attribute_rows.append((f"{hq_idx}.jpg", _attributes(style, young, smile, image_rng)))
-            truth_rows.append({
-                "hq_idx": hq_idx,
-                "identity": int(identity_numbers[person]),
-                "bbox": list(truth.bbox),
-                "landmarks": [c for point in truth.landmarks for c in point],
-                "hair_style": style.hair_style,
-            })
+            truth_rows.append(
+                {
+                    "hq_idx": hq_idx,
+                    "identity": int(identity_numbers[person]),
+                    "bbox": list(truth.bbox),
+                    "landmarks": [c for point in truth.landmarks for c in point],
+                    "hair_style": style.hair_style,
+                }
+            )
 
     expected_quarantine: dict[str, str] = {}
     if spec.broken_records:
         expected_quarantine = _write_broken_records(
-            image_dir, spec, total_good, int(identity_numbers[-1]), file_number,
-            mapping_rows, identity_rows, attribute_rows,
+            image_dir,
+            spec,
+            total_good,
+            int(identity_numbers[-1]),
+            file_number,
+            mapping_rows,
+            identity_rows,
+            attribute_rows,
         )
 
     mapping_rows.sort()

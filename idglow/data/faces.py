@@ -19,12 +19,24 @@ from PIL import Image, ImageDraw
 Color = tuple[int, int, int]
 
 _SKIN_TONES: tuple[Color, ...] = (
-    (255, 224, 196), (241, 194, 160), (224, 172, 132), (198, 134, 96),
-    (161, 102, 68), (120, 74, 48), (87, 52, 36), (236, 206, 180),
+    (255, 224, 196),
+    (241, 194, 160),
+    (224, 172, 132),
+    (198, 134, 96),
+    (161, 102, 68),
+    (120, 74, 48),
+    (87, 52, 36),
+    (236, 206, 180),
 )
 HAIR_COLORS: dict[str, Color] = {
-    "black": (20, 16, 14), "dark_brown": (70, 42, 24), "brown": (128, 84, 44), "blond": (214, 176, 100),
-    "gray": (150, 150, 150), "red": (160, 48, 24), "white": (236, 232, 220), "dyed_blue": (45, 45, 90),
+    "black": (20, 16, 14),
+    "dark_brown": (70, 42, 24),
+    "brown": (128, 84, 44),
+    "blond": (214, 176, 100),
+    "gray": (150, 150, 150),
+    "red": (160, 48, 24),
+    "white": (236, 232, 220),
+    "dyed_blue": (45, 45, 90),
 }
 _EYE_COLORS: tuple[Color, ...] = ((60, 40, 20), (40, 90, 160), (50, 120, 60), (110, 110, 110), (20, 20, 20))
 HAIR_STYLES = ("short", "long", "bald", "bangs")
@@ -148,9 +160,14 @@ def draw_face(
     for side in (-1, 1):
         ex = side * style.eye_spacing
         polygon(
-            np.array([[ex - eye_r * 1.2, eye_y - eye_ry * 1.9], [ex + eye_r * 1.2, eye_y - eye_ry * 1.9],
-                      [ex + eye_r * 1.2, eye_y - eye_ry * 1.9 - style.brow_thickness * 2],
-                      [ex - eye_r * 1.2, eye_y - eye_ry * 1.9 - style.brow_thickness * 2]]),
+            np.array(
+                [
+                    [ex - eye_r * 1.2, eye_y - eye_ry * 1.9],
+                    [ex + eye_r * 1.2, eye_y - eye_ry * 1.9],
+                    [ex + eye_r * 1.2, eye_y - eye_ry * 1.9 - style.brow_thickness * 2],
+                    [ex - eye_r * 1.2, eye_y - eye_ry * 1.9 - style.brow_thickness * 2],
+                ]
+            ),
             _shade(hair, 0.7),
         )
         polygon(_ellipse(ex, eye_y, eye_r * 1.15, eye_ry * 0.85), (250, 250, 250))
@@ -176,10 +193,15 @@ def draw_face(
     if style.mark is not None:
         polygon(_ellipse(style.mark[0], style.mark[1], 0.05, 0.05 / style.aspect), (60, 35, 25))
 
-    landmarks_local = np.array([
-        [-style.eye_spacing, eye_y], [style.eye_spacing, eye_y], list(nose_tip),
-        [-mw, mouth_y + 0.02], [mw, mouth_y + 0.02],
-    ])
+    landmarks_local = np.array(
+        [
+            [-style.eye_spacing, eye_y],
+            [style.eye_spacing, eye_y],
+            list(nose_tip),
+            [-mw, mouth_y + 0.02],
+            [mw, mouth_y + 0.02],
+        ]
+    )
     landmarks = to_image(landmarks_local)
     # The box insightface's detectors learn spans brow to chin; use the face outline's extent.
     outline = to_image(_ellipse(0, 0, 1.0, 1.0, n=64))
@@ -234,7 +256,18 @@ def render_group(styles: list[FaceStyle], size: int, rng: np.random.Generator) -
         cx = size * (i + 0.5) / n + rng.uniform(-0.03, 0.03) * size
         cy = size * 0.45 + rng.uniform(-0.04, 0.04) * size
         shirt = tuple(int(c) for c in rng.integers(20, 235, size=3))
-        draw.ellipse([cx - half_width * 1.7, cy + half_width * 1.3, cx + half_width * 1.7, cy + half_width * 4.5], fill=shirt)
-        truths.append(draw_face(image, style, (cx, cy), half_width, angle_deg=float(rng.uniform(-6, 6)),
-                                smile=float(rng.uniform(0.2, 1.0)), light=float(rng.uniform(0.92, 1.05))))
+        draw.ellipse(
+            [cx - half_width * 1.7, cy + half_width * 1.3, cx + half_width * 1.7, cy + half_width * 4.5], fill=shirt
+        )
+        truths.append(
+            draw_face(
+                image,
+                style,
+                (cx, cy),
+                half_width,
+                angle_deg=float(rng.uniform(-6, 6)),
+                smile=float(rng.uniform(0.2, 1.0)),
+                light=float(rng.uniform(0.92, 1.05)),
+            )
+        )
     return image, truths

@@ -17,8 +17,8 @@ from PIL import Image
 
 from idglow.data.demo_celebahq import identity_style
 from idglow.data.faces import render_group
-from idglow.prompts import describe_person, picture_list
 from idglow.paths import TableRoots
+from idglow.prompts import describe_person, picture_list
 from idglow.storage import atomic_path, copy_in
 
 GROUP_PHOTO_COLUMNS = ("photo_id", "photo_path", "group_id", "identities", "condition_paths", "caption", "n_subjects")
@@ -31,8 +31,13 @@ def render_group_photo(identities: list[int], seed: int, size: int, rng: np.rand
 
 
 def write_demo_group_photos(
-    training_groups: pd.DataFrame, catalog: pd.DataFrame, source_root: Path, out_dir: Path,
-    count: int, size: int, seed: int,
+    training_groups: pd.DataFrame,
+    catalog: pd.DataFrame,
+    source_root: Path,
+    out_dir: Path,
+    count: int,
+    size: int,
+    seed: int,
 ) -> pd.DataFrame:
     """Draw ``count`` group photos of training groups; conditions are the groups' own portraits."""
     attributes = catalog.set_index("hq_idx")
@@ -47,17 +52,22 @@ def write_demo_group_photos(
         with atomic_path(path) as tmp:
             photo.save(tmp, format="PNG")
         people = [attributes.loc[int(hq)].to_dict() for hq in group.condition_hq_idx]
-        caption = (f"A group photo of the people from {picture_list(len(identities))}: "
-                   + "; ".join(describe_person(p) for p in people) + ".")
-        records.append({
-            "photo_id": f"photo-{group.group_id}",
-            "photo_path": str(path),
-            "group_id": group.group_id,
-            "identities": identities,
-            "condition_paths": [str(source_root / p) for p in group.condition_paths],
-            "caption": caption,
-            "n_subjects": len(identities),
-        })
+        caption = (
+            f"A group photo of the people from {picture_list(len(identities))}: "
+            + "; ".join(describe_person(p) for p in people)
+            + "."
+        )
+        records.append(
+            {
+                "photo_id": f"photo-{group.group_id}",
+                "photo_path": str(path),
+                "group_id": group.group_id,
+                "identities": identities,
+                "condition_paths": [str(source_root / p) for p in group.condition_paths],
+                "caption": caption,
+                "n_subjects": len(identities),
+            }
+        )
     return pd.DataFrame(records, columns=list(GROUP_PHOTO_COLUMNS))
 
 
@@ -96,5 +106,7 @@ def copy_outside_files(photos: pd.DataFrame, roots: TableRoots, folder: Path) ->
             return path
         return str(copy_in(source, folder))
 
-    return photos.assign(photo_path=photos["photo_path"].map(inside),
-                         condition_paths=photos["condition_paths"].map(lambda ps: [inside(p) for p in ps]))
+    return photos.assign(
+        photo_path=photos["photo_path"].map(inside),
+        condition_paths=photos["condition_paths"].map(lambda ps: [inside(p) for p in ps]),
+    )

@@ -24,8 +24,14 @@ TASKS: tuple[str, ...] = ("group_fusion", "age_transformed")
 
 SPLIT_COLUMNS = ("identity", "split", "n_images", "partitions")
 GROUP_COLUMNS = (
-    "group_id", "kind", "n_subjects", "identities", "condition_hq_idx", "condition_paths",
-    "target_hq_idx", "tasks",
+    "group_id",
+    "kind",
+    "n_subjects",
+    "identities",
+    "condition_hq_idx",
+    "condition_paths",
+    "target_hq_idx",
+    "tasks",
 )
 
 
@@ -53,10 +59,14 @@ def split_identities(
     ``benchmark_partitions``; training identities are those whose every image lies in
     ``training_partitions`` and that are not benchmark identities; any other identity is unused.
     """
-    per_identity = catalog.groupby("identity").agg(
-        n_images=("hq_idx", "size"),
-        partitions=("partition", lambda values: ",".join(sorted(set(values)))),
-    ).reset_index()
+    per_identity = (
+        catalog.groupby("identity")
+        .agg(
+            n_images=("hq_idx", "size"),
+            partitions=("partition", lambda values: ",".join(sorted(set(values)))),
+        )
+        .reset_index()
+    )
     partition_sets = per_identity["partitions"].str.split(",").map(set)
     in_benchmark_partitions = partition_sets.map(lambda s: s <= set(benchmark_partitions))
     candidates = np.sort(per_identity.loc[in_benchmark_partitions, "identity"].to_numpy())
@@ -133,7 +143,7 @@ def make_benchmark_groups(
     images = _images_by_identity(catalog)
     records, start = [], 0
     for size in sizes:
-        records.append(_group_record("bench", order[start:start + size], images, rng, seed))
+        records.append(_group_record("bench", order[start : start + size], images, rng, seed))
         start += size
     return pd.DataFrame(records, columns=list(GROUP_COLUMNS))
 
@@ -156,9 +166,7 @@ def make_training_groups(
     train = splits.loc[splits["split"] == "train", "identity"]
     eligible = np.sort([int(i) for i in train if len(images.get(int(i), [])) >= min_portraits])
     if (groups_of_three and len(eligible) < 3) or (groups_of_two and len(eligible) < 2):
-        raise NotEnoughIdentities(
-            f"only {len(eligible)} training identities have {min_portraits} or more portraits"
-        )
+        raise NotEnoughIdentities(f"only {len(eligible)} training identities have {min_portraits} or more portraits")
     sizes = [2] * groups_of_two + [3] * groups_of_three
     rng = np.random.default_rng(seed)
     rng.shuffle(sizes)

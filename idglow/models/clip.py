@@ -54,7 +54,7 @@ class ClipModel:
         """L2-normalised image embeddings, one row per image."""
         rows = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]])
+            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + batch_size]])
             rows.append(self.model.encode_image(batch.to(self.device), normalize=True).float())
         return torch.cat(rows) if rows else torch.empty(0, self.embed_dim)
 
@@ -125,8 +125,10 @@ def _require_architecture(model: torch.nn.Module, model_name: str, weights: Path
     expected, found = _structure(named), _structure(model)
     if expected != found:
         first = next((e, f) for e, f in zip(expected + [None], found + [None], strict=False) if e != f)
-        raise ValueError(f"{weights} holds a different network than {model_name!r}: first difference "
-                         f"{first[1]} where {model_name!r} has {first[0]}")
+        raise ValueError(
+            f"{weights} holds a different network than {model_name!r}: first difference "
+            f"{first[1]} where {model_name!r} has {first[0]}"
+        )
 
 
 def _load_openai_torchscript(model_name: str, weights: Path, device: torch.device, expected_sha256: str | None):
@@ -135,8 +137,10 @@ def _load_openai_torchscript(model_name: str, weights: Path, device: torch.devic
     weights-only format, so the file must match a known SHA-256 first."""
     pin = expected_sha256 or released_sha256(weights)
     if pin is None:
-        raise ValueError(f"{weights} is a TorchScript archive with no known SHA-256: name it as released "
-                         f"(ViT-L-14.pt) or pass expected_sha256")
+        raise ValueError(
+            f"{weights} is a TorchScript archive with no known SHA-256: name it as released "
+            f"(ViT-L-14.pt) or pass expected_sha256"
+        )
     verify_sha256(weights, pin)
     model = open_clip.load_openai_model(str(weights), precision="fp32", device="cpu")
     _require_architecture(model, model_name, weights)
@@ -145,8 +149,13 @@ def _load_openai_torchscript(model_name: str, weights: Path, device: torch.devic
     return model.to(device), image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
 
 
-def load_clip(model_name: str, weights: Path, device: torch.device, config_dir: Path | None = None,
-              expected_sha256: str | None = None) -> ClipModel:
+def load_clip(
+    model_name: str,
+    weights: Path,
+    device: torch.device,
+    config_dir: Path | None = None,
+    expected_sha256: str | None = None,
+) -> ClipModel:
     """Build ``model_name`` and load ``weights`` (a local file) into it; nothing is downloaded.
 
     ``expected_sha256``: the hash to check the file against; a TorchScript archive named as a

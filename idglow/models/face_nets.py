@@ -62,9 +62,16 @@ class TinyArcFace(nn.Module):
     def __init__(self, embedding_size: int = 64):
         super().__init__()
         self.features = nn.Sequential(
-            _conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 32), _conv(32, 64, 2), _conv(64, 64), _conv(64, 64, 2),
+            _conv(3, 16, 2),
+            _conv(16, 32, 2),
+            _conv(32, 32),
+            _conv(32, 64, 2),
+            _conv(64, 64),
+            _conv(64, 64, 2),
         )  # 112 -> 7x7: the layout of the face (where eyes, marks and glasses are) stays in the features
-        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, embedding_size), nn.BatchNorm1d(embedding_size))
+        self.embedding = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 7 * 7, embedding_size), nn.BatchNorm1d(embedding_size)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding(self.features(x))
@@ -73,7 +80,9 @@ class TinyArcFace(nn.Module):
 class TinyGenderAge(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(_conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(
+            _conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.head = nn.Linear(48, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +91,13 @@ class TinyGenderAge(nn.Module):
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], dynamic_batch: bool = False,
-    input_name: str = "input.1", dynamic_size: bool = False,
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    output_names: list[str],
+    dynamic_batch: bool = False,
+    input_name: str = "input.1",
+    dynamic_size: bool = False,
 ) -> Path:
     """Export with the TorchScript exporter: one self-contained file, folded batch norms, a fixed
     input size (and a dynamic batch axis where asked, as insightface's recognisers have; or a
@@ -96,8 +110,15 @@ def export_onnx(
     if dynamic_size:
         dynamic_axes = {input_name: {2: "height", 3: "width"}, **{name: {0: "rows"} for name in output_names}}
     torch.onnx.export(
-        model, (example,), str(path), input_names=[input_name], output_names=output_names,
-        opset_version=17, do_constant_folding=True, dynamo=False, dynamic_axes=dynamic_axes,
+        model,
+        (example,),
+        str(path),
+        input_names=[input_name],
+        output_names=output_names,
+        opset_version=17,
+        do_constant_folding=True,
+        dynamo=False,
+        dynamic_axes=dynamic_axes,
     )
     return path
 

@@ -41,7 +41,9 @@ def affine_theta(matrix: np.ndarray, image_h: int, image_w: int, out: int = ARCF
     normalised coordinates: N_in . M^-1 . N_out^-1.
     """
     forward = np.vstack([matrix, [0.0, 0.0, 1.0]])
-    theta = _pixel_to_normalized(image_h, image_w) @ np.linalg.inv(forward) @ np.linalg.inv(_pixel_to_normalized(out, out))
+    theta = (
+        _pixel_to_normalized(image_h, image_w) @ np.linalg.inv(forward) @ np.linalg.inv(_pixel_to_normalized(out, out))
+    )
     return theta[:2]
 
 

@@ -78,11 +78,17 @@ def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3)
             cx, cy = rng.uniform(margin, size - margin, size=2)
             if all(math.hypot(cx - x, cy - y) > (half_width + w) * 1.6 for x, y, w in placed):
                 placed.append((cx, cy, half_width))
-                truths.append(draw_face(
-                    image, sample_style(rng), (float(cx), float(cy)), half_width,
-                    angle_deg=float(rng.uniform(-10, 10)), smile=float(rng.uniform(-0.3, 1)),
-                    light=float(rng.uniform(0.85, 1.12)),
-                ))
+                truths.append(
+                    draw_face(
+                        image,
+                        sample_style(rng),
+                        (float(cx), float(cy)),
+                        half_width,
+                        angle_deg=float(rng.uniform(-10, 10)),
+                        smile=float(rng.uniform(-0.3, 1)),
+                        light=float(rng.uniform(0.85, 1.12)),
+                    )
+                )
                 break
     return np.asarray(image), truths
 
@@ -91,8 +97,15 @@ def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3)
 
 
 def _fit(
-    parameters: list[torch.nn.Parameter], count: int, epochs: int, batch: int, step_loss, seed: int,
-    description: str, progress: bool, weight_decay: float,
+    parameters: list[torch.nn.Parameter],
+    count: int,
+    epochs: int,
+    batch: int,
+    step_loss,
+    seed: int,
+    description: str,
+    progress: bool,
+    weight_decay: float,
 ) -> None:
     """AdamW with a one-cycle schedule over seeded shuffles of ``count`` examples;
     ``step_loss(index)`` returns the loss of one batch of example indices."""
@@ -104,7 +117,7 @@ def _fit(
     for _ in range(epochs):
         order = torch.randperm(count, generator=generator)
         for start in range(0, count, batch):
-            loss = step_loss(order[start:start + batch])
+            loss = step_loss(order[start : start + batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -170,9 +183,17 @@ def train_detector(config: FaceTrainingConfig, progress: bool = True) -> TinySCR
 
     torch.manual_seed(config.seed)
     model = TinySCRFD(size).train()
-    _fit(list(model.parameters()), len(x_all), config.detector_epochs, 32,
-         lambda index: _detector_loss(model.raw(x_all[index]), [t[index] for t in t_all]),
-         config.seed, "training tiny face detector", progress, weight_decay=1e-4)
+    _fit(
+        list(model.parameters()),
+        len(x_all),
+        config.detector_epochs,
+        32,
+        lambda index: _detector_loss(model.raw(x_all[index]), [t[index] for t in t_all]),
+        config.seed,
+        "training tiny face detector",
+        progress,
+        weight_decay=1e-4,
+    )
     return model.eval()
 
 
@@ -190,8 +211,12 @@ def _detector_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> 
         mask = target[..., 15] > 0
         positives = positives + mask.sum()
         if mask.any():
-            box_loss = box_loss + F.smooth_l1_loss(out[..., 1:5][mask], target[..., 1:5][mask], reduction="sum", beta=0.1)
-            kps_loss = kps_loss + F.smooth_l1_loss(out[..., 5:15][mask], target[..., 5:15][mask], reduction="sum", beta=0.1)
+            box_loss = box_loss + F.smooth_l1_loss(
+                out[..., 1:5][mask], target[..., 1:5][mask], reduction="sum", beta=0.1
+            )
+            kps_loss = kps_loss + F.smooth_l1_loss(
+                out[..., 5:15][mask], target[..., 5:15][mask], reduction="sum", beta=0.1
+            )
     n = torch.clamp(torch.as_tensor(positives, dtype=torch.float32), min=1.0)
     return (score_loss + box_loss / 4 + kps_loss / 10) / n
 
@@ -230,8 +255,17 @@ def train_recognizer(config: FaceTrainingConfig, progress: bool = True) -> TinyA
         one_hot = F.one_hot(y_all[index], config.recognizer_identities).float()
         return F.cross_entropy(scale * (cosine - margin * one_hot), y_all[index])
 
-    _fit([*model.parameters(), classes], len(x_all), config.recognizer_epochs, 64, cosface_loss,
-         config.seed, "training tiny face recogniser", progress, weight_decay=5e-4)
+    _fit(
+        [*model.parameters(), classes],
+        len(x_all),
+        config.recognizer_epochs,
+        64,
+        cosface_loss,
+        config.seed,
+        "training tiny face recogniser",
+        progress,
+        weight_decay=5e-4,
+    )
     return model.eval()
 
 
@@ -264,15 +298,26 @@ def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGe
         out = model(x_all[index])
         return F.cross_entropy(out[:, :2], y_all[index]) + F.mse_loss(out[:, 2], torch.full((len(index),), 0.3))
 
-    _fit(list(model.parameters()), len(x_all), config.genderage_epochs, 64, gender_age_loss,
-         config.seed, "training tiny gender/age", progress, weight_decay=1e-4)
+    _fit(
+        list(model.parameters()),
+        len(x_all),
+        config.genderage_epochs,
+        64,
+        gender_age_loss,
+        config.seed,
+        "training tiny gender/age",
+        progress,
+        weight_decay=1e-4,
+    )
     return model.eval()
 
 
 # ------------------------------------------------------------------------- pack
 
 
-def write_tiny_face_pack(folder: Path, config: FaceTrainingConfig = FaceTrainingConfig(), progress: bool = True) -> Path:
+def write_tiny_face_pack(
+    folder: Path, config: FaceTrainingConfig = FaceTrainingConfig(), progress: bool = True
+) -> Path:
     """Train the three tiny models and export them as an insightface pack folder."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)

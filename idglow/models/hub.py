@@ -58,7 +58,11 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 def onnx_providers() -> list[str]:
     """onnxruntime's CUDA provider when onnxruntime-gpu is installed, else the CPU."""
     available = onnxruntime.get_available_providers()
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"]
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in available
+        else ["CPUExecutionProvider"]
+    )
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,11 @@ def load_face_analysis(pack_dir: Path, settings: FaceAnalysisSettings = FACE_ANA
         if key not in _CACHE:
             providers = onnx_providers()
             app = FaceAnalysis(name=str(pack_dir), providers=providers, allowed_modules=list(settings.modules))
-            app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_thresh=settings.det_thresh,
-                        det_size=(settings.det_size, settings.det_size))
+            app.prepare(
+                ctx_id=0 if providers[0].startswith("CUDA") else -1,
+                det_thresh=settings.det_thresh,
+                det_size=(settings.det_size, settings.det_size),
+            )
             _CACHE[key] = app
         return _CACHE[key]
 
@@ -168,8 +175,11 @@ class ModelHub:
         """The generator's own tokenizer, for the text encoder's token budget (no weights loaded)."""
         from transformers import AutoTokenizer
 
-        return self._cached(GENERATOR, lambda path: AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True),
-                            variant="tokenizer")
+        return self._cached(
+            GENERATOR,
+            lambda path: AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True),
+            variant="tokenizer",
+        )
 
     def prompt_model(self, aligned: Path | None = None):
         """(model, processor) of the vision-language prompt writer: the base weights, or an

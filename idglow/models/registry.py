@@ -54,39 +54,53 @@ class Component:
 
 REAL_COMPONENTS: dict[str, Component] = {
     GENERATOR: Component(
-        GENERATOR, "Qwen-Image-Edit-2511",
-        tuple(RequiredFile(p) for p in (
-            "model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json",
-            "tokenizer/tokenizer_config.json", "processor/preprocessor_config.json", "scheduler/scheduler_config.json",
-        )),
-        source="the diffusers repository Qwen/Qwen-Image-Edit-2511 (all files, snapshot_download on a connected machine)",
+        GENERATOR,
+        "Qwen-Image-Edit-2511",
+        tuple(
+            RequiredFile(p)
+            for p in (
+                "model_index.json",
+                "transformer/config.json",
+                "vae/config.json",
+                "text_encoder/config.json",
+                "tokenizer/tokenizer_config.json",
+                "processor/preprocessor_config.json",
+                "scheduler/scheduler_config.json",
+            )
+        ),
+        source="the diffusers repository Qwen/Qwen-Image-Edit-2511 "
+        "(all files, snapshot_download on a connected machine)",
         license="Apache-2.0",
         loader_name="QwenImageEditPlusPipeline",
     ),
     PROMPT_MODEL: Component(
-        PROMPT_MODEL, "Qwen2.5-VL-7B-Instruct",
+        PROMPT_MODEL,
+        "Qwen2.5-VL-7B-Instruct",
         tuple(RequiredFile(p) for p in ("config.json", "preprocessor_config.json", "tokenizer_config.json")),
         source="Qwen/Qwen2.5-VL-7B-Instruct (any Qwen2.5-VL or Qwen3-VL Instruct folder works)",
         license="Apache-2.0",
         loader_name="AutoModelForImageTextToText",
     ),
     CLIP: Component(
-        CLIP, "clip/ViT-L-14.pt",
+        CLIP,
+        "clip/ViT-L-14.pt",
         (RequiredFile("", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),),
         source="OpenAI CLIP ViT-L/14 weights as released (ViT-L-14.pt), or open_clip's copy of them "
-               "(timm/vit_large_patch14_clip_224.openai: open_clip_pytorch_model.safetensors or .bin)",
+        "(timm/vit_large_patch14_clip_224.openai: open_clip_pytorch_model.safetensors or .bin)",
         license="MIT",
         loader_name="ViT-L-14-quickgelu",
         alternatives=("clip/open_clip_pytorch_model.safetensors", "clip/open_clip_pytorch_model.bin"),
     ),
     AESTHETIC: Component(
-        AESTHETIC, "aesthetic/sac+logos+ava1-l14-linearMSE.pth",
+        AESTHETIC,
+        "aesthetic/sac+logos+ava1-l14-linearMSE.pth",
         (RequiredFile(""),),
         source="LAION improved-aesthetic-predictor, sac+logos+ava1-l14-linearMSE.pth",
         license="Apache-2.0",
     ),
     FACE_PACK: Component(
-        FACE_PACK, "insightface/buffalo_l",
+        FACE_PACK,
+        "insightface/buffalo_l",
         tuple(RequiredFile(p) for p in ("det_10g.onnx", "w600k_r50.onnx", "genderage.onnx")),
         source="insightface model pack buffalo_l (unzip buffalo_l.zip here)",
         license="insightface packs: non-commercial research use only",
@@ -95,31 +109,46 @@ REAL_COMPONENTS: dict[str, Component] = {
 
 TINY_COMPONENTS: dict[str, Component] = {
     GENERATOR: Component(
-        GENERATOR, "generator",
-        tuple(RequiredFile(p) for p in ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json")),
-        source="built by idglow (tiny random-weight twin)", license="Apache-2.0",
+        GENERATOR,
+        "generator",
+        tuple(
+            RequiredFile(p)
+            for p in ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json")
+        ),
+        source="built by idglow (tiny random-weight twin)",
+        license="Apache-2.0",
         loader_name="QwenImageEditPlusPipeline",
     ),
     PROMPT_MODEL: Component(
-        PROMPT_MODEL, "prompt_model",
+        PROMPT_MODEL,
+        "prompt_model",
         # transformers 5 writes the processor (image processor inside) as processor_config.json
         tuple(RequiredFile(p) for p in ("config.json", "processor_config.json", "tokenizer_config.json")),
-        source="built by idglow (tiny random-weight twin)", license="Apache-2.0",
+        source="built by idglow (tiny random-weight twin)",
+        license="Apache-2.0",
         loader_name="AutoModelForImageTextToText",
     ),
     CLIP: Component(
-        CLIP, "clip/open_clip_model.safetensors", (RequiredFile(""),),
-        source="built by idglow (tiny random-weight twin)", license="Apache-2.0",
+        CLIP,
+        "clip/open_clip_model.safetensors",
+        (RequiredFile(""),),
+        source="built by idglow (tiny random-weight twin)",
+        license="Apache-2.0",
         loader_name="idglow-tiny-clip",
     ),
     AESTHETIC: Component(
-        AESTHETIC, "aesthetic/aesthetic_mlp.pth", (RequiredFile(""),),
-        source="built by idglow (tiny random-weight twin)", license="Apache-2.0",
+        AESTHETIC,
+        "aesthetic/aesthetic_mlp.pth",
+        (RequiredFile(""),),
+        source="built by idglow (tiny random-weight twin)",
+        license="Apache-2.0",
     ),
     FACE_PACK: Component(
-        FACE_PACK, "insightface/tiny_pack",
+        FACE_PACK,
+        "insightface/tiny_pack",
         tuple(RequiredFile(p) for p in ("det_tiny_scrfd.onnx", "rec_tiny_arcface.onnx", "genderage_tiny.onnx")),
-        source="trained by idglow on procedural faces", license="Apache-2.0",
+        source="trained by idglow on procedural faces",
+        license="Apache-2.0",
     ),
 }
 
@@ -187,7 +216,9 @@ def component_fingerprint(profile: str, role: str, models_dir: Path) -> str:
     import hashlib
 
     root = models_dir / COMPONENTS_BY_PROFILE[profile][role].chosen_path(models_dir)
-    files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file() and not p.name.startswith(".")
+    )
     digest = hashlib.sha256()
     for path in files:
         size = path.stat().st_size

@@ -39,12 +39,28 @@ RECIPE_VERSION = 1
 # release's tokenizer.json), those marked True special.
 BASE_VOCAB_SIZE = 151643
 ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
 )
 
 # Qwen2-VL's chat template as released: a default system turn, optional "Picture n:" labels.
@@ -81,15 +97,37 @@ def qwen2_5_vl_7b_sizes(depth: int) -> VLSizes:
     # the release attends over the whole image every eighth block, the last one always
     full_attention = sorted({i for i in QWEN2_5_VL_7B_FULL_ATTENTION_BLOCKS if i < vision_depth} | {vision_depth - 1})
     return VLSizes(
-        hidden_size=3584, intermediate_size=18944, num_hidden_layers=text_layers, head_dim=128,
-        num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rope_theta=1000000.0,
-        mrope_section=(16, 24, 24), vision_depth=vision_depth, vision_hidden_size=1280,
-        vision_intermediate_size=3420, vision_num_heads=16, vision_out_hidden_size=3584,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=text_layers,
+        head_dim=128,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=128000,
+        rope_theta=1000000.0,
+        mrope_section=(16, 24, 24),
+        vision_depth=vision_depth,
+        vision_hidden_size=1280,
+        vision_intermediate_size=3420,
+        vision_num_heads=16,
+        vision_out_hidden_size=3584,
         fullatt_block_indexes=tuple(full_attention),
-        text_extra={"rms_norm_eps": 1e-06, "hidden_act": "silu", "use_sliding_window": False,
-                    "sliding_window": 32768, "max_window_layers": QWEN2_5_VL_7B_LAYERS, "attention_dropout": 0.0},
-        vision_extra={"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
-                      "hidden_act": "silu", "tokens_per_second": 2},
+        text_extra={
+            "rms_norm_eps": 1e-06,
+            "hidden_act": "silu",
+            "use_sliding_window": False,
+            "sliding_window": 32768,
+            "max_window_layers": QWEN2_5_VL_7B_LAYERS,
+            "attention_dropout": 0.0,
+        },
+        vision_extra={
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+            "hidden_act": "silu",
+            "tokens_per_second": 2,
+        },
         top_extra={"tie_word_embeddings": False},
         dtype=torch.bfloat16,
     )
@@ -98,16 +136,27 @@ def qwen2_5_vl_7b_sizes(depth: int) -> VLSizes:
 def qwen_image_transformer_config(depth: int) -> dict:
     """QwenImageTransformer2DModel as in Qwen-Image-Edit-2511, with ``depth`` blocks."""
     return {
-        "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": min(depth, QWEN_IMAGE_LAYERS),
-        "attention_head_dim": 128, "num_attention_heads": 24, "guidance_embeds": False,
-        "axes_dims_rope": (16, 56, 56), "zero_cond_t": True,
+        "patch_size": 2,
+        "in_channels": 64,
+        "out_channels": 16,
+        "num_layers": min(depth, QWEN_IMAGE_LAYERS),
+        "attention_head_dim": 128,
+        "num_attention_heads": 24,
+        "guidance_embeds": False,
+        "axes_dims_rope": (16, 56, 56),
+        "zero_cond_t": True,
     }
 
 
 # The VAE at full depth (it is small); latents_mean/std are diffusers' defaults, which are Qwen-Image's.
 QWEN_IMAGE_VAE_CONFIG = {
-    "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
-    "temperal_downsample": [False, True, True], "dropout": 0.0,
+    "base_dim": 96,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "dropout": 0.0,
 }
 
 
@@ -127,22 +176,37 @@ def build_released_tokenizer() -> tuple[Qwen2Tokenizer, dict[str, int], list[tup
     ``<|image_pad|>`` 151655 ... (every added token at its released id)."""
     vocab, merges = released_vocabulary()
     # no special tokens at construction: the constructor would add them in its own order
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=None,
-                               pad_token=None, model_max_length=MODEL_MAX_LENGTH, errors="replace")
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=None,
+        pad_token=None,
+        model_max_length=MODEL_MAX_LENGTH,
+        errors="replace",
+    )
     tokenizer.add_tokens([AddedToken(token, special=special, normalized=False) for token, special in ADDED_TOKENS])
-    tokenizer.add_special_tokens({
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "additional_special_tokens": [t for t, special in ADDED_TOKENS[1:] if special],
-    })
+    tokenizer.add_special_tokens(
+        {
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "additional_special_tokens": [t for t, special in ADDED_TOKENS[1:] if special],
+        }
+    )
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     for position, (token, _) in enumerate(ADDED_TOKENS):
         if tokenizer.convert_tokens_to_ids(token) != BASE_VOCAB_SIZE + position:
-            raise AssertionError(f"{token} got id {tokenizer.convert_tokens_to_ids(token)}, expected {BASE_VOCAB_SIZE + position}")
+            raise AssertionError(
+                f"{token} got id {tokenizer.convert_tokens_to_ids(token)}, expected {BASE_VOCAB_SIZE + position}"
+            )
     return tokenizer, vocab, merges
 
 
 def build_released_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
-    return build_processor(tokenizer, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    return build_processor(
+        tokenizer, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, chat_template=QWEN2_VL_CHAT_TEMPLATE
+    )
 
 
 def write_release_tokenizer_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
@@ -159,8 +223,9 @@ def write_release_processor_files(folder: Path, processor: Qwen2VLProcessor) -> 
     processor.video_processor.save_pretrained(folder)
 
 
-def write_processor_folder(folder: Path, processor: Qwen2VLProcessor, vocab: dict[str, int],
-                           merges: list[tuple[str, str]]) -> Path:
+def write_processor_folder(
+    folder: Path, processor: Qwen2VLProcessor, vocab: dict[str, int], merges: list[tuple[str, str]]
+) -> Path:
     """The processor with its tokenizer in the release's files (the Instruct folder's, or the
     generator's processor/)."""
     processor.save_pretrained(folder)
@@ -192,8 +257,15 @@ def write_generator(folder: Path, seed: int, depth: int) -> Path:
     tokenizer, vocab, merges = build_released_tokenizer()
     processor = build_released_processor(tokenizer)
     text_encoder = build_text_model(tokenizer, seed, depth)
-    pipeline = build_generator(seed, tokenizer, processor, text_encoder, qwen_image_transformer_config(depth),
-                               QWEN_IMAGE_VAE_CONFIG, dtype=torch.bfloat16)
+    pipeline = build_generator(
+        seed,
+        tokenizer,
+        processor,
+        text_encoder,
+        qwen_image_transformer_config(depth),
+        QWEN_IMAGE_VAE_CONFIG,
+        dtype=torch.bfloat16,
+    )
     pipeline.save_pretrained(folder)
     write_release_tokenizer_files(folder / "tokenizer", vocab, merges)
     write_processor_folder(folder / "processor", processor, vocab, merges)
@@ -209,8 +281,9 @@ def build_clip_l14(seed: int, depth: int) -> OpenClipModel:
     return OpenClipModel(
         embed_dim=768,
         vision_cfg=CLIPVisionCfg(layers=min(depth, CLIP_L14_VISION_LAYERS), width=1024, patch_size=14, image_size=224),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=768, heads=12,
-                             layers=min(depth, CLIP_L14_TEXT_LAYERS)),
+        text_cfg=CLIPTextCfg(
+            context_length=77, vocab_size=49408, width=768, heads=12, layers=min(depth, CLIP_L14_TEXT_LAYERS)
+        ),
         quick_gelu=True,
     ).eval()
 
@@ -233,8 +306,9 @@ def write_openai_torchscript(model: OpenClipModel, path: Path) -> Path:
     text = torch.zeros(1, sizes["context_length"], dtype=torch.int)  # open_clip's trace_model inputs
     # no re-trace check: the checker compares two traces of the same module and trips on the
     # mangled class names of the second one
-    traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,), "encode_image": (image,)},
-                                    check_trace=False)
+    traced = torch.jit.trace_module(
+        model, {"forward": (image, text), "encode_text": (text,), "encode_image": (image,)}, check_trace=False
+    )
     convert_weights_to_lp(model, torch.float16)  # the traced module shares these parameters
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(path))

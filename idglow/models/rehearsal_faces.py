@@ -72,7 +72,9 @@ class IResNet(nn.Module):
         self.features = nn.BatchNorm1d(num_features, eps=1e-05)
 
     def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
-        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-05))
+        downsample = nn.Sequential(
+            nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-05)
+        )
         layers = [IBasicBlock(self.inplanes, planes, 2, downsample)]
         self.inplanes = planes
         layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -91,10 +93,17 @@ class LandmarkNet(nn.Module):
     def __init__(self, outputs: int):
         super().__init__()
         self.features = nn.Sequential(
-            _conv3x3(3, 16, 2), nn.BatchNorm2d(16), nn.ReLU(),
-            _conv3x3(16, 32, 2), nn.BatchNorm2d(32), nn.ReLU(),
-            _conv3x3(32, 64, 2), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            _conv3x3(3, 16, 2),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            _conv3x3(16, 32, 2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            _conv3x3(32, 64, 2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(64, outputs)
 
@@ -130,5 +139,12 @@ def write_rehearsal_face_pack(folder: Path, seed: int, recognizer_layers: tuple[
     ]
     for offset, (name, make, size, input_name, outputs, options) in enumerate(exports):
         torch.manual_seed(seed + offset)
-        export_onnx(_vary_constant_initialisations(make()), torch.zeros(1, 3, size, size), folder / name, outputs, input_name=input_name, **options)
+        export_onnx(
+            _vary_constant_initialisations(make()),
+            torch.zeros(1, 3, size, size),
+            folder / name,
+            outputs,
+            input_name=input_name,
+            **options,
+        )
     return folder

@@ -27,16 +27,38 @@ def smoke_test(hub: ModelHub, portraits: list[Image.Image], size: int = 64, step
     timings: dict[str, float] = {}
     pipeline = _timed(timings, "load_generator_s", hub.generator)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    _timed(timings, "generate_warmup_s", lambda: pipeline(
-        image=portraits, prompt="A group photo of these people", height=size, width=size,
-        num_inference_steps=steps, true_cfg_scale=1.0, generator=generator))
-    output = _timed(timings, "generate_s", lambda: pipeline(
-        image=portraits, prompt="A group photo of these people", height=size, width=size,
-        num_inference_steps=steps, true_cfg_scale=1.0, generator=generator).images[0])
+    _timed(
+        timings,
+        "generate_warmup_s",
+        lambda: pipeline(
+            image=portraits,
+            prompt="A group photo of these people",
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            true_cfg_scale=1.0,
+            generator=generator,
+        ),
+    )
+    output = _timed(
+        timings,
+        "generate_s",
+        lambda: pipeline(
+            image=portraits,
+            prompt="A group photo of these people",
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            true_cfg_scale=1.0,
+            generator=generator,
+        ).images[0],
+    )
     timings["generated_width"] = float(output.size[0])
 
     model, processor = _timed(timings, "load_prompt_model_s", hub.prompt_model)
-    messages = [{"role": "user", "content": [*({"type": "image"} for _ in portraits), {"type": "text", "text": "Describe."}]}]
+    messages = [
+        {"role": "user", "content": [*({"type": "image"} for _ in portraits), {"type": "text", "text": "Describe."}]}
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=portraits, return_tensors="pt").to(hub.device)
     _timed(timings, "prompt_generate_s", lambda: model.generate(**inputs, max_new_tokens=16, do_sample=False))

@@ -40,12 +40,23 @@ QWEN_IMAGE_SCHEDULER_CONFIG = {
 
 
 TINY_TRANSFORMER_CONFIG = {
-    "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 16,
-    "num_attention_heads": 2, "axes_dims_rope": (4, 6, 6), "zero_cond_t": True,
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 2,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "axes_dims_rope": (4, 6, 6),
+    "zero_cond_t": True,
 }
 TINY_VAE_CONFIG = {
-    "base_dim": 24, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
-    "temperal_downsample": [False, True, True], "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16,
+    "base_dim": 24,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [0.0] * 16,
+    "latents_std": [1.0] * 16,
 }
 
 

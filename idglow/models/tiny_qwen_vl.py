@@ -25,8 +25,14 @@ from transformers import (
 )
 
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 
 # Enough English that the byte-level BPE learns words for the prompts the pipeline writes.
@@ -78,8 +84,12 @@ def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
     """A byte-level BPE trained on a fixed corpus, with Qwen's special tokens."""
     vocab, merges = train_bpe(vocab_size)
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None,
-        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -87,7 +97,10 @@ def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
 
 
 def build_processor(
-    tokenizer: Qwen2Tokenizer, min_pixels: int = 28 * 28, max_pixels: int = 112 * 112, chat_template: str = CHAT_TEMPLATE
+    tokenizer: Qwen2Tokenizer,
+    min_pixels: int = 28 * 28,
+    max_pixels: int = 112 * 112,
+    chat_template: str = CHAT_TEMPLATE,
 ) -> Qwen2VLProcessor:
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2VLProcessor(
@@ -128,9 +141,7 @@ class VLSizes:
     dtype: torch.dtype = torch.float32
 
 
-def build_model(
-    tokenizer: Qwen2Tokenizer, seed: int, sizes: VLSizes = VLSizes()
-) -> Qwen2_5_VLForConditionalGeneration:
+def build_model(tokenizer: Qwen2Tokenizer, seed: int, sizes: VLSizes = VLSizes()) -> Qwen2_5_VLForConditionalGeneration:
     """A Qwen2.5-VL of ``sizes`` whose special-token ids match ``tokenizer``."""
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
@@ -142,8 +153,11 @@ def build_model(
             "num_attention_heads": sizes.hidden_size // sizes.head_dim,
             "num_key_value_heads": sizes.num_key_value_heads,
             "max_position_embeddings": sizes.max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": sizes.rope_theta,
-                                "mrope_section": list(sizes.mrope_section)},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": sizes.rope_theta,
+                "mrope_section": list(sizes.mrope_section),
+            },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],

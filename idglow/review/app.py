@@ -39,8 +39,9 @@ TEMPLATES = Environment(loader=PackageLoader("idglow.review", "templates"), auto
 SESSION_SECONDS = 12 * 3600
 
 
-def _page(name: str, request: Request, user: dict | None = None, status: int = 200, headers: dict | None = None,
-          **values) -> HTMLResponse:
+def _page(
+    name: str, request: Request, user: dict | None = None, status: int = 200, headers: dict | None = None, **values
+) -> HTMLResponse:
     session = request.session
     if not isinstance(session.get("csrf"), str):
         session["csrf"] = new_csrf_token()
@@ -104,8 +105,14 @@ def _served_file(root: Path, named: str) -> Path | None:
         return None
 
 
-def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: LoginLimits = LoginLimits(),
-               private_files: Iterable[Path] = (), clock: Callable[[], float] = time.time) -> Starlette:
+def create_app(
+    store: ReviewStore,
+    storage_root: Path,
+    secret: str,
+    limits: LoginLimits = LoginLimits(),
+    private_files: Iterable[Path] = (),
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
     """The app over ``store``. Images are served only when an item names them and they lie inside
     ``storage_root``; the database's files and ``private_files`` (the session secret) never are."""
     root = storage_root.resolve()
@@ -137,11 +144,18 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
             return _page("login.html", request, status=400, error="Send a username and a password.")
         account = f"account:{username[:100]}"
         address = f"address:{request.client.host if request.client else 'unknown'}"
-        wait = store.admit_sign_in({account: limits.account_failures, address: limits.address_failures}, limits, clock())
+        wait = store.admit_sign_in(
+            {account: limits.account_failures, address: limits.address_failures}, limits, clock()
+        )
         if wait is not None:
             seconds = max(1, math.ceil(wait))
-            return _page("login.html", request, status=429, headers={"Retry-After": str(seconds)},
-                         error=f"Too many failed sign-ins; try again in {seconds} seconds.")
+            return _page(
+                "login.html",
+                request,
+                status=429,
+                headers={"Retry-After": str(seconds)},
+                error=f"Too many failed sign-ins; try again in {seconds} seconds.",
+            )
         reviewer = store.reviewer(username)
         # scrypt takes tens of milliseconds of CPU: in a worker thread, so other requests go on.
         correct = await run_in_threadpool(verify_password, password, reviewer["password_hash"] if reviewer else None)
@@ -175,11 +189,20 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         payload = claim.payload
         right = "rejected" if claim.left == "chosen" else "chosen"
         return _page(
-            "review.html", request, user, item=claim, prompt=payload.get("prompt", ""), task=payload.get("task", ""),
-            conditions=[file_url(claim.item_id, "condition", i) for i, _ in enumerate(payload.get("condition_paths", []))],
-            left_url=file_url(claim.item_id, claim.left), right_url=file_url(claim.item_id, right),
+            "review.html",
+            request,
+            user,
+            item=claim,
+            prompt=payload.get("prompt", ""),
+            task=payload.get("task", ""),
+            conditions=[
+                file_url(claim.item_id, "condition", i) for i, _ in enumerate(payload.get("condition_paths", []))
+            ],
+            left_url=file_url(claim.item_id, claim.left),
+            right_url=file_url(claim.item_id, right),
             scores={"left": _scores(payload, claim.left), "right": _scores(payload, right)},
-            reasons=list(enumerate(REJECT_REASONS, start=3)), lease_seconds=int(claim.expires_at - time.time()),
+            reasons=list(enumerate(REJECT_REASONS, start=3)),
+            lease_seconds=int(claim.expires_at - time.time()),
             message=request.session.pop("message", None),
         )
 
@@ -193,8 +216,14 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         try:
             # A "left" field from the browser is ignored: the lease knows what was shown.
             reasons = [r for r in form.getlist("reason") if isinstance(r, str) and r]
-            store.decide(user["id"], user["name"], _item_id(_text(form, "item_id")), _text(form, "action") or "",
-                         reasons, _seconds(_text(form, "seconds")))
+            store.decide(
+                user["id"],
+                user["name"],
+                _item_id(_text(form, "item_id")),
+                _text(form, "action") or "",
+                reasons,
+                _seconds(_text(form, "seconds")),
+            )
         except (ReviewError, ValueError) as error:
             request.session["message"] = str(error)
         return RedirectResponse("/review", status_code=303)
@@ -224,20 +253,36 @@ def create_app(store: ReviewStore, storage_root: Path, secret: str, limits: Logi
         item_id, token = request.path_params["item_id"], request.path_params["token"]
         payload = store.item_payload(item_id) if 0 < item_id < 2**63 else None
         payload = payload or {}
-        named = [path for role, index, path in item_files(payload) if same_token(file_token(secret, item_id, role, index), token)]
+        named = [
+            path
+            for role, index, path in item_files(payload)
+            if same_token(file_token(secret, item_id, role, index), token)
+        ]
         wanted = _served_file(root, named[0]) if named else None
         if wanted is None or not wanted.is_relative_to(root) or wanted in never_served or not wanted.is_file():
             return Response("not found", status_code=404)
         return FileResponse(wanted, headers={"Cache-Control": "private, max-age=300"})
 
     routes = [
-        Route("/", home), Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]), Route("/review", review, methods=["GET"]),
-        Route("/review/decide", decide, methods=["POST"]), Route("/review/undo", undo, methods=["POST"]),
-        Route("/stats", stats), Route("/files/{item_id:int}/{token}", files),
+        Route("/", home),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/review", review, methods=["GET"]),
+        Route("/review/decide", decide, methods=["POST"]),
+        Route("/review/undo", undo, methods=["POST"]),
+        Route("/stats", stats),
+        Route("/files/{item_id:int}/{token}", files),
     ]
-    middleware = [Middleware(SessionMiddleware, secret_key=secret, session_cookie="idglow_review", same_site="strict",
-                             max_age=SESSION_SECONDS)]
+    middleware = [
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret,
+            session_cookie="idglow_review",
+            same_site="strict",
+            max_age=SESSION_SECONDS,
+        )
+    ]
     return Starlette(routes=routes, middleware=middleware)
 
 
@@ -252,12 +297,21 @@ def review_statistics(store: ReviewStore) -> dict:
         outcomes = store.item_outcomes(batch_id)
         decided = sum(o["final"] is not None for o in outcomes)
         accepted = sum(o["final"] == "accept" for o in outcomes)
-        batches.append({"batch": batch_id, "items": len(outcomes), "decided": decided,
-                        "progress": f"{decided / max(len(outcomes), 1):.0%}",
-                        "acceptance_rate": f"{accepted / decided:.2f}" if decided else "-"})
+        batches.append(
+            {
+                "batch": batch_id,
+                "items": len(outcomes),
+                "decided": decided,
+                "progress": f"{decided / max(len(outcomes), 1):.0%}",
+                "acceptance_rate": f"{accepted / decided:.2f}" if decided else "-",
+            }
+        )
         for o in outcomes:
-            by_item[o["item_id"]] = {"pair_id": o["pair_id"], "batch": batch_id,
-                                     "votes": dict(zip(o["reviewers"], o["decisions"], strict=True))}
+            by_item[o["item_id"]] = {
+                "pair_id": o["pair_id"],
+                "batch": batch_id,
+                "votes": dict(zip(o["reviewers"], o["decisions"], strict=True)),
+            }
             if o["is_gold"]:
                 for reviewer, vote in zip(o["reviewers"], o["decisions"], strict=True):
                     gold[reviewer][0] += vote == o["gold_answer"]
@@ -272,13 +326,26 @@ def review_statistics(store: ReviewStore) -> dict:
         t["last"] = row["created_at"]
         if row["seconds"]:
             t["seconds"].append(row["seconds"])
-    reviewers = [{"reviewer": name, "decisions": t["decisions"],
-                  "per_hour": round(t["decisions"] / max((t["last"] - t["first"]) / 3600, 1 / 60), 1),
-                  "median_seconds": round(sorted(t["seconds"])[len(t["seconds"]) // 2], 1) if t["seconds"] else "-",
-                  "gold_accuracy": f"{gold[name][0]}/{gold[name][1]}" if gold[name][1] else "-"}
-                 for name, t in sorted(throughput.items())]
+    reviewers = [
+        {
+            "reviewer": name,
+            "decisions": t["decisions"],
+            "per_hour": round(t["decisions"] / max((t["last"] - t["first"]) / 3600, 1 / 60), 1),
+            "median_seconds": round(sorted(t["seconds"])[len(t["seconds"]) // 2], 1) if t["seconds"] else "-",
+            "gold_accuracy": f"{gold[name][0]}/{gold[name][1]}" if gold[name][1] else "-",
+        }
+        for name, t in sorted(throughput.items())
+    ]
     votes = {item: v["votes"] for item, v in by_item.items() if len(v["votes"]) >= 2}
-    disagreements = [{"batch": v["batch"], "pair_id": v["pair_id"], "votes": json.dumps(v["votes"])}
-                     for v in by_item.values() if len(set(v["votes"].values())) > 1]
-    return {"batches": batches, "reviewers": reviewers, "kappas": pairwise_cohen_kappa(votes),
-            "fleiss": fleiss(votes), "disagreements": disagreements}
+    disagreements = [
+        {"batch": v["batch"], "pair_id": v["pair_id"], "votes": json.dumps(v["votes"])}
+        for v in by_item.values()
+        if len(set(v["votes"].values())) > 1
+    ]
+    return {
+        "batches": batches,
+        "reviewers": reviewers,
+        "kappas": pairwise_cohen_kappa(votes),
+        "fleiss": fleiss(votes),
+        "disagreements": disagreements,
+    }

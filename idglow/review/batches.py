@@ -13,9 +13,14 @@ from idglow.scoring import METRICS
 def review_payload(row: dict) -> dict:
     """What a reviewer is shown for a pair (and what the written rule of review mode auto reads)."""
     return {
-        "pair_id": row["pair_id"], "prompt": row["prompt"], "task": row["task"], "n_subjects": int(row["n_subjects"]),
-        "source": row["source"], "condition_paths": [str(p) for p in row["condition_paths"]],
-        "chosen_path": row["chosen_path"], "rejected_path": row["rejected_path"],
+        "pair_id": row["pair_id"],
+        "prompt": row["prompt"],
+        "task": row["task"],
+        "n_subjects": int(row["n_subjects"]),
+        "source": row["source"],
+        "condition_paths": [str(p) for p in row["condition_paths"]],
+        "chosen_path": row["chosen_path"],
+        "rejected_path": row["rejected_path"],
         "scores": {side: {m: float(row[f"{side}_{m}"]) for m in METRICS} for side in ("chosen", "rejected")},
         "deltas": {m: float(row[f"delta_{m}"]) for m in METRICS},
     }

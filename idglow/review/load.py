@@ -73,8 +73,15 @@ class BackgroundServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def run_load(folder: Path, clients: int = 20, items: int = 500, overlap: int = 2, lease_seconds: float = 2.0,
-             abandon_rate: float = 0.02, seed: int = 0) -> tuple[LoadReport, ReviewStore]:
+def run_load(
+    folder: Path,
+    clients: int = 20,
+    items: int = 500,
+    overlap: int = 2,
+    lease_seconds: float = 2.0,
+    abandon_rate: float = 0.02,
+    seed: int = 0,
+) -> tuple[LoadReport, ReviewStore]:
     """Publish ``items`` pairs, let ``clients`` reviewers work through them until the queue is
     empty for everyone; a few claims are abandoned (the client walks away) so leases expire."""
     images = folder / "images"
@@ -85,10 +92,23 @@ def run_load(folder: Path, clients: int = 20, items: int = 500, overlap: int = 2
     password = "load-test-password"
     for index in range(clients):
         store.add_reviewer(f"reviewer{index:02d}", hash_password(password))
-    store.publish("load-batch", "load test", [
-        {"pair_id": f"pair-{i:04d}", "prompt": "two friends", "task": "group_fusion", "condition_paths": [],
-         "chosen_path": str(images / "a.png"), "rejected_path": str(images / "b.png"), "deltas": {"identity": 0.1}}
-        for i in range(items)], overlap=overlap)
+    store.publish(
+        "load-batch",
+        "load test",
+        [
+            {
+                "pair_id": f"pair-{i:04d}",
+                "prompt": "two friends",
+                "task": "group_fusion",
+                "condition_paths": [],
+                "chosen_path": str(images / "a.png"),
+                "rejected_path": str(images / "b.png"),
+                "deltas": {"identity": 0.1},
+            }
+            for i in range(items)
+        ],
+        overlap=overlap,
+    )
     report = LoadReport(clients, items, overlap)
     lock = threading.Lock()
 

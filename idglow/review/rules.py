@@ -54,8 +54,14 @@ def pairwise_cohen_kappa(decisions_by_item: dict[int, dict[str, str]]) -> list[d
         table = to_table(codes, bins=[0, 1, 2])[0]
         observed = float(np.trace(table)) / len(shared)
         kappa = float(cohens_kappa(table).kappa) if observed < 1 or table.sum(axis=0).min() > 0 else 1.0
-        results.append({"reviewers": f"{a} / {b}", "items": len(shared), "agreement": round(observed, 3),
-                        "cohen_kappa": round(kappa, 3)})
+        results.append(
+            {
+                "reviewers": f"{a} / {b}",
+                "items": len(shared),
+                "agreement": round(observed, 3),
+                "cohen_kappa": round(kappa, 3),
+            }
+        )
     return results
 
 
@@ -65,8 +71,13 @@ def fleiss(decisions_by_item: dict[int, dict[str, str]]) -> float | None:
     if not sizes:
         return None
     raters = max(set(sizes), key=sizes.count)
-    table = np.array([[list(by.values()).count("accept"), list(by.values()).count("reject")]
-                      for by in decisions_by_item.values() if len(by) == raters])
+    table = np.array(
+        [
+            [list(by.values()).count("accept"), list(by.values()).count("reject")]
+            for by in decisions_by_item.values()
+            if len(by) == raters
+        ]
+    )
     if len(table) < 2:
         return None
     return float(fleiss_kappa(table))

@@ -35,7 +35,8 @@ from idglow.review.security import LoginLimits
 METADATA = sa.MetaData()
 
 reviewers = sa.Table(
-    "reviewers", METADATA,
+    "reviewers",
+    METADATA,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("username", sa.String(80), nullable=False, unique=True),
     sa.Column("password_hash", sa.String(300), nullable=False),
@@ -43,7 +44,8 @@ reviewers = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 batches = sa.Table(
-    "review_batches", METADATA,
+    "review_batches",
+    METADATA,
     sa.Column("id", sa.String(80), primary_key=True),
     sa.Column("source", sa.String(200), nullable=False),
     sa.Column("overlap", sa.Integer, nullable=False),
@@ -52,7 +54,8 @@ batches = sa.Table(
     sa.Column("finished_at", sa.Float, nullable=True),
 )
 items = sa.Table(
-    "review_items", METADATA,
+    "review_items",
+    METADATA,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("batch_id", sa.String(80), sa.ForeignKey("review_batches.id"), nullable=False, index=True),
     sa.Column("pair_id", sa.String(200), nullable=False),
@@ -65,14 +68,16 @@ items = sa.Table(
     sa.UniqueConstraint("batch_id", "pair_id"),
 )
 leases = sa.Table(
-    "review_leases", METADATA,
+    "review_leases",
+    METADATA,
     sa.Column("item_id", sa.Integer, sa.ForeignKey("review_items.id"), primary_key=True),
     sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id"), primary_key=True),
     sa.Column("left", sa.String(10), nullable=False),  # which image is shown on the left: chosen | rejected
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 decisions = sa.Table(
-    "review_decisions", METADATA,
+    "review_decisions",
+    METADATA,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("item_id", sa.Integer, sa.ForeignKey("review_items.id"), nullable=False, index=True),
     sa.Column("reviewer", sa.String(80), nullable=False, index=True),
@@ -87,7 +92,8 @@ decisions = sa.Table(
     sa.Index("ix_review_decisions_reviewer_item", "reviewer", "item_id"),
 )
 events = sa.Table(  # housekeeping that is not a decision: reclaimed leases
-    "review_events", METADATA,
+    "review_events",
+    METADATA,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
@@ -95,14 +101,16 @@ events = sa.Table(  # housekeeping that is not a decision: reclaimed leases
 )
 
 sessions = sa.Table(  # one row per signed-in browser; the cookie carries the token, the table its hash
-    "review_sessions", METADATA,
+    "review_sessions",
+    METADATA,
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 login_throttle = sa.Table(  # failed sign-ins per key: "account:<name>" or "address:<client address>"
-    "review_login_throttle", METADATA,
+    "review_login_throttle",
+    METADATA,
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("failures", sa.Integer, nullable=False),  # attempts counted in the current window
     sa.Column("window_start", sa.Float, nullable=False),
@@ -202,8 +210,11 @@ class ReviewStore:
         with self.engine.begin() as db:
             if db.execute(sa.select(reviewers.c.id).where(reviewers.c.username == username)).first():
                 raise ReviewError(f"reviewer {username!r} exists already")
-            return db.execute(reviewers.insert().values(username=username, password_hash=password_hash,
-                                                        is_admin=is_admin, created_at=time.time())).inserted_primary_key[0]
+            return db.execute(
+                reviewers.insert().values(
+                    username=username, password_hash=password_hash, is_admin=is_admin, created_at=time.time()
+                )
+            ).inserted_primary_key[0]
 
     def reviewer(self, username: str) -> dict | None:
         with self.engine.connect() as db:
@@ -218,17 +229,22 @@ class ReviewStore:
         token = secrets.token_urlsafe(32)
         with self.engine.begin() as db:
             db.execute(sessions.delete().where(sessions.c.expires_at <= now))  # housekeeping, cheap with few rows
-            db.execute(sessions.insert().values(token_hash=_token_hash(token), reviewer_id=reviewer_id, created_at=now,
-                                                expires_at=now + lifetime))
+            db.execute(
+                sessions.insert().values(
+                    token_hash=_token_hash(token), reviewer_id=reviewer_id, created_at=now, expires_at=now + lifetime
+                )
+            )
         return token
 
     def session_reviewer(self, token: str, now: float | None = None) -> dict | None:
         """The reviewer whose live session the token names; None when it was closed, has expired, or
         its reviewer is gone."""
         now = time.time() if now is None else now
-        query = (sa.select(reviewers.c.id, reviewers.c.username, reviewers.c.is_admin)
-                 .join(sessions, sessions.c.reviewer_id == reviewers.c.id)
-                 .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_at > now))
+        query = (
+            sa.select(reviewers.c.id, reviewers.c.username, reviewers.c.is_admin)
+            .join(sessions, sessions.c.reviewer_id == reviewers.c.id)
+            .where(sessions.c.token_hash == _token_hash(token), sessions.c.expires_at > now)
+        )
         with self.engine.connect() as db:
             row = db.execute(query).mappings().first()
         return dict(row) if row else None
@@ -286,25 +302,58 @@ class ReviewStore:
         record of guesses from the same address."""
         with self.engine.begin() as db:
             db.execute(login_throttle.delete().where(login_throttle.c.key == account_key))
-            db.execute(login_throttle.update().where(login_throttle.c.key.in_(other_keys), login_throttle.c.failures > 0)
-                       .values(failures=login_throttle.c.failures - 1))
+            db.execute(
+                login_throttle.update()
+                .where(login_throttle.c.key.in_(other_keys), login_throttle.c.failures > 0)
+                .values(failures=login_throttle.c.failures - 1)
+            )
 
     # -------------------------------------------------------------------- batches
 
-    def publish(self, batch_id: str, source: str, pairs: list[dict], overlap: int = 1, rule: FinalRule | None = None,
-                gold: list[dict] | None = None) -> int:
+    def publish(
+        self,
+        batch_id: str,
+        source: str,
+        pairs: list[dict],
+        overlap: int = 1,
+        rule: FinalRule | None = None,
+        gold: list[dict] | None = None,
+    ) -> int:
         """A batch of items (``pair_id`` and the payload shown); gold items carry ``gold_answer``.
         Publishing the same batch again adds nothing (idempotent); returns the item count."""
         rule = rule or FinalRule.for_overlap(overlap)
         with self.engine.begin() as db:
             if db.execute(sa.select(batches.c.id).where(batches.c.id == batch_id)).first():
-                return db.execute(sa.select(sa.func.count()).select_from(items).where(items.c.batch_id == batch_id)).scalar_one()
-            db.execute(batches.insert().values(id=batch_id, source=source, overlap=overlap, rule=json.dumps(rule.__dict__),
-                                               created_at=time.time()))
-            rows = [{"batch_id": batch_id, "pair_id": p["pair_id"], "payload": json.dumps(p), "is_gold": False,
-                     "gold_answer": None, "standing": 0} for p in pairs]
-            rows += [{"batch_id": batch_id, "pair_id": g["pair_id"], "payload": json.dumps(g), "is_gold": True,
-                      "gold_answer": g["gold_answer"], "standing": 0} for g in gold or []]
+                return db.execute(
+                    sa.select(sa.func.count()).select_from(items).where(items.c.batch_id == batch_id)
+                ).scalar_one()
+            db.execute(
+                batches.insert().values(
+                    id=batch_id, source=source, overlap=overlap, rule=json.dumps(rule.__dict__), created_at=time.time()
+                )
+            )
+            rows = [
+                {
+                    "batch_id": batch_id,
+                    "pair_id": p["pair_id"],
+                    "payload": json.dumps(p),
+                    "is_gold": False,
+                    "gold_answer": None,
+                    "standing": 0,
+                }
+                for p in pairs
+            ]
+            rows += [
+                {
+                    "batch_id": batch_id,
+                    "pair_id": g["pair_id"],
+                    "payload": json.dumps(g),
+                    "is_gold": True,
+                    "gold_answer": g["gold_answer"],
+                    "standing": 0,
+                }
+                for g in gold or []
+            ]
             if rows:
                 db.execute(items.insert(), rows)
             return len(rows)
@@ -324,16 +373,26 @@ class ReviewStore:
     def _effective():
         """Decisions no undo withdrew (accept and reject)."""
         undo = decisions.alias("undo")
-        return sa.and_(decisions.c.decision.in_(("accept", "reject")),
-                       ~sa.exists().where(sa.and_(undo.c.undoes == decisions.c.id, undo.c.decision == "undo")))
+        return sa.and_(
+            decisions.c.decision.in_(("accept", "reject")),
+            ~sa.exists().where(sa.and_(undo.c.undoes == decisions.c.id, undo.c.decision == "undo")),
+        )
 
     def _reclaim(self, db, now: float) -> None:
         expired = db.execute(sa.select(leases).where(leases.c.expires_at < now)).mappings().all()
         if expired:
             db.execute(leases.delete().where(leases.c.expires_at < now))
-            db.execute(events.insert(), [{"kind": "lease_reclaimed", "created_at": now,
-                                          "detail": json.dumps({"item_id": e["item_id"], "reviewer_id": e["reviewer_id"]})}
-                                         for e in expired])
+            db.execute(
+                events.insert(),
+                [
+                    {
+                        "kind": "lease_reclaimed",
+                        "created_at": now,
+                        "detail": json.dumps({"item_id": e["item_id"], "reviewer_id": e["reviewer_id"]}),
+                    }
+                    for e in expired
+                ],
+            )
 
     def claim(self, reviewer_id: int, username: str) -> Claim | None:
         """The reviewer's current item, or the next one with a free slot that they have not
@@ -347,29 +406,54 @@ class ReviewStore:
                 if item_id is None:
                     return None
                 left = "chosen" if secrets.randbelow(2) else "rejected"  # so position cannot bias the choice
-                db.execute(leases.insert().values(item_id=item_id, reviewer_id=reviewer_id, left=left,
-                                                  expires_at=now + self.lease_seconds))
+                db.execute(
+                    leases.insert().values(
+                        item_id=item_id, reviewer_id=reviewer_id, left=left, expires_at=now + self.lease_seconds
+                    )
+                )
                 held = {"item_id": item_id, "left": left, "expires_at": now + self.lease_seconds}
             item = db.execute(sa.select(items).where(items.c.id == held["item_id"])).mappings().one()
-        return Claim(item["id"], item["batch_id"], item["pair_id"], json.loads(item["payload"]), held["left"], held["expires_at"])
+        return Claim(
+            item["id"], item["batch_id"], item["pair_id"], json.loads(item["payload"]), held["left"], held["expires_at"]
+        )
 
     def _next_free(self, db, username: str) -> int | None:
         leased = sa.select(sa.func.count()).select_from(leases).where(leases.c.item_id == items.c.id).scalar_subquery()
         mine = decisions.alias("mine")
         withdrawn = decisions.alias("withdrawn")
-        already = sa.exists().where(sa.and_(mine.c.reviewer == username, mine.c.item_id == items.c.id,
-                                            mine.c.decision.in_(DECISIONS),
-                                            ~sa.exists().where(withdrawn.c.undoes == mine.c.id)))
-        query = (sa.select(items.c.id).join(batches, batches.c.id == items.c.batch_id)
-                 .where(batches.c.finished_at.is_(None), items.c.standing < batches.c.overlap,
-                        items.c.standing + leased < batches.c.overlap, ~already)
-                 .order_by(items.c.id).limit(1))
+        already = sa.exists().where(
+            sa.and_(
+                mine.c.reviewer == username,
+                mine.c.item_id == items.c.id,
+                mine.c.decision.in_(DECISIONS),
+                ~sa.exists().where(withdrawn.c.undoes == mine.c.id),
+            )
+        )
+        query = (
+            sa.select(items.c.id)
+            .join(batches, batches.c.id == items.c.batch_id)
+            .where(
+                batches.c.finished_at.is_(None),
+                items.c.standing < batches.c.overlap,
+                items.c.standing + leased < batches.c.overlap,
+                ~already,
+            )
+            .order_by(items.c.id)
+            .limit(1)
+        )
         if not self.url.startswith("sqlite"):
             query = query.with_for_update(skip_locked=True, of=items)
         return db.execute(query).scalar_one_or_none()
 
-    def decide(self, reviewer_id: int, username: str, item_id: int, decision: str, reasons: list[str] | None = None,
-               seconds: float | None = None) -> int:
+    def decide(
+        self,
+        reviewer_id: int,
+        username: str,
+        item_id: int,
+        decision: str,
+        reasons: list[str] | None = None,
+        seconds: float | None = None,
+    ) -> int:
         """Record the reviewer's decision on the item they hold; returns the decision's id. A
         preference (``prefer-left``, ``prefer-right``) is read against the side the lease says was
         shown on the left, never against what a client claims."""
@@ -380,23 +464,37 @@ class ReviewStore:
             raise ReviewError(f"unknown reasons {sorted(map(str, unknown))}")
         now = time.time()
         with self.engine.begin() as db:
-            lease = db.execute(sa.select(leases).where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id)
-                               ).mappings().first()
+            lease = (
+                db.execute(sa.select(leases).where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id))
+                .mappings()
+                .first()
+            )
             if lease is None:
                 raise ReviewError("this item is no longer yours (its lease expired); take the next one")
             db.execute(leases.delete().where(leases.c.item_id == item_id, leases.c.reviewer_id == reviewer_id))
             if decision in PREFERENCES:
                 decision, implied = preference_decision(decision, lease["left"])
                 reasons = implied + [r for r in reasons or [] if r not in implied]
-            batch_id, overlap, standing = db.execute(sa.select(items.c.batch_id, batches.c.overlap, items.c.standing)
-                                                     .join(batches, batches.c.id == items.c.batch_id)
-                                                     .where(items.c.id == item_id)).one()
+            batch_id, overlap, standing = db.execute(
+                sa.select(items.c.batch_id, batches.c.overlap, items.c.standing)
+                .join(batches, batches.c.id == items.c.batch_id)
+                .where(items.c.id == item_id)
+            ).one()
             if decision != "skip" and standing >= overlap:
                 raise ReviewError("this item already has all the reviews it needs")
-            decision_id = db.execute(decisions.insert().values(
-                item_id=item_id, reviewer=username, decision=decision, reasons=json.dumps(reasons or []),
-                left=lease["left"], seconds=seconds, automatic=False, app_version=APP_VERSION, created_at=now,
-            )).inserted_primary_key[0]
+            decision_id = db.execute(
+                decisions.insert().values(
+                    item_id=item_id,
+                    reviewer=username,
+                    decision=decision,
+                    reasons=json.dumps(reasons or []),
+                    left=lease["left"],
+                    seconds=seconds,
+                    automatic=False,
+                    app_version=APP_VERSION,
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
             if decision != "skip":
                 db.execute(items.update().where(items.c.id == item_id).values(standing=items.c.standing + 1))
                 if standing + 1 >= overlap:
@@ -407,23 +505,52 @@ class ReviewStore:
         """Withdraw the reviewer's last standing decision; they get that item back. Returns its id."""
         now = time.time()
         with self.engine.begin() as db:
-            last = db.execute(
-                sa.select(decisions).where(decisions.c.reviewer == username, decisions.c.decision.in_(DECISIONS),
-                                           ~sa.exists().where(sa.and_(decisions.alias("u").c.undoes == decisions.c.id)))
-                .order_by(decisions.c.id.desc()).limit(1)).mappings().first()
+            last = (
+                db.execute(
+                    sa.select(decisions)
+                    .where(
+                        decisions.c.reviewer == username,
+                        decisions.c.decision.in_(DECISIONS),
+                        ~sa.exists().where(sa.and_(decisions.alias("u").c.undoes == decisions.c.id)),
+                    )
+                    .order_by(decisions.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if last is None:
                 return None
-            batch = db.execute(sa.select(batches.c.finished_at).join(items, items.c.batch_id == batches.c.id)
-                               .where(items.c.id == last["item_id"])).scalar_one()
+            batch = db.execute(
+                sa.select(batches.c.finished_at)
+                .join(items, items.c.batch_id == batches.c.id)
+                .where(items.c.id == last["item_id"])
+            ).scalar_one()
             if batch is not None:
                 raise ReviewError("that batch is finished; its decisions are final")
-            db.execute(decisions.insert().values(item_id=last["item_id"], reviewer=username, decision="undo", reasons="[]",
-                                                 undoes=last["id"], automatic=False, app_version=APP_VERSION, created_at=now))
+            db.execute(
+                decisions.insert().values(
+                    item_id=last["item_id"],
+                    reviewer=username,
+                    decision="undo",
+                    reasons="[]",
+                    undoes=last["id"],
+                    automatic=False,
+                    app_version=APP_VERSION,
+                    created_at=now,
+                )
+            )
             if last["decision"] != "skip":
                 db.execute(items.update().where(items.c.id == last["item_id"]).values(standing=items.c.standing - 1))
             db.execute(leases.delete().where(leases.c.reviewer_id == reviewer_id))
-            db.execute(leases.insert().values(item_id=last["item_id"], reviewer_id=reviewer_id, left=last["left"] or "chosen",
-                                              expires_at=now + self.lease_seconds))
+            db.execute(
+                leases.insert().values(
+                    item_id=last["item_id"],
+                    reviewer_id=reviewer_id,
+                    left=last["left"] or "chosen",
+                    expires_at=now + self.lease_seconds,
+                )
+            )
             return last["item_id"]
 
     def decide_automatically(self, batch_id: str, rule_name: str, decide) -> int:
@@ -433,21 +560,42 @@ class ReviewStore:
         now = time.time()
         written = 0
         with self.engine.begin() as db:
-            rows = db.execute(sa.select(items.c.id, items.c.payload)
-                              .where(items.c.batch_id == batch_id, items.c.standing == 0)).all()
+            rows = db.execute(
+                sa.select(items.c.id, items.c.payload).where(items.c.batch_id == batch_id, items.c.standing == 0)
+            ).all()
             for item_id, payload in rows:
-                db.execute(decisions.insert().values(item_id=item_id, reviewer=rule_name, decision=decide(json.loads(payload)),
-                                                     reasons="[]", automatic=True, app_version=APP_VERSION, created_at=now))
+                db.execute(
+                    decisions.insert().values(
+                        item_id=item_id,
+                        reviewer=rule_name,
+                        decision=decide(json.loads(payload)),
+                        reasons="[]",
+                        automatic=True,
+                        app_version=APP_VERSION,
+                        created_at=now,
+                    )
+                )
                 db.execute(items.update().where(items.c.id == item_id).values(standing=items.c.standing + 1))
                 written += 1
-            db.execute(batches.update().where(batches.c.id == batch_id, batches.c.finished_at.is_(None)).values(finished_at=now))
+            db.execute(
+                batches.update()
+                .where(batches.c.id == batch_id, batches.c.finished_at.is_(None))
+                .values(finished_at=now)
+            )
         return written
 
     def _close_finished(self, db, batch_id: str, overlap: int, now: float) -> None:
-        open_items = db.execute(sa.select(sa.func.count()).select_from(items)
-                                .where(items.c.batch_id == batch_id, items.c.standing < overlap)).scalar_one()
+        open_items = db.execute(
+            sa.select(sa.func.count())
+            .select_from(items)
+            .where(items.c.batch_id == batch_id, items.c.standing < overlap)
+        ).scalar_one()
         if open_items == 0:
-            db.execute(batches.update().where(batches.c.id == batch_id, batches.c.finished_at.is_(None)).values(finished_at=now))
+            db.execute(
+                batches.update()
+                .where(batches.c.id == batch_id, batches.c.finished_at.is_(None))
+                .values(finished_at=now)
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -464,23 +612,46 @@ class ReviewStore:
         with self.engine.connect() as db:
             batch = db.execute(sa.select(batches).where(batches.c.id == batch_id)).mappings().one()
             rule = FinalRule(**json.loads(batch["rule"]))
-            rows = db.execute(sa.select(items).where(items.c.batch_id == batch_id).order_by(items.c.id)).mappings().all()
-            standing = db.execute(sa.select(decisions).where(self._effective(), decisions.c.item_id.in_([r["id"] for r in rows]))
-                                  ).mappings().all()
+            rows = (
+                db.execute(sa.select(items).where(items.c.batch_id == batch_id).order_by(items.c.id)).mappings().all()
+            )
+            standing = (
+                db.execute(
+                    sa.select(decisions).where(self._effective(), decisions.c.item_id.in_([r["id"] for r in rows]))
+                )
+                .mappings()
+                .all()
+            )
         by_item: dict[int, list[dict]] = {}
         for d in standing:
             by_item.setdefault(d["item_id"], []).append(dict(d))
-        return [{"item_id": r["id"], "pair_id": r["pair_id"], "is_gold": r["is_gold"], "gold_answer": r["gold_answer"],
-                 "decisions": [d["decision"] for d in by_item.get(r["id"], [])],
-                 "reviewers": [d["reviewer"] for d in by_item.get(r["id"], [])],
-                 "automatic": any(d["automatic"] for d in by_item.get(r["id"], [])),
-                 "final": final_decision([d["decision"] for d in by_item.get(r["id"], [])], rule)} for r in rows]
+        return [
+            {
+                "item_id": r["id"],
+                "pair_id": r["pair_id"],
+                "is_gold": r["is_gold"],
+                "gold_answer": r["gold_answer"],
+                "decisions": [d["decision"] for d in by_item.get(r["id"], [])],
+                "reviewers": [d["reviewer"] for d in by_item.get(r["id"], [])],
+                "automatic": any(d["automatic"] for d in by_item.get(r["id"], [])),
+                "final": final_decision([d["decision"] for d in by_item.get(r["id"], [])], rule),
+            }
+            for r in rows
+        ]
 
     def finished_batches(self, after: float = 0.0) -> list[tuple[str, float]]:
         with self.engine.connect() as db:
-            return [tuple(r) for r in db.execute(sa.select(batches.c.id, batches.c.finished_at)
-                                                 .where(batches.c.finished_at > after).order_by(batches.c.finished_at))]
+            return [
+                tuple(r)
+                for r in db.execute(
+                    sa.select(batches.c.id, batches.c.finished_at)
+                    .where(batches.c.finished_at > after)
+                    .order_by(batches.c.finished_at)
+                )
+            ]
 
     def reclaimed_leases(self) -> int:
         with self.engine.connect() as db:
-            return db.execute(sa.select(sa.func.count()).select_from(events).where(events.c.kind == "lease_reclaimed")).scalar_one()
+            return db.execute(
+                sa.select(sa.func.count()).select_from(events).where(events.c.kind == "lease_reclaimed")
+            ).scalar_one()

@@ -17,8 +17,9 @@ def upgrade() -> None:
     op.create_table(
         "review_sessions",
         sa.Column("token_hash", sa.String(64), primary_key=True),
-        sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False,
-                  index=True),
+        sa.Column(
+            "reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True
+        ),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("expires_at", sa.Float, nullable=False),
     )
