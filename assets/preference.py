@@ -18,7 +18,7 @@ from idglow.data.group_photos import (
     write_demo_group_photos,
 )
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
-from idglow.generation import GenerationSettings, generate_candidates
+from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
 from idglow.models.face_training import pil_to_bgr
 from idglow.models.registry import PROMPT_MODEL, component_fingerprint
 from idglow.pairs import SOURCES, build_pairs
@@ -142,19 +142,7 @@ def real_group_photos(context: dg.AssetExecutionContext, settings: IdglowSetting
 
 def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.DataFrame:
     training = prompt_table[prompt_table["group_kind"] == "train"]
-    jobs = training.assign(job_id=training["prompt_id"], photo_id=None)[
-        [
-            "job_id",
-            "group_id",
-            "task",
-            "prompt_kind",
-            "prompt",
-            "condition_paths",
-            "identities",
-            "n_subjects",
-            "photo_id",
-        ]
-    ]
+    jobs = training.assign(job_id=training["prompt_id"], photo_id=None)[list(JOB_COLUMNS)]
     real = pd.DataFrame(
         {
             "job_id": photos["photo_id"] + "-caption",

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from evaluation.benchmark import ImageScorer
-from idglow.generation import GenerationSettings, generate_candidates
+from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
 
 BENCHMARK_ROUND = "benchmark"  # seeds depend on the group, task and prompt, never on the model
 
@@ -22,19 +22,7 @@ def benchmark_jobs(prompts: pd.DataFrame) -> pd.DataFrame:
     bench = prompts[prompts["group_kind"] == "bench"]
     if bench.empty:
         raise ValueError("the prompts table holds no benchmark prompts (group_kind 'bench')")
-    return bench.assign(job_id=bench["prompt_id"], photo_id="")[
-        [
-            "job_id",
-            "group_id",
-            "task",
-            "prompt_kind",
-            "prompt",
-            "condition_paths",
-            "identities",
-            "n_subjects",
-            "photo_id",
-        ]
-    ].reset_index(drop=True)
+    return bench.assign(job_id=bench["prompt_id"], photo_id="")[list(JOB_COLUMNS)].reset_index(drop=True)
 
 
 def evaluate_model(

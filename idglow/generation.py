@@ -18,14 +18,9 @@ from tqdm.auto import tqdm
 
 from idglow.storage import atomic_path, remove_stale_partials
 
-CANDIDATE_COLUMNS = (
-    "candidate_id",
+# A generation job: one prompt (or one real photo's caption) for one group; K candidates each.
+JOB_COLUMNS = (
     "job_id",
-    "round",
-    "path",
-    "seed",
-    "k",
-    "model_version",
     "group_id",
     "task",
     "prompt_kind",
@@ -35,6 +30,7 @@ CANDIDATE_COLUMNS = (
     "n_subjects",
     "photo_id",
 )
+CANDIDATE_COLUMNS = ("candidate_id", "job_id", "round", "path", "seed", "k", "model_version", *JOB_COLUMNS[1:])
 
 
 @dataclass(frozen=True)
