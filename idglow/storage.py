@@ -20,11 +20,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pandas and pyarrow load only for Parquet writes: the review store locks without them
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +178,9 @@ def write_json_atomic(destination: str | os.PathLike[str], obj: Any) -> Path:
 
 def write_parquet_atomic(destination: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
     """Write ``frame`` as Parquet without its pandas index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(destination) as tmp:
         pq.write_table(table, tmp)

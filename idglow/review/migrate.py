@@ -14,13 +14,14 @@ takes a transaction-scoped advisory lock in ``migrations/env.py`` for the same r
 
 from __future__ import annotations
 
-import fcntl
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
+
+from idglow.storage import exclusive_lock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -42,15 +43,9 @@ def _migration_lock(url: str) -> Iterator[None]:
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         yield
         return
-    # Like idglow.storage.exclusive_lock, kept here so the review store does not import pandas.
-    # The lock file is never deleted: deleting it would let two processes lock two different files.
-    lock = Path(url.removeprefix("sqlite:///") + ".migrate-lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even if the process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    database = url.removeprefix("sqlite:///")
+    with exclusive_lock(database + ".migrate-lock", f"the schema upgrade of {database}"):
+        yield
 
 
 def current_revision(url: str) -> str | None:
