@@ -44,6 +44,19 @@ DEMO_NOTICE = (
 )
 
 
+def benchmark_generation(profile) -> GenerationSettings:
+    """The benchmark's fixed inference settings: the profile's size, steps and true CFG, one
+    image per prompt, seeds from the profile (the same for every model version)."""
+    return GenerationSettings(
+        profile.generation_size,
+        profile.generation_size,
+        profile.generation_steps,
+        profile.true_cfg_scale,
+        1,
+        profile.seed,
+    )
+
+
 def read_registry(settings: IdglowSettings) -> pd.DataFrame:
     path = settings.paths.table("model_registry")
     return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=REGISTRY_COLUMNS)
@@ -137,14 +150,7 @@ def benchmark_results(
         ),
         "code_version": code_version(),
     }
-    inference = GenerationSettings(
-        profile.generation_size,
-        profile.generation_size,
-        profile.generation_steps,
-        profile.true_cfg_scale,
-        1,
-        profile.seed,
-    )
+    inference = benchmark_generation(profile)
     pipeline = hub.generator()
     if entry["lora_dir"]:
         pipeline.load_lora_weights(resolve_under(paths.root, entry["lora_dir"]))
@@ -419,14 +425,7 @@ def sft_ablation(
     }
     jobs = benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(paths.table("prompts"))))
     jobs = jobs[jobs["prompt_kind"] == "static"]
-    inference = GenerationSettings(
-        profile.generation_size,
-        profile.generation_size,
-        profile.generation_steps,
-        profile.true_cfg_scale,
-        1,
-        profile.seed,
-    )
+    inference = benchmark_generation(profile)
     scorer, pipeline, frames, checkpoints = ImageScorer(hub), hub.generator(), [], {}
     for name, modulation in ABLATION:
         config = SFTConfig(
