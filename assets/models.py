@@ -5,6 +5,7 @@ import pandas as pd
 from PIL import Image
 
 from assets.resources import IdglowSettings, ModelHubResource
+from idglow.editing import ReferenceBudget
 from idglow.models.registry import ROLES, check_models, component_fingerprint
 from idglow.models.smoke import smoke_test
 
@@ -34,9 +35,9 @@ def model_weights(
             },
         )
     catalog = pd.read_parquet(settings.paths.catalog)
-    source = settings.resolved().celebahq_source
-    portraits = [Image.open(source / path).convert("RGB") for path in catalog["path"].head(3)]
-    timings = smoke_test(hub, portraits)
+    profile = settings.resolved()
+    portraits = [Image.open(profile.celebahq_source / path).convert("RGB") for path in catalog["path"].head(3)]
+    timings = smoke_test(hub, portraits, ReferenceBudget.of_profile(profile))
     fingerprints = {role: component_fingerprint(models.profile, role, hub.models_dir) for role in ROLES}
     return dg.MaterializeResult(
         metadata={

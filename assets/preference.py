@@ -3,6 +3,7 @@ filter (Eq. 9), SFT examples and the WebDataset shards."""
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,7 @@ from idglow.data.group_photos import (
     read_group_photo_manifest,
     write_demo_group_photos,
 )
+from idglow.editing import ReferenceBudget
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
 from idglow.models.face_training import pil_to_bgr
@@ -159,6 +161,20 @@ def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.Dat
     return pd.concat([jobs, real], ignore_index=True)
 
 
+def candidate_generation(profile) -> GenerationSettings:
+    """The candidates' inference settings: the profile's size, steps, true CFG, K and seed, and
+    its reference budgets (the ones training encodes with)."""
+    return GenerationSettings(
+        profile.generation_size,
+        profile.generation_size,
+        profile.generation_steps,
+        profile.true_cfg_scale,
+        profile.candidates_per_job,
+        profile.seed,
+        ReferenceBudget.of_profile(profile),
+    )
+
+
 @dg.asset(
     group_name=GROUP,
     code_version="2",
@@ -189,14 +205,7 @@ def candidate_images(
             )
         pipeline.load_lora_weights(adapter)
         version = f"lora:{tensors_sha256(weights)[:12]}"  # the weights' content, as the checkpoint manifests name it
-    settings_used = GenerationSettings(
-        profile.generation_size,
-        profile.generation_size,
-        profile.generation_steps,
-        profile.true_cfg_scale,
-        profile.candidates_per_job,
-        profile.seed,
-    )
+    settings_used = candidate_generation(profile)
     out_dir = paths.asset_dir("candidate_images") / round_name
     started = time.perf_counter()
     try:
@@ -221,7 +230,7 @@ def candidate_images(
             "skipped_existing": dg.MetadataValue.int(len(table) - generated),
             "seconds_per_image": dg.MetadataValue.float(seconds / generated if generated else 0.0),
             "face_detection_rate": dg.MetadataValue.float(detection_rate),
-            "inference_settings": dg.MetadataValue.json(settings_used.__dict__),
+            "inference_settings": dg.MetadataValue.json(asdict(settings_used)),
             "dagster/row_count": dg.MetadataValue.int(len(table)),
         },
         data_version=data_version_of(table_path),

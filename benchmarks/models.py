@@ -1,5 +1,5 @@
-"""Load and run times of every demo-profile component, and the tiny generation against the
-pipeline's default reference sizes (about 1 MP for the VAE), side by side.
+"""Load and run times of every demo-profile component, and the tiny generation at the demo
+profile's reference budgets against diffusers' default ones (about 1 MP for the VAE), side by side.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/models.py [--models-dir var/models/demo] [--repeats 5]
 """
@@ -15,8 +15,12 @@ import numpy as np
 import torch
 
 from idglow.data.faces import render_portrait, sample_style
-from idglow.models.hub import DEMO_CONDITION_IMAGE_PIXELS, DEMO_VAE_IMAGE_PIXELS, ModelHub, set_pipeline_reference_sizes
+from idglow.editing import ReferenceBudget, edit
+from idglow.models.hub import ModelHub
 from idglow.models.smoke import smoke_test
+from idglow.profiles import load_profile
+
+DIFFUSERS_DEFAULTS = ReferenceBudget(1024 * 1024, 384 * 384)  # QwenImageEditPlus' VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE
 
 
 def portraits(n: int) -> list:
@@ -26,17 +30,18 @@ def portraits(n: int) -> list:
     ]
 
 
-def generation_seconds(pipeline, references, repeats: int) -> float:
+def generation_seconds(pipeline, references, budget: ReferenceBudget, repeats: int) -> float:
     times = []
     for seed in range(repeats):
         started = time.perf_counter()
-        pipeline(
-            image=references,
-            prompt="A group photo of these people",
+        edit(
+            pipeline,
+            references,
+            "A group photo of these people",
+            budget=budget,
             height=64,
             width=64,
             num_inference_steps=4,
-            true_cfg_scale=1.0,
             generator=torch.Generator().manual_seed(seed),
         )
         times.append(time.perf_counter() - started)
@@ -55,7 +60,8 @@ def main() -> None:
     started = time.perf_counter()
     built = hub.prepare()
     print(f"tiny twins ready in {time.perf_counter() - started:.1f} s (built now: {built or 'none, cached'})")
-    timings = smoke_test(hub, portraits(3))
+    demo_budget = ReferenceBudget.of_profile(load_profile("demo", env={}))
+    timings = smoke_test(hub, portraits(3), demo_budget)
     print(f"\ndevice: {hub.device}")
     print(f"{'step':<28}{'seconds':>10}")
     for name, value in timings.items():
@@ -67,12 +73,9 @@ def main() -> None:
     print(f"{'references':<12}{'demo sizes (s)':>16}{'default sizes (s)':>20}{'ratio':>8}")
     for n in (2, 3):
         references = portraits(n)
-        set_pipeline_reference_sizes(DEMO_VAE_IMAGE_PIXELS, DEMO_CONDITION_IMAGE_PIXELS)
-        patched = generation_seconds(pipeline, references, args.repeats)
-        set_pipeline_reference_sizes(1024 * 1024, 384 * 384)
-        default = generation_seconds(pipeline, references, 1)
-        set_pipeline_reference_sizes(DEMO_VAE_IMAGE_PIXELS, DEMO_CONDITION_IMAGE_PIXELS)
-        print(f"{n:<12}{patched:>16.3f}{default:>20.3f}{default / patched:>8.1f}x")
+        demo = generation_seconds(pipeline, references, demo_budget, args.repeats)
+        default = generation_seconds(pipeline, references, DIFFUSERS_DEFAULTS, 1)
+        print(f"{n:<12}{demo:>16.3f}{default:>20.3f}{default / demo:>8.1f}x")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from idglow.data.celebahq import ingest_celebahq
 from idglow.data.demo_celebahq import write_demo_celebahq
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
+from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings, generate_candidates
 from idglow.models.hub import ModelHub
 from idglow.pairs import build_pairs
+from idglow.profiles import load_profile
 from idglow.prompts import static_prompt
 from idglow.scoring import METRICS, PairScorer, naive_scores
 
@@ -53,7 +55,9 @@ def demo_pairs(hub: ModelHub, work: Path, photos: int, candidates: int) -> pd.Da
         ignore_index=True,
     )
     jobs["condition_paths"] = [[str(dataset.root / p) for p in ps] for ps in jobs["condition_paths"]]
-    settings = GenerationSettings(64, 64, 4, 1.0, candidates, 0)
+    settings = GenerationSettings(
+        64, 64, 4, 1.0, candidates, 0, ReferenceBudget.of_profile(load_profile("demo", env={}))
+    )
     table, _ = generate_candidates(
         hub.generator(), jobs, settings, work / "candidates", "bench", "base", progress=False
     )

@@ -5,6 +5,7 @@ same for every model), scored per image, each row carrying its lineage."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -37,9 +38,7 @@ def evaluate_model(
 ) -> pd.DataFrame:
     """Generate (images already written are kept) and score; one row per image with the metrics,
     the inference settings and ``lineage`` (checkpoint, shards, prompts, metric models, code)."""
-    settings = GenerationSettings(
-        settings.height, settings.width, settings.steps, settings.true_cfg_scale, 1, settings.seed
-    )
+    settings = replace(settings, candidates_per_job=1)
     images, _ = generate_candidates(pipeline, jobs, settings, out_dir, BENCHMARK_ROUND, model_version, progress)
     rows = []
     for row in tqdm(images.itertuples(), total=len(images), desc=f"scoring {model_version}", disable=not progress):
@@ -55,7 +54,7 @@ def evaluate_model(
                 "image": row.path,
                 "seed": row.seed,
                 **scores.__dict__,
-                "inference": json.dumps(settings.__dict__),
+                "inference": json.dumps(asdict(settings)),
                 **lineage,
             }
         )

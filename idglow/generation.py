@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from idglow.editing import ReferenceBudget, edit
 from idglow.storage import atomic_path, remove_stale_partials
 
 # A generation job: one prompt (or one real photo's caption) for one group; K candidates each.
@@ -35,7 +36,8 @@ CANDIDATE_COLUMNS = ("candidate_id", "job_id", "round", "path", "seed", "k", "mo
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Inference settings recorded with every candidate."""
+    """Inference settings recorded with every candidate. ``budget`` is the profile's reference
+    budgets (``reference_pixels``, ``condition_pixels``), the ones training encodes with."""
 
     height: int
     width: int
@@ -43,6 +45,7 @@ class GenerationSettings:
     true_cfg_scale: float
     candidates_per_job: int
     seed: int
+    budget: ReferenceBudget
 
 
 def job_seed(job_id: str, k: int, round_name: str, seed: int) -> int:
@@ -98,16 +101,18 @@ def generate_candidates(
             path = out_dir / f"{job.job_id}-k{k}.png"
             if not (path.exists() and is_complete_image(path)):
                 references = references or [Image.open(p).convert("RGB") for p in job.condition_paths]
-                image = pipeline(
-                    image=references,
-                    prompt=job.prompt,
+                image = edit(
+                    pipeline,
+                    references,
+                    job.prompt,
+                    budget=settings.budget,
                     height=settings.height,
                     width=settings.width,
                     num_inference_steps=settings.steps,
                     true_cfg_scale=settings.true_cfg_scale,
                     negative_prompt=" " if settings.true_cfg_scale > 1 else None,
                     generator=torch.Generator(device="cpu").manual_seed(seed),
-                ).images[0]
+                )
                 with atomic_path(path) as tmp:
                     image.save(tmp, format="PNG")
                 generated += 1

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings, generate_candidates, is_complete_image
 
 
@@ -39,7 +40,15 @@ def jobs(folder: Path) -> pd.DataFrame:
     )
 
 
-SETTINGS = GenerationSettings(height=32, width=32, steps=2, true_cfg_scale=1.0, candidates_per_job=2, seed=0)
+SETTINGS = GenerationSettings(
+    height=32,
+    width=32,
+    steps=2,
+    true_cfg_scale=1.0,
+    candidates_per_job=2,
+    seed=0,
+    budget=ReferenceBudget(64 * 64, 56 * 56),
+)
 
 
 def test_a_rerun_regenerates_a_truncated_candidate_and_keeps_the_rest(generator, tmp_path):

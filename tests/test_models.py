@@ -15,11 +15,13 @@ from PIL import Image
 from scipy.stats import mannwhitneyu
 
 from idglow.data.faces import render_portrait, sample_style
+from idglow.editing import ReferenceBudget, edit
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from idglow.models.face_training import FaceTrainingConfig, aligned_crop, draw_scene, pil_to_bgr, write_tiny_face_pack
 from idglow.models.hub import ModelHub
 from idglow.models.registry import CLIP, REAL_COMPONENTS, FileStatus, MissingModelFile, check_models
 from idglow.models.tiny_generator import write_tiny_generator
+from idglow.profiles import load_profile
 from idglow.storage import sha256_file
 
 
@@ -38,15 +40,16 @@ def test_generator_is_the_real_pipeline_with_tiny_parts(hub, demo_dataset):
     refs = portraits(demo_dataset, 3)
 
     def generate(seed):
-        return pipeline(
-            image=refs,
-            prompt="A group photo of these people",
+        return edit(
+            pipeline,
+            refs,
+            "A group photo of these people",
+            budget=ReferenceBudget.of_profile(load_profile("demo", env={})),
             height=64,
             width=64,
             num_inference_steps=3,
-            true_cfg_scale=1.0,
             generator=torch.Generator().manual_seed(seed),
-        ).images[0]
+        )
 
     first, again, other = generate(0), generate(0), generate(1)
     assert first.size == (64, 64)

@@ -283,27 +283,26 @@ def test_models_build_takes_a_layout(light_dir, tmp_path):
     reason="builds 6.6 GB of 7B-wide weights (about 2 "
     "minutes, 5.7 GB peak); set IDGLOW_REHEARSAL_FULL=1, or use `idglow models build --layout real`",
 )
-def test_the_full_rehearsal_directory_passes_the_real_check_and_generates(tmp_path, monkeypatch):
+def test_the_full_rehearsal_directory_passes_the_real_check_and_generates(tmp_path):
     from diffusers import QwenImageEditPlusPipeline
-    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+
+    from idglow.editing import ReferenceBudget, edit
 
     build_rehearsal_models(tmp_path, progress=False)
     assert all(s.ok for s in check_models("real", tmp_path))
-    # bf16 and small reference images, or the CPU needs 9.5 GB and a 1 MP VAE encode
-    monkeypatch.setattr(pipeline_qwenimage_edit_plus, "VAE_IMAGE_SIZE", 64 * 64)
-    monkeypatch.setattr(pipeline_qwenimage_edit_plus, "CONDITION_IMAGE_SIZE", 56 * 56)
+    # bf16 and small reference images (the budget below), or the CPU needs 9.5 GB and a 1 MP VAE encode
     pipeline = QwenImageEditPlusPipeline.from_pretrained(
         tmp_path / REAL_COMPONENTS[GENERATOR].path, dtype=torch.bfloat16, local_files_only=True
     )
     assert pipeline.transformer.config.zero_cond_t and pipeline.text_encoder.config.text_config.hidden_size == 3584
-    with torch.no_grad():
-        out = pipeline(
-            image=[Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")],
-            prompt="the people of both pictures together",
-            height=64,
-            width=64,
-            num_inference_steps=2,
-            true_cfg_scale=1.0,
-            generator=torch.Generator().manual_seed(0),
-        )
-    assert out.images[0].size == (64, 64)
+    image = edit(
+        pipeline,
+        [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")],
+        "the people of both pictures together",
+        budget=ReferenceBudget(64 * 64, 56 * 56),
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert image.size == (64, 64)

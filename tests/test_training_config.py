@@ -2,12 +2,12 @@
 whole config, and the reference budgets training shares with inference."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from assets.training import build_training_assets, in_run_dir, profile_filled, run_key, training_config
+from idglow.editing import ReferenceBudget
 from idglow.profiles import load_profile
 from training.dpo import DPOConfig
 from training.sft import SFTConfig, checkpoint_due
@@ -89,28 +89,27 @@ def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):
         assert run_key(base, INPUTS, 0) == run_key(dataclasses.replace(base, **same), INPUTS, 0), same
 
 
-def _fresh_edit_plus_module():
-    """diffusers' QwenImageEditPlus pipeline module, executed anew: the hub sets its size
-    constants for the tiny models in place, so the imported module may hold the demo's."""
-    spec = importlib.util.find_spec("diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_training_and_generation_carry_each_profiles_reference_budget():
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as pipeline
 
+    from assets.benchmark import benchmark_generation
+    from assets.preference import candidate_generation
 
-def test_training_encodes_references_with_the_inference_budgets():
-    from idglow.models.hub import DEMO_CONDITION_IMAGE_PIXELS, DEMO_VAE_IMAGE_PIXELS
-
-    pipeline = _fresh_edit_plus_module()
+    for name in ("demo", "real"):
+        profile = load_profile(name, env={})
+        budget = ReferenceBudget(profile.reference_pixels, profile.condition_pixels)
+        for config_type in (SFTConfig, DPOConfig):
+            assert training_config(config_type, profile, {}, **PATHS).reference_budget == budget, (name, config_type)
+        assert benchmark_generation(profile).budget == candidate_generation(profile).budget == budget, name
+    # The real model's budgets are diffusers' defaults (read, never set: no stage patches them).
+    assert (
+        ReferenceBudget.of_profile(load_profile("real", env={}))
+        == ReferenceBudget(pipeline.VAE_IMAGE_SIZE, pipeline.CONDITION_IMAGE_SIZE)
+        == ReferenceBudget(1024 * 1024, 384 * 384)
+    )
     real = training_config(SFTConfig, load_profile("real", env={}), {}, **PATHS)
-    assert real.reference_resolution**2 == pipeline.VAE_IMAGE_SIZE == 1024 * 1024
-    assert real.condition_pixels == pipeline.CONDITION_IMAGE_SIZE == 384 * 384
     assert real.resolution == load_profile("real", env={}).generation_size == 1024
     assert real.steps == 2000 and real.lora_rank == 32  # the real profile's run, not the class defaults
-    demo = training_config(DPOConfig, load_profile("demo", env={}), {}, **PATHS)
-    assert (
-        demo.reference_resolution**2 == DEMO_VAE_IMAGE_PIXELS and demo.condition_pixels == DEMO_CONDITION_IMAGE_PIXELS
-    )
 
 
 def test_reference_budgets_must_make_whole_latent_tokens():

@@ -94,6 +94,7 @@ def batches(
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """(3, size, size) RGB in [-1, 1]."""
+    """(3, size, size) RGB in [-1, 1], for a sample's square target images. The condition
+    portraits are resized by ``idglow.editing.prepare_references``, as inference resizes them."""
     resized = image.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)

@@ -4,8 +4,9 @@ Training a LoRA on the transformer leaves the VAE and the text encoder frozen, s
 target latents, reference latents and prompt embeddings are the same every epoch and every run
 with the same encoders and sizes. They are written once to ``<cache dir>/<key>.safetensors``,
 where the key is a SHA-256 of the sample's content (its decoded pixels and its prompt) and of the
-encoding settings (the encoders' files,
-resolution, reference and condition budgets, dtype, library versions). Each step reads its
+encoding settings (the encoders' files, resolution, the reference budgets, dtype, library
+versions). References are resized and encoded by ``idglow.editing``'s functions, the ones
+inference uses, so the LoRA trains on the reference tokens it will be given. Each step reads its
 samples' files to the CPU, moves them to the device, and drops them after the step: nothing in
 memory grows with the sample count (a few thousand 1024² samples with two or three references
 do not fit in GPU memory), and a second run with the same settings reads instead of encoding.
@@ -31,12 +32,14 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from idglow.editing import ReferenceBudget, TokenShape, encode_references, prepare_references
 from idglow.storage import atomic_path, sha256_file
 from training.data import Sample, to_tensor
 from training.flow import encode, pack
 
 # Bump when encode_sample computes something else from the same inputs: old files then stop matching.
-ENCODING_VERSION = 1
+# 2: references resized and encoded as inference does (idglow.editing), their token grids stored.
+ENCODING_VERSION = 2
 
 # The generator's folders the encodings come from (the transformer and scheduler do not matter).
 ENCODER_FOLDERS = ("vae", "text_encoder", "tokenizer", "processor")
@@ -50,9 +53,10 @@ class EncodingConfig(Protocol):
     generator_dir: str
     output_dir: str
     resolution: int
-    reference_resolution: int
-    condition_pixels: int
     encoding_cache_dir: str | None
+
+    @property
+    def reference_budget(self) -> ReferenceBudget: ...
 
 
 @dataclass
@@ -72,16 +76,22 @@ class EncodedBatch:
 @dataclass
 class SampleEncoding:
     """One sample's tokens: one (T, 64) latent per image (``target``, or ``chosen`` and
-    ``rejected``), the (R, 64) reference latents, the (L, D) prompt embeddings."""
+    ``rejected``), the (R, 64) reference latents, the (L, D) prompt embeddings, and each
+    reference's token grid (a portrait keeps its aspect ratio, so the grids may differ)."""
 
     latents: dict[str, torch.Tensor]
     references: torch.Tensor
     prompt: torch.Tensor
+    reference_shapes: list[TokenShape]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The safetensors layout, on the CPU and contiguous (what ``save_file`` takes)."""
         named = {f"latents.{name}": value for name, value in self.latents.items()}
-        named.update(references=self.references, prompt=self.prompt)
+        named.update(
+            references=self.references,
+            prompt=self.prompt,
+            reference_shapes=torch.tensor(self.reference_shapes, dtype=torch.int64),
+        )
         return {name: value.detach().to("cpu").contiguous() for name, value in named.items()}
 
     @classmethod
@@ -89,13 +99,18 @@ class SampleEncoding:
         latents = {
             name.removeprefix("latents."): value for name, value in tensors.items() if name.startswith("latents.")
         }
-        if not latents or "references" not in tensors or "prompt" not in tensors:
-            raise KeyError(f"an encoding file needs latents.*, references and prompt; it has {sorted(tensors)}")
-        return cls(latents, tensors["references"], tensors["prompt"])
+        needed = ("references", "prompt", "reference_shapes")
+        if not latents or any(name not in tensors for name in needed):
+            raise KeyError(f"an encoding file needs latents.*, {', '.join(needed)}; it has {sorted(tensors)}")
+        shapes = [tuple(shape) for shape in tensors["reference_shapes"].tolist()]
+        return cls(latents, tensors["references"], tensors["prompt"], shapes)
 
     def to(self, device: torch.device) -> SampleEncoding:
         return SampleEncoding(
-            {k: v.to(device) for k, v in self.latents.items()}, self.references.to(device), self.prompt.to(device)
+            {k: v.to(device) for k, v in self.latents.items()},
+            self.references.to(device),
+            self.prompt.to(device),
+            self.reference_shapes,
         )
 
 
@@ -119,8 +134,7 @@ class EncodingSettings:
 
     model: str  # encoder_fingerprint of the generator
     resolution: int
-    reference_resolution: int
-    condition_pixels: int
+    reference_budget: ReferenceBudget
     dtype: str
     versions: str = (
         f"encoding {ENCODING_VERSION}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
@@ -131,8 +145,7 @@ class EncodingSettings:
         return cls(
             encoder_fingerprint(config.generator_dir),
             config.resolution,
-            config.reference_resolution,
-            config.condition_pixels,
+            config.reference_budget,
             str(pipeline.transformer.dtype),
         )
 
@@ -161,25 +174,31 @@ def encoding_key(sample: Sample, settings: EncodingSettings) -> str:
 
 @torch.no_grad()
 def encode_sample(pipeline, sample: Sample, config: EncodingConfig) -> SampleEncoding:
-    """The VAE latents of every image of ``sample`` and of its conditions, and its prompt
-    embeddings (the pipeline's own ``encode_prompt``, with the portraits), on the transformer's
-    device and dtype. No cache: the reference the cached path must equal."""
+    """The VAE latents of every image of ``sample``, its condition portraits' latents and its
+    prompt embeddings (the pipeline's own ``encode_prompt``, with the portraits), on the
+    transformer's device and dtype. The portraits are resized to ``config.reference_budget`` and
+    encoded by ``idglow.editing``, exactly as ``edit`` does at inference. No cache: the reference
+    the cached path must equal."""
     device, dtype = pipeline.transformer.device, pipeline.transformer.dtype
     latents = {}
     for name, image in sample.images.items():
         target = to_tensor(image, config.resolution)[None].to(device, dtype)
         latents[name] = pack(encode(pipeline.vae, target))[0]
-    references = torch.stack([to_tensor(c, config.reference_resolution) for c in sample.conditions]).to(device, dtype)
-    channels = next(iter(latents.values())).shape[-1]
-    refs = pack(encode(pipeline.vae, references)).reshape(1, -1, channels)[0]
-    side = int(config.condition_pixels**0.5)
-    conditions = [c.resize((side, side)) for c in sample.conditions]
-    prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=conditions, device=device)
-    return SampleEncoding(latents, refs, prompt[0])
+    prepared = prepare_references(sample.conditions, config.reference_budget, pipeline.image_processor)
+    references = encode_references(pipeline, prepared.vae_images, device, dtype)[0]
+    prompt, _ = pipeline.encode_prompt(sample.meta["prompt"], image=prepared.condition_images, device=device)
+    return SampleEncoding(latents, references, prompt[0], prepared.token_shapes(pipeline.vae_scale_factor))
 
 
 def stack(encodings: list[SampleEncoding], image_name: str, config: EncodingConfig) -> EncodedBatch:
-    """Stacked tokens of ``image_name`` and padded prompt embeddings for a batch homogeneous in N."""
+    """Stacked tokens of ``image_name`` and padded prompt embeddings for a batch homogeneous in N
+    (and in the references' token grids: portraits of one aspect ratio, as CelebA-HQ's are)."""
+    reference_shapes = encodings[0].reference_shapes
+    if any(e.reference_shapes != reference_shapes for e in encodings):
+        raise ValueError(
+            "a batch's samples must share their references' token grids (their aspect ratios); got "
+            f"{sorted({tuple(e.reference_shapes) for e in encodings})}"
+        )
     x0 = torch.stack([e.latents[image_name] for e in encodings])
     refs = torch.stack([e.references for e in encodings])
     lengths = [e.prompt.shape[0] for e in encodings]
@@ -191,10 +210,7 @@ def stack(encodings: list[SampleEncoding], image_name: str, config: EncodingConf
     if min(lengths) < length:
         mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
     side = config.resolution // 16
-    ref_side = config.reference_resolution // 16
-    references = refs.shape[1] // (ref_side * ref_side)
-    shapes = [(1, side, side)] + [(1, ref_side, ref_side)] * references
-    return EncodedBatch(x0, refs, prompt, mask, shapes)
+    return EncodedBatch(x0, refs, prompt, mask, [(1, side, side), *reference_shapes])
 
 
 def default_cache_dir(config: EncodingConfig) -> Path | None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from idglow.editing import ReferenceBudget, edit
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from idglow.models.hub import ModelHub
 
@@ -22,37 +23,29 @@ def _timed(timings: dict[str, float], name: str, run: Callable):
     return result
 
 
-def smoke_test(hub: ModelHub, portraits: list[Image.Image], size: int = 64, steps: int = 4) -> dict[str, float]:
-    """Seconds to load and to run each component once on ``portraits`` (2-3 reference faces)."""
+def smoke_test(
+    hub: ModelHub, portraits: list[Image.Image], budget: ReferenceBudget, size: int = 64, steps: int = 4
+) -> dict[str, float]:
+    """Seconds to load and to run each component once on ``portraits`` (2-3 reference faces),
+    generating at the profile's reference ``budget`` as every stage does."""
     timings: dict[str, float] = {}
     pipeline = _timed(timings, "load_generator_s", hub.generator)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    _timed(
-        timings,
-        "generate_warmup_s",
-        lambda: pipeline(
-            image=portraits,
-            prompt="A group photo of these people",
+
+    def generate() -> Image.Image:
+        return edit(
+            pipeline,
+            portraits,
+            "A group photo of these people",
+            budget=budget,
             height=size,
             width=size,
             num_inference_steps=steps,
-            true_cfg_scale=1.0,
             generator=generator,
-        ),
-    )
-    output = _timed(
-        timings,
-        "generate_s",
-        lambda: pipeline(
-            image=portraits,
-            prompt="A group photo of these people",
-            height=size,
-            width=size,
-            num_inference_steps=steps,
-            true_cfg_scale=1.0,
-            generator=generator,
-        ).images[0],
-    )
+        )
+
+    _timed(timings, "generate_warmup_s", generate)
+    output = _timed(timings, "generate_s", generate)
     timings["generated_width"] = float(output.size[0])
 
     model, processor = _timed(timings, "load_prompt_model_s", hub.prompt_model)
