@@ -8,7 +8,15 @@ Each asset takes its training settings as Dagster run config (``SFTRunConfig``, 
 folder is keyed by the hash of its config (less where it runs and how much it recomputes) and its
 inputs, so a rerun with the same settings on the same data resumes or returns the finished
 checkpoint, and any other change trains anew; the loops refuse to resume a checkpoint whose saved
-config differs (training.sft.check_resumable).
+config differs (training.sft.check_resumable). The benchmark's ``sft_ablation`` launches its runs
+the same way (``generator_config`` and ``launch``).
+
+A run's config names the files under the storage root relative to it, and the launched process
+works in the root (``--root``), so the config, its key and the checkpoints' manifests do not
+depend on where the root is mounted: a root copied or mounted elsewhere returns its finished runs
+instead of training them again. The model folders lie outside the storage root; a config names
+them by path (the process loads from there) and carries their content fingerprints
+(``model_fingerprints``), which stand for the paths in the run key and the resume check.
 
 Both assets run in the ``gpu`` pool (dagster.yaml limits it) and carry ``dagster-k8s/config``
 tags that request the run's GPUs when a cluster launches them (docs/deployment.md)."""
@@ -28,10 +36,11 @@ import pydantic
 
 from assets.metadata import checkpoint_of, checkpoint_path_metadata, file_metadata
 from assets.resources import IdglowSettings, ModelHubResource
-from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL
+from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL, component_fingerprint
+from idglow.paths import ArtifactPaths
 from idglow.profiles import Profile, ProfileError, load_profile
 from idglow.shards import manifest_hash
-from idglow.storage import sha256_file, write_json_atomic
+from idglow.storage import relative_to_root, sha256_file, write_json_atomic
 from training import dpo as dpo_module
 from training import prompt_dpo as prompt_dpo_module
 from training import sft as sft_module
@@ -49,6 +58,7 @@ GENERATOR_FILLED = (
     "shards",
     "output_dir",
     "face_pack_dir",
+    "model_fingerprints",
     "sft_checkpoint",
     "device",
     "seed",
@@ -56,7 +66,19 @@ GENERATOR_FILLED = (
     "reference_resolution",
     "condition_pixels",
 )
-PROMPT_DPO_FILLED = ("model_dir", "preferences", "catalog", "source_root", "output_dir", "device", "seed")
+PROMPT_DPO_FILLED = (
+    "model_dir",
+    "model_fingerprints",
+    "preferences",
+    "catalog",
+    "source_root",
+    "output_dir",
+    "device",
+    "seed",
+)
+# The model folders each generator run names (config field: the registry's role).
+SFT_MODELS = {"generator_dir": GENERATOR, "face_pack_dir": FACE_PACK}
+DPO_MODELS = {"generator_dir": GENERATOR}
 
 
 def reference_side(pixels: int) -> int:
@@ -78,7 +100,7 @@ def profile_filled(profile: Profile) -> dict:
     }
 
 
-def training_config(config_type: type, profile: Profile, run: dict, **paths: str):
+def training_config(config_type: type, profile: Profile, run: dict, **paths):
     """The config a run trains with: its run config's values (the profile's defaults for those it
     leaves out), the profile's fixed settings, and the asset's paths; ``output_dir`` stays empty
     until ``in_run_dir`` names the run's folder."""
@@ -134,35 +156,77 @@ def run_config_class(
 
 def run_key(config, inputs_sha256: str, gpus: int) -> str:
     """The hash a run's folder is named by: the whole config but what may differ when a run is
-    resumed (where it is written, its device and recomputation: training.sft.MAY_DIFFER_ON_RESUME),
-    its inputs' hash, and the GPU count (more ranks, a larger effective batch: another run)."""
-    settings = {name: value for name, value in asdict(config).items() if name not in sft_module.MAY_DIFFER_ON_RESUME}
+    resumed (where it is written, its device and recomputation, and the paths of the model folders
+    whose fingerprints it carries: training.sft.location_fields), its inputs' hash, and the GPU
+    count (more ranks, a larger effective batch: another run)."""
+    values = asdict(config)
+    where = sft_module.location_fields(values)
+    settings = {name: value for name, value in values.items() if name not in where}
     payload = json.dumps({"config": settings, "inputs": inputs_sha256, "gpus": gpus}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def in_run_dir(config, root: Path, inputs_sha256: str, gpus: int):
-    """``config`` with ``output_dir`` set to its own folder under ``root``: a rerun with the same
-    config on the same inputs resumes or returns its checkpoint, any other change trains anew."""
-    folder = root / f"{inputs_sha256[:12]}-{run_key(config, inputs_sha256, gpus)}"
-    return dataclasses.replace(config, output_dir=str(folder))
+    """``config`` with ``output_dir`` set to its own folder under ``root`` (the assets pass their
+    folder relative to the storage root): a rerun with the same config on the same inputs resumes
+    or returns its checkpoint, any other change trains anew."""
+    folder = Path(root) / f"{inputs_sha256[:12]}-{run_key(config, inputs_sha256, gpus)}"
+    return dataclasses.replace(config, output_dir=folder.as_posix())
 
 
-def training_command(module: str, config_file: Path, gpus: int) -> list[str]:
-    """One process, or torchrun with a process per GPU."""
+def stored_path(path: str | Path, root: Path) -> str:
+    """``path`` as a run's config names it: relative to the storage ``root`` when it lies under it
+    (the launched process works in the root, so it finds it wherever the root is mounted), else
+    absolute (a CelebA-HQ root elsewhere)."""
+    path = Path(os.path.abspath(path))
+    return relative_to_root(path, root) if path.is_relative_to(os.path.abspath(root)) else str(path)
+
+
+def model_fields(hub, models: dict[str, str]) -> dict:
+    """The config fields naming model folders (``models``: field -> registry role), each the
+    folder's path, and ``model_fingerprints`` with each folder's content fingerprint. The models
+    directory is not under the storage root and may be mounted elsewhere too: the run key and the
+    resume check compare what the folder holds, not where it is (training.sft.location_fields)."""
+    return {
+        **{name: str(hub.path(role)) for name, role in models.items()},
+        "model_fingerprints": {
+            name: component_fingerprint(hub.profile, role, hub.models_dir) for name, role in models.items()
+        },
+    }
+
+
+def generator_config(
+    config_type: type,
+    profile: Profile,
+    run: dict,
+    paths: ArtifactPaths,
+    hub,
+    shards: str,
+    runs: str,
+    models: dict[str, str],
+    **fields,
+):
+    """An SFT or DPO run's config, as its run folder keeps it: ``run`` over the profile's settings
+    (``training_config``), the shards of the asset ``shards``, the ``models`` folders with their
+    fingerprints, ``fields`` (a DPO run's storage-relative ``sft_checkpoint``), and ``output_dir``
+    its own folder in the asset folder ``runs``, keyed by all of it and the shards' manifest."""
+    config = training_config(
+        config_type,
+        profile,
+        run,
+        shards=stored_path(paths.asset_dir(shards), paths.root),
+        **model_fields(hub, models),
+        **fields,
+    )
+    return in_run_dir(config, Path(runs), manifest_hash(paths.asset_dir(shards)), profile.training_gpus)
+
+
+def training_command(module: str, config_file: Path, gpus: int, root: Path) -> list[str]:
+    """One process, or torchrun with a process per GPU; the run works in the storage ``root``."""
+    arguments = ["-m", module, "--config", str(config_file), "--root", str(root)]
     if gpus > 1:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={gpus}",
-            "-m",
-            module,
-            "--config",
-            str(config_file),
-        ]
-    return [sys.executable, "-m", module, "--config", str(config_file)]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *arguments]
+    return [sys.executable, *arguments]
 
 
 def gpu_op_tags(gpus: int) -> dict:
@@ -177,21 +241,25 @@ def gpu_op_tags(gpus: int) -> dict:
     }
 
 
-def _launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus: int, root: Path):
-    """Write ``config`` into its run folder, run the module on it through Pipes, and report the
-    launched process's materialization with the config it trained with and its checkpoint
-    relative to the storage ``root`` (what later assets read, so they survive the root moving)."""
-    folder = Path(config.output_dir)
-    config_file = write_json_atomic(folder / "config.json", asdict(config))
+def launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus: int, root: Path):
+    """Write ``config`` into its run folder (``output_dir``, relative to the storage ``root``), run
+    the module on it through Pipes in ``root``, and return the launched process's materialization
+    with the config it trained with, its checkpoint's absolute ``checkpoint_uri`` (for people) and
+    its ``checkpoint_path`` relative to ``root`` (what later assets read, so they survive the root
+    moving). Several launches may share one step (the ablation's runs)."""
+    config_file = write_json_atomic(root / config.output_dir / "config.json", asdict(config))
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-    context.log.info(f"launching {' '.join(training_command(module, config_file, gpus))}")
-    result = client.run(command=training_command(module, config_file, gpus), context=context, env=env)
-    materialization = result.get_materialize_result()
+    command = training_command(module, config_file, gpus, root)
+    context.log.info(f"launching {' '.join(command)}")
+    materialization = client.run(command=command, context=context, env=env).get_materialize_result()
+    # The process reports its checkpoint as it names it: relative to the root it worked in.
+    checkpoint = {"checkpoint_uri": dg.MetadataValue.path(str(root / materialization.metadata["checkpoint_uri"].value))}
     return dg.MaterializeResult(
         metadata={
             **materialization.metadata,
+            **checkpoint,
             "config": dg.MetadataValue.json(asdict(config)),
-            **checkpoint_path_metadata(materialization.metadata, root),
+            **checkpoint_path_metadata(checkpoint, root),
         },
         data_version=materialization.data_version,
     )
@@ -216,7 +284,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
 
     @dg.asset(
         group_name=GROUP,
-        code_version="4",
+        code_version="5",
         deps=["sft_shards", "model_weights"],
         pool="gpu",
         kinds={"pytorch"},
@@ -232,21 +300,14 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         """Stage 1: LoRA SFT of the generator with the task-adaptive identity loss (annealing for
         Task 1, temporal gate for Task 2); safetensors checkpoint with its manifest."""
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
-        shards = paths.asset_dir("sft_shards")
-        training = training_config(
-            SFTConfig,
-            profile,
-            config.model_dump(),
-            generator_dir=str(hub.path(GENERATOR)),
-            shards=str(shards),
-            face_pack_dir=str(hub.path(FACE_PACK)),
+        training = generator_config(
+            SFTConfig, profile, config.model_dump(), paths, hub, "sft_shards", "sft_checkpoint", SFT_MODELS
         )
-        training = in_run_dir(training, paths.asset_dir("sft_checkpoint"), manifest_hash(shards), profile.training_gpus)
-        return _launch(context, pipes_subprocess_client, "training.sft", training, profile.training_gpus, paths.root)
+        return launch(context, pipes_subprocess_client, "training.sft", training, profile.training_gpus, paths.root)
 
     @dg.asset(
         group_name=GROUP,
-        code_version="4",
+        code_version="5",
         deps=["dpo_shards", sft_checkpoint],
         pool="gpu",
         kinds={"pytorch"},
@@ -264,25 +325,26 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         event = context.instance.get_latest_materialization_event(sft_checkpoint.key)
         sft = checkpoint_of(event.asset_materialization.metadata, paths.root)
-        shards = paths.asset_dir("dpo_shards")
-        training = training_config(
+        training = generator_config(
             DPOConfig,
             profile,
             config.model_dump(),
-            generator_dir=str(hub.path(GENERATOR)),
-            shards=str(shards),
-            sft_checkpoint=str(sft),
+            paths,
+            hub,
+            "dpo_shards",
+            "dpo_checkpoint",
+            DPO_MODELS,
+            sft_checkpoint=stored_path(sft, paths.root),
         )
-        training = in_run_dir(training, paths.asset_dir("dpo_checkpoint"), manifest_hash(shards), profile.training_gpus)
-        lora = Path(training.output_dir) / "combined" / "pytorch_lora_weights.safetensors"
-        result = _launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, paths.root)
+        lora = paths.root / training.output_dir / "combined" / "pytorch_lora_weights.safetensors"
+        result = launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, paths.root)
         return dg.MaterializeResult(
             metadata={**result.metadata, **file_metadata("lora", lora)}, data_version=result.data_version
         )
 
     @dg.asset(
         group_name=GROUP,
-        code_version="3",
+        code_version="4",
         deps=["prompts", "model_weights"],
         pool="gpu",
         kinds={"pytorch"},
@@ -302,19 +364,17 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         profile, paths, hub = settings.resolved(), settings.paths, models.hub()
         preferences = paths.asset_dir("prompts") / "prompt_preferences.parquet"
         training = PromptDPOConfig(
-            model_dir=str(hub.path(PROMPT_MODEL)),
-            preferences=str(preferences),
-            catalog=str(paths.catalog),
-            source_root=str(profile.celebahq_source),
+            **model_fields(hub, {"model_dir": PROMPT_MODEL}),
+            preferences=stored_path(preferences, paths.root),
+            catalog=stored_path(paths.catalog, paths.root),
+            source_root=stored_path(profile.celebahq_source, paths.root),
             output_dir="",
             seed=profile.seed,
             **config.model_dump(),
         )
         inputs = sha256_file(preferences)
-        training = dataclasses.replace(
-            training, output_dir=str(paths.asset_dir("prompt_model_alignment") / run_key(training, inputs, 1))
-        )
-        result = _launch(context, pipes_subprocess_client, "training.prompt_dpo", training, 1, paths.root)
+        training = dataclasses.replace(training, output_dir=f"prompt_model_alignment/{run_key(training, inputs, 1)}")
+        result = launch(context, pipes_subprocess_client, "training.prompt_dpo", training, 1, paths.root)
         folder = Path(result.metadata["checkpoint_uri"].value)
         return dg.MaterializeResult(
             metadata={

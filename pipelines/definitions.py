@@ -37,6 +37,7 @@ def build_definitions(profile: Profile) -> dg.Definitions:
         assets=[
             *dg.load_assets_from_modules(ASSET_MODULES),
             *training.build_training_assets(profile.training_gpus, profile),
+            *benchmark.build_ablation_assets(profile),
             review.review_decisions,
         ],
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),

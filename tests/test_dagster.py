@@ -83,6 +83,55 @@ def test_foundation_assets_materialise_on_a_test_instance(storage_env):
     assert (storage_env / "sources" / "celebahq_demo" / "CelebA-HQ-img").is_dir()
 
 
+# What the ablation's + DPO run may set apart from its task-adaptive SFT run: DPO's own fields and
+# inputs, its steps (the profile's dpo_steps), and the ID loss it does not use.
+DPO_OWN = {"shards", "steps", "sft_checkpoint", "beta", "chosen_weight", "margin", "sft_weight", "face_pack_dir"}
+
+
+def _assert_ablation_runs(root: Path, ablation, sft, dpo) -> None:
+    """The ablation's four runs were launched like the training assets' runs: each in its own
+    folder named by its config, the configs equal but for the modulation (and + DPO's own fields),
+    with the profile's reference sizes and checkpoint cadence, and the paths relative to the root."""
+    from assets.training import reference_side
+
+    profile = load_profile()
+    checkpoints = {name: root / path for name, path in ablation["checkpoint_paths"].value.items()}
+    assert list(checkpoints) == ["no ID loss", "constant", "task-adaptive", "+ DPO"]
+    folders = {name: checkpoint.parent for name, checkpoint in checkpoints.items()}
+    assert len(set(folders.values())) == 4
+    configs = {name: json.loads((folder / "config.json").read_text()) for name, folder in folders.items()}
+    for name in ("no ID loss", "constant", "task-adaptive"):  # what each checkpoint says it trained with
+        assert json.loads((checkpoints[name] / "manifest.json").read_text())["config"] == configs[name]
+    dpo_manifest = json.loads((checkpoints["+ DPO"] / "manifest.json").read_text())["dpo_manifest"]
+    assert dpo_manifest["config"] == configs["+ DPO"]
+    task = configs["task-adaptive"]
+
+    def differing(config: dict) -> set[str]:
+        return {name for name in config.keys() | task.keys() if config.get(name) != task.get(name)}
+
+    assert [configs[name]["modulation"] for name in ("no ID loss", "constant", "task-adaptive")] == [
+        "none",
+        "constant",
+        "task",
+    ]
+    assert differing(configs["no ID loss"]) == differing(configs["constant"]) == {"modulation", "output_dir"}
+    assert differing(configs["+ DPO"]) <= DPO_OWN | {"output_dir", "model_fingerprints"}
+    assert configs["+ DPO"]["sft_checkpoint"] == ablation["checkpoint_paths"].value["task-adaptive"]
+    assert configs["+ DPO"]["model_fingerprints"] == {"generator_dir": task["model_fingerprints"]["generator_dir"]}
+    for name, config in configs.items():
+        assert config["reference_resolution"] == reference_side(profile.reference_pixels), name
+        assert config["condition_pixels"] == profile.condition_pixels
+        assert config["resolution"] == profile.generation_size
+        assert config["checkpoint_every"] == profile.checkpoint_every_steps
+        assert config["gradient_checkpoint_blocks"] == profile.gradient_checkpoint_blocks
+        assert config["lora_rank"] == profile.lora_rank and config["seed"] == profile.seed
+        assert config["steps"] == (profile.dpo_steps if name == "+ DPO" else profile.sft_steps)
+        assert folders[name] == root / config["output_dir"] and str(root) not in json.dumps(config)
+    # With the default settings the task-adaptive run and + DPO are the pipeline's own runs: trained once.
+    assert folders["task-adaptive"] == Path(sft["checkpoint_uri"].value).parent
+    assert folders["+ DPO"] == Path(dpo["checkpoint_uri"].value).parent
+
+
 def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir, monkeypatch):
     from assets.preference import generation_rounds
 
@@ -216,6 +265,7 @@ def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir
             "+ DPO",
         }
         assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
+        _assert_ablation_runs(storage_env, ablation["sft_ablation"].metadata, sft.metadata, dpo)
 
         # The aligned prompt model is a version the prompts asset can name.
         alignment = materialized["prompt_model_alignment"].metadata

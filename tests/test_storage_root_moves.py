@@ -1,5 +1,6 @@
 """A storage root that is moved (or mounted elsewhere) keeps working: tables hold paths relative
-to it, and every reader resolves them against the root it is given now."""
+to it, and every reader resolves them against the root it is given now; the training runs' configs
+name their files relative to it too, so a finished run is found again instead of trained anew."""
 
 import json
 import shutil
@@ -12,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from assets.metadata import CHECKPOINT_PATH
 from idglow.profiles import load_profile
 from idglow.review.store import default_database
 from pipelines.definitions import build_definitions
@@ -19,8 +21,7 @@ from pipelines.demo import run_sensor
 
 pytestmark = pytest.mark.slow  # materialises the pipeline twice
 
-# The launched training processes record their own config (absolute paths included) in their run
-# folders; those files are training/sft.py's and the run key's business, not table content.
+# The folders of the training runs (their config.json and checkpoint manifests).
 TRAINING_RUNS = ("sft_checkpoint", "dpo_checkpoint", "prompt_model_alignment")
 BEFORE_MOVE = (
     dg.AssetSelection.all()
@@ -86,6 +87,41 @@ def test_group_photos_from_elsewhere_are_copied_under_the_storage_root(tmp_path)
     assert gone == str(tmp_path / "user" / "gone.png")  # left as named, for the quarantine
 
 
+def test_a_training_run_names_no_mount_point(tmp_path, tiny_models_dir):
+    """One SFT run on a storage root and a models directory mounted at two paths: the same config
+    (the files under the root named relative to it), so the same key and folder, and resumable; the
+    model folders enter the key and the resume check by content, so other models are another run."""
+    import dataclasses
+
+    from assets.training import SFT_MODELS, generator_config, run_key
+    from idglow.models.hub import ModelHub
+    from idglow.paths import ArtifactPaths
+    from training.sft import SFTConfig, config_differences
+
+    profile = load_profile("demo", env={})
+    configs = []
+    for mount in ("here", "there"):
+        root = tmp_path / mount / "storage"
+        (root / "sft_shards").mkdir(parents=True)
+        (root / "sft_shards" / "manifest.json").write_text('{"shards": []}')
+        (tmp_path / mount / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+        hub = ModelHub("demo", tmp_path / mount / "models", device="cpu")
+        paths = ArtifactPaths(root)
+        configs.append(generator_config(SFTConfig, profile, {}, paths, hub, "sft_shards", "sft_checkpoint", SFT_MODELS))
+    here, there = configs
+    assert here.shards == "sft_shards" and Path(here.output_dir).parent == Path("sft_checkpoint")
+    assert here.generator_dir == str(tmp_path / "here" / "models" / "generator")  # loaded from where it is now
+    assert dataclasses.replace(here, generator_dir=there.generator_dir, face_pack_dir=there.face_pack_dir) == there
+    assert set(here.model_fingerprints) == {"generator_dir", "face_pack_dir"}
+    assert config_differences(dataclasses.asdict(here), dataclasses.asdict(there)) == {}  # resumable
+    # Without fingerprints (a config written by hand) a model folder's path counts again.
+    bare = [{**dataclasses.asdict(c), "model_fingerprints": {}} for c in configs]
+    assert set(config_differences(*bare)) == {"generator_dir", "face_pack_dir"}
+    other = dataclasses.replace(here, model_fingerprints={**here.model_fingerprints, "generator_dir": "0" * 64})
+    assert run_key(other, "a" * 64, 1) != run_key(here, "a" * 64, 1)
+    assert set(config_differences(dataclasses.asdict(here), dataclasses.asdict(other))) == {"model_fingerprints"}
+
+
 def _strings(value) -> Iterator[str]:
     if isinstance(value, str):
         yield value
@@ -99,10 +135,8 @@ def _strings(value) -> Iterator[str]:
 
 
 def _stored_strings(root: Path) -> Iterator[tuple[Path, str]]:
-    """Every string value of every Parquet table and JSON file under ``root`` (training run folders left out)."""
+    """Every string value of every Parquet table and JSON file under ``root`` (training run folders included)."""
     for path in sorted(root.rglob("*")):
-        if path.relative_to(root).parts[0] in TRAINING_RUNS:
-            continue
         if path.suffix == ".parquet":
             for column in pq.read_table(path).to_pylist():
                 for text in _strings(list(column.values())):
@@ -110,6 +144,15 @@ def _stored_strings(root: Path) -> Iterator[tuple[Path, str]]:
         elif path.suffix == ".json":
             for text in _strings(json.loads(path.read_text())):
                 yield path, text
+
+
+def _latest(instance: dg.DagsterInstance, asset: str) -> dict:
+    return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+
+
+def _files(folder: Path, pattern: str) -> dict[str, int]:
+    """The files matching ``pattern`` under ``folder``, with their modification times."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.glob(pattern)) if p.is_file()}
 
 
 def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_models_dir, monkeypatch, tmp_path):
@@ -126,6 +169,7 @@ def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_
         )
         assert first.success
         assert (storage_env / "sft_checkpoint").is_dir() and (storage_env / "preference_pairs").is_dir()
+        trained = _latest(instance, "sft_checkpoint")
 
         moved = tmp_path / "mounted" / "elsewhere"
         shutil.copytree(storage_env, moved, symlinks=True)
@@ -144,6 +188,28 @@ def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_
             asset_selection=list(later.resolve(defs.resolve_asset_graph())),
         )
         assert second.success
+
+        # SFT again on the copy (its shards rebuilt there): the run key and the saved config name
+        # no mount point, so the run folder is the one trained before the move, and the launched
+        # process finds its last checkpoint finished and trains nothing.
+        checkpoint = moved / trained[CHECKPOINT_PATH].value
+        run = checkpoint.parent
+        checkpoints = _files(run, "step-*/*")
+        log = (run / "log.jsonl").read_text()
+        again = defs.resolve_job_def("materialize_everything").execute_in_process(
+            instance=instance, partition_key="round-000", asset_selection=[dg.AssetKey("sft_checkpoint")]
+        )
+        assert again.success
+        reused = _latest(instance, "sft_checkpoint")
+        assert reused["training_pid"].value != trained["training_pid"].value  # launched again, through Pipes
+        assert reused[CHECKPOINT_PATH].value == trained[CHECKPOINT_PATH].value  # the same run folder
+        assert reused["checkpoint_uri"].value == str(checkpoint)
+        assert reused["config"].value == trained["config"].value  # the same config, paths and all
+        assert reused["lora_sha256"].value == trained["lora_sha256"].value
+        assert reused["last_step"].value == trained["last_step"].value  # the last logged step, its time included
+        assert _files(run, "step-*/*") == checkpoints  # no checkpoint written or rewritten
+        assert (run / "log.jsonl").read_text() == log  # no step trained
+
         (reviewed,) = run_sensor(defs, instance, "review_batches_finished")
         assert reviewed.success
         registered = defs.resolve_job_def("register_models").execute_in_process(instance=instance)
@@ -160,6 +226,13 @@ def test_a_moved_storage_root_keeps_every_later_stage_working(storage_env, tiny_
 
     leaked = {(str(path.relative_to(moved)), text) for path, text in _stored_strings(moved) if str(storage_env) in text}
     assert not leaked, f"tables still name the old storage root: {sorted(leaked)[:5]}"
+    # The training runs' configs and manifests name no mount point at all, the new one neither.
+    mounted = {
+        (str(path.relative_to(moved)), text)
+        for path, text in _stored_strings(moved)
+        if path.relative_to(moved).parts[0] in TRAINING_RUNS and str(moved) in text
+    }
+    assert not mounted, f"training runs name the storage root: {sorted(mounted)[:5]}"
     database = default_database(moved)
     with sqlite3.connect(database) as db:
         payloads = [row[0] for row in db.execute("select payload from review_items")]

@@ -44,6 +44,8 @@ class PromptDPOConfig:
     portrait_size: int = 56  # pixels per side for the vision tower (the real model takes more)
     seed: int = 0
     device: str | None = None  # None: CUDA when available, else the CPU
+    # model_dir's content fingerprint (the Dagster asset fills it): the run key uses it, not the path
+    model_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 FIELD_HELP = {  # what the launchpad shows beside each run-config field (assets/training.py)

@@ -85,9 +85,17 @@ def run_command(
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, required=True, help=f"JSON file with {config_type.__name__} fields")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="folder the config's relative paths are relative to; the run works in it (Dagster passes the "
+        "storage root, so a config and its checkpoints name no mount point)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = config_type(**json.loads(args.config.read_text()))
+    if args.root is not None:
+        os.chdir(args.root)
     dist = setup_distributed() if distributed else DistributedContext()
     with pipes_session(dist) as pipes:
         result = train(config, on_step=step_reporter(pipes, config.steps))
