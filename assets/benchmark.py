@@ -13,20 +13,34 @@ one's confidence interval. ``benchmark_report`` writes the tables and plots.
 import hashlib
 import json
 import time
+from dataclasses import asdict
 
 import dagster as dg
 import pandas as pd
 
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
+from assets.training import (
+    DPO_MODELS,
+    GENERATOR_FILLED,
+    SFT_MODELS,
+    generator_config,
+    gpu_op_tags,
+    launch,
+    run_config_class,
+    stored_path,
+)
 from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci
 from evaluation.protocol import benchmark_jobs, evaluate_model
 from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
+from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
-from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, component_fingerprint
+from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
 from idglow.plots import markdown_image
+from idglow.profiles import Profile
 from idglow.storage import (
+    relative_to_root,
     resolve_under,
     sha256_file,
     tensors_sha256,
@@ -34,6 +48,9 @@ from idglow.storage import (
     write_parquet_atomic,
     write_text_atomic,
 )
+from training import sft as sft_module
+from training.dpo import UNUSED_SFT_FIELDS, DPOConfig
+from training.sft import SFTConfig
 
 GROUP = "benchmark"
 model_versions = dg.DynamicPartitionsDefinition(name="model_versions")
@@ -46,7 +63,8 @@ DEMO_NOTICE = (
 
 def benchmark_generation(profile) -> GenerationSettings:
     """The benchmark's fixed inference settings: the profile's size, steps and true CFG, one
-    image per prompt, seeds from the profile (the same for every model version)."""
+    image per prompt, seeds from the profile (the same for every model version), the profile's
+    reference budgets."""
     return GenerationSettings(
         profile.generation_size,
         profile.generation_size,
@@ -54,6 +72,7 @@ def benchmark_generation(profile) -> GenerationSettings:
         profile.true_cfg_scale,
         1,
         profile.seed,
+        ReferenceBudget.of_profile(profile),
     )
 
 
@@ -172,7 +191,7 @@ def benchmark_results(
     )
     summary = aggregate(frame, ["task", "prompt_kind"])
     data_version = hashlib.sha256(
-        json.dumps({**lineage, "inference": inference.__dict__}, sort_keys=True).encode()
+        json.dumps({**lineage, "inference": asdict(inference)}, sort_keys=True).encode()
     ).hexdigest()
     return dg.MaterializeResult(
         metadata={
@@ -181,7 +200,7 @@ def benchmark_results(
             "missing_face_rate": dg.MetadataValue.float(float(frame["missing_face_rate"].mean())),
             "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
             "lineage": dg.MetadataValue.json(lineage),
-            "inference": dg.MetadataValue.json(inference.__dict__),
+            "inference": dg.MetadataValue.json(asdict(inference)),
         },
         data_version=dg.DataVersion(data_version),
     )
@@ -395,54 +414,98 @@ ABLATION = (  # Table 3's SFT configurations: (name, SFTConfig.modulation)
 )
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="2",
-    deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
-    kinds={"pytorch", "markdown"},
-    pool="gpu",
-)
-def sft_ablation(
-    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
-) -> dg.MaterializeResult:
-    """Table 3 on static prompts: SFT without the ID loss, with a constant one, task-adaptive
-    (annealing for Task 1, gating for Task 2), then + DPO on the task-adaptive model; each
-    trained (or resumed) with the same data and steps, evaluated, and tabulated."""
-    from training.dpo import DPOConfig
-    from training.dpo import train as train_dpo
-    from training.sft import SFTConfig
-    from training.sft import train as train_sft
+def build_ablation_assets(profile: Profile) -> list[dg.AssetsDefinition]:
+    """``sft_ablation`` for a profile. Its run config, ``AblationRunConfig``, holds the SFT settings
+    its three SFT runs share (``SFTRunConfig``'s fields less the modulation, which is what they
+    vary), with the profile's defaults, so a run without config trains what ``sft_checkpoint``
+    trains but for the modulation."""
+    run_config = run_config_class(
+        "AblationRunConfig", SFTConfig, profile, GENERATOR_FILLED + ("modulation",), sft_module.FIELD_HELP
+    )
 
+    @dg.asset(
+        name="sft_ablation",
+        group_name=GROUP,
+        code_version="3",
+        deps=["sft_shards", "dpo_shards", "prompts", "model_weights"],
+        kinds={"pytorch", "markdown"},
+        pool="gpu",
+        op_tags=gpu_op_tags(profile.training_gpus),
+    )
+    def sft_ablation_asset(
+        context: dg.AssetExecutionContext,
+        config: run_config,
+        settings: IdglowSettings,
+        models: ModelHubResource,
+        pipes_subprocess_client: dg.PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """Table 3 on static prompts: SFT without the ID loss, with a constant one, task-adaptive
+        (annealing for Task 1, gating for Task 2), then + DPO on the task-adaptive model; each
+        launched like the training assets (or returned, when its run folder holds it), with the
+        same data and settings, then evaluated and tabulated."""
+        return run_ablation(context, config.model_dump(), settings, models, pipes_subprocess_client)
+
+    return [sft_ablation_asset]
+
+
+def train_ablation(
+    context, run: dict, settings: IdglowSettings, hub, client: dg.PipesSubprocessClient
+) -> dict[str, dg.MaterializeResult]:
+    """Table 3's runs, each launched through Pipes as ``sft_checkpoint`` and ``dpo_checkpoint``
+    launch theirs (``assets.training.generator_config`` and ``launch``): the SFT configurations,
+    ``run`` with each modulation, then + DPO on the task-adaptive checkpoint with the DPO defaults
+    and the settings ``run`` shares with DPO (its steps are the profile's ``dpo_steps``). Each run
+    lies in the training assets' folders, named by the hash of its whole config and inputs: one
+    equal to the pipeline's own run (task-adaptive with the default settings) is that run, trained
+    once; a changed setting is a new run. Returns each run's materialization by method."""
+    profile, paths = settings.resolved(), settings.paths
+    gpus, results = profile.training_gpus, {}
+    for name, modulation in ABLATION:
+        config = generator_config(
+            SFTConfig,
+            profile,
+            {**run, "modulation": modulation},
+            paths,
+            hub,
+            "sft_shards",
+            "sft_checkpoint",
+            SFT_MODELS,
+        )
+        results[name] = launch(context, client, "training.sft", config, gpus, paths.root)
+    shared = {name: value for name, value in run.items() if name != "steps" and name not in UNUSED_SFT_FIELDS}
+    dpo = generator_config(
+        DPOConfig,
+        profile,
+        shared,
+        paths,
+        hub,
+        "dpo_shards",
+        "dpo_checkpoint",
+        DPO_MODELS,
+        sft_checkpoint=stored_path(checkpoint_of(results["task-adaptive"].metadata, paths.root), paths.root),
+    )
+    results["+ DPO"] = launch(context, client, "training.dpo", dpo, gpus, paths.root)
+    return results
+
+
+def run_ablation(
+    context: dg.AssetExecutionContext,
+    run: dict,
+    settings: IdglowSettings,
+    models: ModelHubResource,
+    client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """The ablation's runs (``train_ablation``), then each LoRA in the hub's generator on the
+    static benchmark prompts, and the table."""
     profile, paths, hub = settings.resolved(), settings.paths, models.hub()
     folder = paths.asset_dir("sft_ablation")
-    common = {
-        "generator_dir": str(hub.path(GENERATOR)),
-        "steps": profile.sft_steps,
-        "resolution": profile.generation_size,
-        "seed": profile.seed,
-        "lora_rank": profile.lora_rank,
-        "checkpoint_every": profile.sft_steps,
-    }
+    runs = train_ablation(context, run, settings, hub, client)
+    checkpoints = {name: checkpoint_of(result.metadata, paths.root) for name, result in runs.items()}
     jobs = benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(paths.table("prompts"))))
     jobs = jobs[jobs["prompt_kind"] == "static"]
     inference = benchmark_generation(profile)
-    scorer, pipeline, frames, checkpoints = ImageScorer(hub), hub.generator(), [], {}
-    for name, modulation in ABLATION:
-        config = SFTConfig(
-            shards=str(paths.asset_dir("sft_shards")),
-            output_dir=str(folder / "runs" / modulation),
-            modulation=modulation,
-            face_pack_dir=str(hub.path(FACE_PACK)),
-            **common,
-        )
-        checkpoints[name] = train_sft(config)
-    dpo = DPOConfig(
-        shards=str(paths.asset_dir("dpo_shards")),
-        output_dir=str(folder / "runs" / "dpo"),
-        sft_checkpoint=str(checkpoints["task-adaptive"]),
-        **{**common, "steps": profile.dpo_steps, "checkpoint_every": profile.dpo_steps},
-    )
-    checkpoints["+ DPO"] = train_dpo(dpo)
+    # Loaded after the runs: the launched processes hold their own generator while they train.
+    scorer, pipeline, frames = ImageScorer(hub), hub.generator(), []
     for name, checkpoint in checkpoints.items():
         pipeline.load_lora_weights(checkpoint)
         try:
@@ -483,12 +546,15 @@ def sft_ablation(
             **file_metadata("ablation", report),
             "table": dg.MetadataValue.md(table),
             "checkpoints": dg.MetadataValue.json({k: str(v) for k, v in checkpoints.items()}),
+            "checkpoint_paths": dg.MetadataValue.json(
+                {k: relative_to_root(v, paths.root) for k, v in checkpoints.items()}
+            ),
         }
     )
 
 
 ablation_job = dg.define_asset_job(
     "sft_ablation_job",
-    selection=dg.AssetSelection.assets(sft_ablation),
+    selection=dg.AssetSelection.assets("sft_ablation"),
     description="Table 3: the SFT configurations and + DPO, trained, evaluated, tabulated.",
 )

@@ -23,6 +23,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from idglow.editing import ReferenceBudget
 from idglow.shards import load_manifest
 from idglow.storage import atomic_path, tensors_sha256, write_json_atomic, write_text_atomic
 from training import modulation
@@ -69,8 +70,10 @@ class SFTConfig:
     steps: int = 10
     batch_size: int = 1
     resolution: int = 64  # target side in pixels
-    reference_resolution: int = 64  # each condition portrait's side for the VAE
-    condition_pixels: int = 56 * 56  # condition size for the text encoder (pipeline's CONDITION_IMAGE_SIZE)
+    # The reference budgets (reference_budget): the VAE's is the square of this side, the text
+    # encoder's vision input's is condition_pixels; inference resizes references with the same ones.
+    reference_resolution: int = 64
+    condition_pixels: int = 56 * 56
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -83,6 +86,9 @@ class SFTConfig:
     t1: float = 0.3
     t2: float = 0.7
     face_pack_dir: str | None = None  # insightface pack for the ID loss; None disables it
+    # Content fingerprints of model folders above, by field (the Dagster assets fill them): they
+    # stand for those folders' paths in the run key and the resume check (location_fields).
+    model_fingerprints: dict[str, str] = field(default_factory=dict)
     logit_mean: float = 0.0
     logit_std: float = 1.0
     resolution_shift: bool = True
@@ -109,6 +115,11 @@ class SFTConfig:
                 raise ValueError(
                     f"gradient_checkpoint_blocks must be a block count or {AUTO!r}, not {blocks!r}"
                 ) from None
+
+    @property
+    def reference_budget(self) -> ReferenceBudget:
+        """The pixel budgets each reference portrait is resized to, as ``idglow.editing.edit`` resizes them."""
+        return ReferenceBudget(self.reference_resolution**2, self.condition_pixels)
 
     @classmethod
     def from_file(cls, path: Path) -> SFTConfig:
@@ -151,14 +162,22 @@ FIELD_HELP = {
 MAY_DIFFER_ON_RESUME = ("output_dir", "device", "gradient_checkpoint_blocks", "memory_fraction", "encoding_cache_dir")
 
 
+def location_fields(config: dict) -> set[str]:
+    """The fields of a config (as a dict) that say where a run works, not what it trains:
+    MAY_DIFFER_ON_RESUME, and the model folders whose content fingerprint it carries in
+    ``model_fingerprints`` (a models directory mounted elsewhere holds the same models)."""
+    return set(MAY_DIFFER_ON_RESUME) | set(config.get("model_fingerprints") or {})
+
+
 class ConfigMismatch(ValueError):
     """A run folder holds checkpoints of a run with other settings."""
 
 
 def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     """Fields whose saved and current values differ, as (saved, current); "<absent>" for a field
-    one side lacks (a checkpoint written before the field existed)."""
-    names = sorted((saved.keys() | current.keys()) - set(MAY_DIFFER_ON_RESUME))
+    one side lacks (a checkpoint written before the field existed). A model folder's path counts
+    only when one side lacks its fingerprint (``model_fingerprints`` is compared itself)."""
+    names = sorted((saved.keys() | current.keys()) - (location_fields(saved) & location_fields(current)))
     absent = "<absent>"
     return {
         name: (saved.get(name, absent), current.get(name, absent))
@@ -188,9 +207,6 @@ def check_resumable(checkpoint: Path, config: SFTConfig) -> None:
 
 
 def load_generator(config: SFTConfig) -> QwenImageEditPlusPipeline:
-    from idglow.models.hub import set_pipeline_reference_sizes  # the hub pulls in CLIP and onnxruntime
-
-    set_pipeline_reference_sizes(config.reference_resolution**2, config.condition_pixels)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pipeline = QwenImageEditPlusPipeline.from_pretrained(config.generator_dir, dtype=dtype, local_files_only=True).to(

@@ -34,11 +34,6 @@ from idglow.models.registry import (  # noqa: E402
 _CACHE: dict[tuple, object] = {}
 _LOCK = threading.RLock()
 
-# The demo patches diffusers' reference sizes (about 1 MP for the VAE, 384^2 for the text
-# encoder) down to these, or a 64^2 tiny generation spends seconds resizing its references.
-DEMO_VAE_IMAGE_PIXELS = 64 * 64
-DEMO_CONDITION_IMAGE_PIXELS = 56 * 56
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,14 +93,6 @@ def load_face_analysis(pack_dir: Path, settings: FaceAnalysisSettings = FACE_ANA
         return _CACHE[key]
 
 
-def set_pipeline_reference_sizes(vae_pixels: int, condition_pixels: int) -> None:
-    """Set the pixel budgets QwenImageEditPlus resizes reference images to (module constants)."""
-    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
-
-    module.VAE_IMAGE_SIZE = vae_pixels
-    module.CONDITION_IMAGE_SIZE = condition_pixels
-
-
 @dataclass
 class ModelHub:
     """Loads each component of ``profile`` from ``models_dir`` (see docs/models.md)."""
@@ -115,6 +102,8 @@ class ModelHub:
     device: torch.device | None = None
     seed: int = 0
     build_missing_twins: bool = True
+    # the SHA-256 a TorchScript CLIP must have; unset, OpenAI's release (the registry's pin)
+    clip_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in COMPONENTS_BY_PROFILE:
@@ -158,11 +147,10 @@ class ModelHub:
     # --------------------------------------------------------------- components
 
     def generator(self):
-        """``QwenImageEditPlusPipeline`` on the hub's device and dtype."""
+        """``QwenImageEditPlusPipeline`` on the hub's device and dtype. Generate with
+        ``idglow.editing.edit``, which takes the profile's reference budgets per call (calling the
+        pipeline resizes references to diffusers' defaults, about 1 MP each)."""
         from diffusers import QwenImageEditPlusPipeline
-
-        if self.is_tiny:
-            set_pipeline_reference_sizes(DEMO_VAE_IMAGE_PIXELS, DEMO_CONDITION_IMAGE_PIXELS)
 
         def load(path: Path):
             pipeline = QwenImageEditPlusPipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
@@ -199,7 +187,7 @@ class ModelHub:
 
         def load(path: Path) -> ClipModel:
             config_dir = path.parent if self.is_tiny else None
-            return load_clip(component.loader_name, path, self.device, config_dir)
+            return load_clip(component.loader_name, path, self.device, config_dir, expected_sha256=self.clip_sha256)
 
         return self._cached(CLIP, load)
 
