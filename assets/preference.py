@@ -70,6 +70,7 @@ def prompts(
         lambda text: len(tokenizer(text).input_ids),
         profile.prompt_token_budget,
         version,
+        profile.prompt_portrait_pixels,
         dynamic=profile.dynamic_prompts,
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))

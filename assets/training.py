@@ -75,6 +75,7 @@ PROMPT_DPO_FILLED = (
     "output_dir",
     "device",
     "seed",
+    "portrait_pixels",
 )
 # The model folders each generator run names (config field: the registry's role).
 SFT_MODELS = {"generator_dir": GENERATOR, "face_pack_dir": FACE_PACK}
@@ -370,6 +371,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
             source_root=stored_path(profile.celebahq_source, paths.root),
             output_dir="",
             seed=profile.seed,
+            portrait_pixels=profile.prompt_portrait_pixels,
             **config.model_dump(),
         )
         inputs = sha256_file(preferences)

@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from idglow.data.groups import TASKS
+from idglow.editing import reference_dimensions
 from idglow.prompts import (
     badcase_for,
     barren_prompt,
@@ -36,6 +37,13 @@ PROMPT_COLUMNS = (
 )
 
 
+def prompt_portrait(image: Image.Image, pixels: int) -> Image.Image:
+    """``image`` resized to about ``pixels`` pixels at its aspect ratio, as the prompt model sees a
+    portrait both when it writes prompts and when it is aligned (training.prompt_dpo)."""
+    size = reference_dimensions(image.width, image.height, pixels)
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
 @torch.no_grad()
 def write_dynamic_prompt(model, processor, portraits: list[Image.Image], task: str, max_new_tokens: int = 160) -> str:
     messages = [
@@ -60,6 +68,7 @@ def build_prompts(
     token_counter,
     token_budget: int,
     prompt_model_version: str,
+    portrait_pixels: int,
     dynamic: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -67,7 +76,7 @@ def build_prompts(
     rows = []
     for group in tqdm(list(groups.itertuples()), desc="writing prompts", disable=not progress):
         paths = [str(source_root / p) for p in group.condition_paths]
-        portraits = [Image.open(p).convert("RGB") for p in paths] if dynamic else []
+        portraits = [prompt_portrait(Image.open(p).convert("RGB"), portrait_pixels) for p in paths] if dynamic else []
         for task in TASKS:
             static = static_prompt(task, group.n_subjects)
             base = {

@@ -60,6 +60,7 @@ def test_the_tiny_prompt_model_falls_back_with_reasons(hub, demo_ingest, demo_da
         lambda t: len(tokenizer(t).input_ids),
         512,
         "demo:test",
+        56 * 56,
         progress=False,
     )
     assert len(table) == 2 * 2 * 2  # groups x tasks x (static, dynamic)
@@ -70,3 +71,46 @@ def test_the_tiny_prompt_model_falls_back_with_reasons(hub, demo_ingest, demo_da
         else:
             assert row.prompt == row.raw_output
     assert (table["prompt_model_version"] == "demo:test").all()
+
+
+def test_the_prompt_model_sees_portraits_at_the_profiles_budget_when_writing_and_when_aligned(tmp_path):
+    """Writing prompts and aligning the prompt model resize a portrait with one function, to
+    the profile's prompt_portrait_pixels at its aspect ratio (sides rounded to multiples of 32)."""
+    import pandas as pd
+    from PIL import Image
+
+    from idglow.profiles import load_profile
+    from idglow.prompt_synthesis import prompt_portrait
+    from training.prompt_dpo import PromptDPOConfig, load_pairs
+
+    assert prompt_portrait(Image.new("RGB", (256, 256)), 56 * 56).size == (64, 64)  # 56 rounds up to 64
+    assert prompt_portrait(Image.new("RGB", (1024, 1024)), 256 * 256).size == (256, 256)
+    assert prompt_portrait(Image.new("RGB", (600, 300)), 128 * 64).size == (128, 64)
+    whole = Image.new("RGB", (1024, 1024))
+    assert prompt_portrait(whole, 1024 * 1024) is whole  # the real profile's budget: the portrait as it is
+    assert (load_profile("demo").prompt_portrait_pixels, load_profile("real").prompt_portrait_pixels) == (
+        56 * 56,
+        1024 * 1024,
+    )
+
+    Image.new("RGB", (1024, 1024), (120, 80, 60)).save(tmp_path / "0.jpg")
+    pd.DataFrame({"hq_idx": [0], "path": ["0.jpg"]}).to_parquet(tmp_path / "catalog.parquet")
+    pd.DataFrame(
+        {
+            "task": ["group_fusion"],
+            "n_subjects": [1],
+            "condition_hq_idx": [[0]],
+            "chosen": ["a"],
+            "rejected": ["b"],
+            "badcase": ["x"],
+        }
+    ).to_parquet(tmp_path / "preferences.parquet")
+    config = PromptDPOConfig(
+        model_dir="",
+        preferences=str(tmp_path / "preferences.parquet"),
+        catalog=str(tmp_path / "catalog.parquet"),
+        source_root=str(tmp_path),
+        output_dir="",
+        portrait_pixels=256 * 256,
+    )
+    assert [p.size for p in load_pairs(config)[0]["portraits"]] == [(256, 256)]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from PIL import Image
 
+from idglow.prompt_synthesis import prompt_portrait
 from idglow.prompts import dynamic_instruction
 from idglow.storage import atomic_dir, tensors_sha256, write_json_atomic
 from training.reporting import run_command
@@ -41,7 +42,7 @@ class PromptDPOConfig:
     beta: float = 0.1
     lora_rank: int = 8
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    portrait_size: int = 56  # pixels per side for the vision tower (the real model takes more)
+    portrait_pixels: int = 56 * 56  # pixels of each portrait the VLM sees (the profile's prompt_portrait_pixels)
     seed: int = 0
     device: str | None = None  # None: CUDA when available, else the CPU
     # model_dir's content fingerprint (the Dagster asset fills it): the run key uses it, not the path
@@ -54,7 +55,7 @@ FIELD_HELP = {  # what the launchpad shows beside each run-config field (assets/
     "beta": "beta of the sequence DPO loss",
     "lora_rank": "LoRA rank r (alpha = r)",
     "lora_targets": "VLM module names that get a LoRA",
-    "portrait_size": "pixels per side of each portrait the VLM sees",
+    "portrait_pixels": "pixels of each portrait the VLM sees, at its aspect ratio (as when it writes prompts)",
 }
 
 
@@ -121,11 +122,12 @@ def load_policy(config: PromptDPOConfig):
 def load_pairs(config: PromptDPOConfig) -> list[dict]:
     preferences = pd.read_parquet(config.preferences)
     paths = pd.read_parquet(config.catalog).set_index("hq_idx")["path"]
-    size = (config.portrait_size, config.portrait_size)
     pairs = []
     for row in preferences.itertuples():
         portraits = [
-            Image.open(Path(config.source_root) / paths.loc[int(h)]).convert("RGB").resize(size)
+            prompt_portrait(
+                Image.open(Path(config.source_root) / paths.loc[int(h)]).convert("RGB"), config.portrait_pixels
+            )
             for h in row.condition_hq_idx
         ]
         pairs.append(
