@@ -83,10 +83,15 @@ class ModelHubResource(dg.ConfigurableResource):
     models_dir: str
     device: str | None = None  # "cuda", "cpu", or unset for CUDA when available
     seed: int = 0
+    clip_sha256: str | None = None  # a TorchScript CLIP's expected hash; unset: OpenAI's release
 
     @classmethod
     def from_profile(cls, profile: Profile) -> ModelHubResource:
-        return cls(profile=profile.name, models_dir=str(profile.models_dir), seed=profile.seed)
+        return cls(
+            profile=profile.name, models_dir=str(profile.models_dir), seed=profile.seed, clip_sha256=profile.clip_sha256
+        )
 
     def hub(self) -> ModelHub:
-        return ModelHub(self.profile, Path(self.models_dir), device=self.device, seed=self.seed)
+        return ModelHub(
+            self.profile, Path(self.models_dir), device=self.device, seed=self.seed, clip_sha256=self.clip_sha256
+        )

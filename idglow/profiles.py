@@ -11,13 +11,21 @@ override the locations (documented in docs/configuration.md):
 - ``IDGLOW_MODELS_DIR``: the models directory (docs/models.md). The demo builds its tiny twins
   there on first use (default ``./var/models/demo``); the real profile reads local weights from
   it (default ``./models``).
+- ``IDGLOW_PROFILE_OVERRIDES``: a TOML file of profile fields to change (counts, steps, sizes),
+  applied before the variables above; ``configs/rehearsal.toml`` is the rehearsal's.
+- ``IDGLOW_CLIP_SHA256``: the SHA-256 a TorchScript CLIP file must have instead of OpenAI's
+  release (a file you built or re-exported yourself; TorchScript is no weights-only format).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import tomllib
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from idglow.data.demo_celebahq import DemoDatasetSpec
@@ -68,17 +76,23 @@ class Profile:
     prompt_dpo_steps: int = 8
     retrain_min_new_pairs: int = 10  # newly accepted pairs that trigger a retraining run (sensor)
     training_gpus: int = 0  # GPUs per training run: 0 = one process on whatever device; > 1 = torchrun
-    # The generator's pixel budgets per reference portrait: for the VAE (the pipeline's
+    # The generator's pixel budgets per reference portrait: for the VAE (what diffusers calls
     # VAE_IMAGE_SIZE) and for the text encoder's vision input (CONDITION_IMAGE_SIZE). Training
-    # encodes references with these, and inference must too, or the LoRA learns from inputs it
-    # never sees again. The demo's equal idglow.models.hub's DEMO_* constants (tested).
+    # and inference both encode references with these (idglow.editing.ReferenceBudget), or the
+    # LoRA would learn from inputs it never sees again.
     reference_pixels: int = 64 * 64
     condition_pixels: int = 56 * 56
+    # pixels of each portrait the prompt model sees, when it writes prompts and in its alignment
+    # (prompt_model_alignment) alike; the demo's tiny VLM takes 56^2, the real one the portrait whole
+    prompt_portrait_pixels: int = 56 * 56
     checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
     checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
     gradient_checkpoint_blocks: int | str = (
         0  # SFT / DPO blocks recomputed in backward; "auto": planned for the GPU's memory
     )
+    # the SHA-256 a TorchScript CLIP (clip/ViT-L-14.pt) must have; unset: OpenAI's release. Set it
+    # (IDGLOW_CLIP_SHA256) only for a file you made or re-exported yourself, such as the rehearsal's.
+    clip_sha256: str | None = None
 
     @property
     def benchmark_identities(self) -> int:
@@ -158,6 +172,7 @@ def _real(storage_root: Path) -> Profile:
         training_gpus=1,
         reference_pixels=1024 * 1024,  # diffusers QwenImageEditPlus: VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE (tested)
         condition_pixels=384 * 384,
+        prompt_portrait_pixels=1024 * 1024,
         gradient_checkpoint_blocks="auto",
     )
 
@@ -173,12 +188,63 @@ def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) 
         raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     storage_root = Path(env.get("IDGLOW_STORAGE_ROOT") or Path.cwd() / "var" / "storage" / name).absolute()
     profile = PROFILES[name](storage_root)
+    if env.get("IDGLOW_PROFILE_OVERRIDES"):
+        profile = apply_overrides(profile, Path(env["IDGLOW_PROFILE_OVERRIDES"]))
     if env.get("IDGLOW_MODELS_DIR"):
         profile = replace(profile, models_dir=Path(env["IDGLOW_MODELS_DIR"]).absolute())
     if env.get("IDGLOW_GROUP_PHOTOS_MANIFEST"):
         profile = replace(profile, group_photos_manifest=Path(env["IDGLOW_GROUP_PHOTOS_MANIFEST"]).absolute())
     if env.get("IDGLOW_CELEBAHQ_ROOT"):
         profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
+    if env.get("IDGLOW_CLIP_SHA256"):
+        profile = replace(profile, clip_sha256=env["IDGLOW_CLIP_SHA256"].strip().lower())
     if env.get("IDGLOW_TRAINING_GPUS"):
         profile = replace(profile, training_gpus=int(env["IDGLOW_TRAINING_GPUS"]))
     return profile
+
+
+# Fields an overrides file may not set: the profile's identity and its locations, which the
+# environment variables above own (one source each), and the demo's dataset recipe.
+_NOT_OVERRIDABLE = frozenset(
+    {"name", "storage_root", "models_dir", "celebahq_root", "group_photos_manifest", "demo_dataset", "clip_sha256"}
+)
+
+
+def _coerce(name: str, hint, value):
+    """``value`` as field ``name``'s type, or a ProfileError saying what was expected."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    accepted = typing.get_args(hint) if union else (hint,)
+    if value == "-inf" and float in accepted:
+        return -math.inf
+    for kind in accepted:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if typing.get_origin(kind) is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ProfileError(f"profile override {name} = {value!r}: expected {hint}")
+
+
+def apply_overrides(profile: Profile, path: Path) -> Profile:
+    """``profile`` with the fields a TOML file sets (``key = value`` at top level); an unknown
+    or location field is an error naming it, never ignored."""
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"IDGLOW_PROFILE_OVERRIDES names {path}, which does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ProfileError(f"{path} is not valid TOML: {error}") from None
+    hints = typing.get_type_hints(Profile)
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ProfileError(f"{path}: unknown profile fields {unknown} (see docs/configuration.md)")
+    locations = sorted(set(values) & _NOT_OVERRIDABLE)
+    if locations:
+        raise ProfileError(f"{path}: {locations} cannot be set by an overrides file (the environment sets locations)")
+    return replace(profile, **{name: _coerce(name, hints[name], value) for name, value in values.items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,17 @@ class DemoRun:
     materialized: list[str]
 
 
-def run_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, rounds: int = 1) -> list:
+def run_sensor(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    name: str,
+    rounds: int = 1,
+    execute: Callable[[str, dict], object] | None = None,
+) -> list:
     """What the daemon does with a sensor, in this process: evaluate it (up to ``rounds`` times,
     carrying its cursor, until it skips or requests nothing), record the asset events and the
-    partitions it reports, and execute the runs it requests. Returns the runs' results."""
+    partitions it reports, and execute the runs it requests: in this process, or with
+    ``execute(job_name, tags)`` (the partition key among the tags). Returns the runs' results."""
     sensor = defs.get_sensor_def(name)
     cursor, results = None, []
     for _ in range(rounds):
@@ -51,7 +59,12 @@ def run_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, ro
         if not result.run_requests:
             break
         for request in result.run_requests:
-            job = defs.resolve_job_def(request.job_name or sensor.job_name)
+            job_name = request.job_name or sensor.job_name
+            if execute is not None:
+                partition = {"dagster/partition": request.partition_key} if request.partition_key else {}
+                results.append(execute(job_name, {**request.tags, **partition}))
+                continue
+            job = defs.resolve_job_def(job_name)
             results.append(
                 job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
             )

@@ -142,11 +142,19 @@ def test_clip_is_openais_torchscript_of_vit_l14_widths(light_dir):
     assert image.shape == (1, 768) and torch.isfinite(image).all()
 
 
-def test_the_hub_holds_the_rehearsal_clip_to_the_release_pin(light_dir):
-    """The real hub refuses TorchScript that is not the released file: the rehearsal's CLIP
-    stops there (a rehearsed run needs a way past the pin; see docs/models.md)."""
+def test_the_hub_holds_the_rehearsal_clip_to_the_release_pin_unless_told_its_hash(light_dir):
+    """The real hub refuses TorchScript that is not the released file; given the file's own hash
+    (IDGLOW_CLIP_SHA256, as `make rehearse` sets it) it loads it as ViT-L-14-quickgelu, which the
+    rehearsal's CLIP is at full depth. A wrong hash is still refused."""
     with pytest.raises(WeightsHashMismatch, match=REAL_COMPONENTS[CLIP].required[0].sha256):
         ModelHub("real", light_dir, device="cpu").clip()
+    with pytest.raises(WeightsHashMismatch, match="0" * 64):
+        ModelHub("real", light_dir, device="cpu", clip_sha256="0" * 64).clip()
+    trusted = sha256_file(light_dir / REAL_COMPONENTS[CLIP].path)
+    clip = ModelHub("real", light_dir, device="cpu", clip_sha256=trusted).clip()
+    assert clip.name == "ViT-L-14-quickgelu" and len(clip.model.visual.transformer.resblocks) == 24
+    embeddings = clip.encode_images([Image.new("RGB", (64, 48), (200, 120, 90))])
+    assert embeddings.shape == (1, 768) and torch.allclose(embeddings.norm(dim=-1), torch.ones(1), atol=1e-5)
 
 
 def test_buffalo_l_loads_all_five_models_to_their_tasks(light_dir):
@@ -306,3 +314,22 @@ def test_the_full_rehearsal_directory_passes_the_real_check_and_generates(tmp_pa
         generator=torch.Generator().manual_seed(0),
     )
     assert image.size == (64, 64)
+
+
+def test_the_random_detector_finds_about_as_many_faces_as_a_trained_one(light_dir):
+    """Uncalibrated, random SCRFD weights score thousands of anchors as faces; the rehearsal's
+    detector finds a handful on drawn portraits it was not calibrated on, so every face path
+    of a rehearsal costs what it would with buffalo_l."""
+    import numpy as np
+
+    from idglow.data.demo_celebahq import identity_style
+    from idglow.data.faces import render_portrait
+    from idglow.models.hub import load_face_analysis
+
+    app = load_face_analysis(light_dir / REAL_COMPONENTS[FACE_PACK].path)
+    rng = np.random.default_rng(5)
+    counts = []
+    for identity in (3, 4, 5):
+        portrait, _ = render_portrait(identity_style(identity, 1), 1024, rng)
+        counts.append(len(app.get(np.ascontiguousarray(np.asarray(portrait)[:, :, ::-1]))))
+    assert all(1 <= count <= 10 for count in counts), counts

@@ -6,6 +6,8 @@ widths with ``zero_cond_t``, the real VAE, a Qwen2.5-VL-7B-wide text encoder, to
 processor, scheduler), a Qwen2.5-VL-7B-Instruct folder, OpenAI's TorchScript ViT-L-14.pt, the
 LAION MLP and buffalo_l's five ONNX files. Only depth is reduced (``depth`` blocks per tower,
 clipped to the real count); widths, token ids, key names and file formats are the releases'.
+CLIP keeps its real depth (24 + 12 blocks, 0.9 GB): the loader rebuilds ``ViT-L-14-quickgelu``
+from open_clip's own configuration and refuses any other network, a shallower one included.
 It is what a real-profile run is rehearsed on without the weights (docs/models.md).
 
 Each component is built into a staging folder and renamed into place with a stamp (recipe,
@@ -33,7 +35,7 @@ from idglow.models.tiny import build_atomically, component_folder
 from idglow.models.tiny_generator import build_generator
 from idglow.models.tiny_qwen_vl import VLSizes, build_model, build_processor, train_bpe
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 3  # 2: CLIP at its real depth; 3: the detector finds about as many faces as a trained one
 
 # Qwen2's regular vocabulary ends at 151642; its 22 added tokens follow in this order (the
 # release's tokenizer.json), those marked True special.
@@ -275,15 +277,13 @@ def write_generator(folder: Path, seed: int, depth: int) -> Path:
 # ------------------------------------------------------------------------ CLIP
 
 
-def build_clip_l14(seed: int, depth: int) -> OpenClipModel:
-    """ViT-L/14 in OpenAI's layout (quick-GELU, 64-wide heads) with ``depth`` blocks per tower."""
+def build_clip_l14(seed: int) -> OpenClipModel:
+    """ViT-L/14 in OpenAI's layout (quick-GELU, 64-wide heads), at its real depth."""
     torch.manual_seed(seed)
     return OpenClipModel(
         embed_dim=768,
-        vision_cfg=CLIPVisionCfg(layers=min(depth, CLIP_L14_VISION_LAYERS), width=1024, patch_size=14, image_size=224),
-        text_cfg=CLIPTextCfg(
-            context_length=77, vocab_size=49408, width=768, heads=12, layers=min(depth, CLIP_L14_TEXT_LAYERS)
-        ),
+        vision_cfg=CLIPVisionCfg(layers=CLIP_L14_VISION_LAYERS, width=1024, patch_size=14, image_size=224),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=768, heads=12, layers=CLIP_L14_TEXT_LAYERS),
         quick_gelu=True,
     ).eval()
 
@@ -326,7 +326,7 @@ def rehearsal_builders(seed: int, depth: int) -> dict[str, Callable[[Path], obje
     """Per role, what writes its folder (lightest first, so a killed build keeps the most)."""
     return {
         AESTHETIC: lambda d: write_tiny_aesthetic(_file_in(d, AESTHETIC), 768, seed + 30),
-        CLIP: lambda d: write_openai_torchscript(build_clip_l14(seed + 20, depth), _file_in(d, CLIP)),
+        CLIP: lambda d: write_openai_torchscript(build_clip_l14(seed + 20), _file_in(d, CLIP)),
         FACE_PACK: lambda d: write_rehearsal_face_pack(d, seed + 40),
         GENERATOR: lambda d: write_generator(d, seed, depth),
         PROMPT_MODEL: lambda d: write_prompt_model(d, seed + 10, depth),

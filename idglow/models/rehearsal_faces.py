@@ -14,6 +14,11 @@ it loads the release's to:
 - ``genderage.onnx``: [N, 3, 96, 96] -> [N, 3]; ``1k3d68.onnx``: [N, 3, 192, 192] -> [N, 3309];
   ``2d106det.onnx``: [N, 3, 192, 192] -> [N, 212]; small convolutional stand-ins.
 
+Random weights would score most of SCRFD's anchors as faces, and insightface would then run the
+recogniser on hundreds of boxes per image. The detector's score biases are therefore shifted
+(``calibrate_detector``) so that it finds about as many faces on a drawn portrait as a trained
+one would, and a rehearsal runs every face path at a real detector's cost.
+
 The released graphs name their outputs by ONNX node number (``683``...), which torch's exporter
 refuses; these files use SCRFD's stride names and ``embedding``/``fc1``. insightface never reads
 output names, only their count and shapes.
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from idglow.models.face_nets import TinyGenderAge, TinySCRFD, export_onnx, scrfd_output_names
+from idglow.models.face_nets import ANCHORS, TinyGenderAge, TinySCRFD, export_onnx, scrfd_output_names
 
 IRESNET50_LAYERS = (3, 4, 14, 3)
 EMBEDDING_SIZE = 512
@@ -127,6 +133,25 @@ def _vary_constant_initialisations(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def calibrate_detector(detector: TinySCRFD, faces: int = 2, seed: int = 0) -> TinySCRFD:
+    """Shift every score bias by one amount so that exactly ``faces`` anchors score above 0.5 on a
+    drawn portrait at the detection size (insightface's input: BGR, (x - 127.5) / 128)."""
+    from idglow.data.demo_celebahq import identity_style
+    from idglow.data.faces import render_portrait
+
+    rng = np.random.default_rng(seed)
+    portrait, _ = render_portrait(identity_style(0, seed), detector.input_size, rng)
+    pixels = np.asarray(portrait.convert("RGB"), dtype=np.float32)[:, :, ::-1].copy()
+    image = torch.from_numpy((pixels - 127.5) / 128.0).permute(2, 0, 1)[None]
+    logits = torch.cat([level[..., 0].reshape(-1) for level in detector.eval().raw(image)])
+    shift = float(torch.topk(logits, faces + 1).values[-1])  # the first logit that must stay below 0
+    for head in detector.heads:
+        score_channels = torch.arange(ANCHORS) * 15
+        head[-1].bias[score_channels] -= shift
+    return detector
+
+
 def write_rehearsal_face_pack(folder: Path, seed: int, recognizer_layers: tuple[int, ...] = IRESNET50_LAYERS) -> Path:
     """The five buffalo_l files in ``folder``, random weights fixed by ``seed``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,8 +164,11 @@ def write_rehearsal_face_pack(folder: Path, seed: int, recognizer_layers: tuple[
     ]
     for offset, (name, make, size, input_name, outputs, options) in enumerate(exports):
         torch.manual_seed(seed + offset)
+        model = _vary_constant_initialisations(make())
+        if isinstance(model, TinySCRFD):
+            model = calibrate_detector(model, seed=seed)
         export_onnx(
-            _vary_constant_initialisations(make()),
+            model,
             torch.zeros(1, 3, size, size),
             folder / name,
             outputs,
