@@ -6,11 +6,17 @@ the demo's shards (`make demo` first).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step.py [--storage var/storage/demo] [--steps 6]
 
-GPU (``--gpu``): the real Qwen-Image-Edit-2511 transformer configuration with random weights,
-next to ../shared/bench/baseline_train_step.py in the same call; see benchmarks/gpu_train_step.py.
+GPU (``--gpu``): our step on the real Qwen-Image-Edit-2511 transformer configuration (random
+weights) against ../shared/bench/baseline_train_step.py at equal work, in the same call, with the
+same allocator settings: every block recomputed against the baseline's default, none against its
+``--no-ckpt``, our planner's choice beside the baseline's memory, then the ID path with the face
+detector running and a FLOP check; see benchmarks/gpu_train_step.py and docs/benchmarks/README.md.
 
-    python benchmarks/train_step.py --gpu [--layers 60] [--budget-s 420] [--out gpu_results.jsonl]
-    python benchmarks/train_step.py --gpu --tiny --layers 2   # a dry run of that script on CPU
+    python benchmarks/train_step.py --gpu [--rehearsal] [--out results.jsonl]
+    python benchmarks/train_step.py --gpu --tiny [--rehearsal]   # a dry run of both on the CPU (2 layers)
+
+``--rehearsal`` first runs benchmarks/gpu_rehearsal.py (the generator at full depth: one generation,
+3 SFT steps with the ID loss, 2 DPO steps, seconds and peak memory per step) in its own process.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -56,25 +64,41 @@ def main() -> None:
     gpu = parser.add_argument_group("--gpu benchmark")
     gpu.add_argument("--gpu", action="store_true", help="the real transformer shape against the baseline")
     gpu.add_argument("--tiny", action="store_true", help="the baseline's toy shape (dry run on CPU)")
-    gpu.add_argument("--layers", type=int, default=60, help="transformer blocks (2511 has 60)")
+    gpu.add_argument("--layers", type=int, default=None, help="transformer blocks (2511 has 60; --tiny: 2)")
     gpu.add_argument(
-        "--resolutions", type=int, nargs=2, default=None, help="large and small side (1024 512; tiny 128 64)"
+        "--resolutions",
+        type=int,
+        nargs=2,
+        default=None,
+        help="large side (cases a, c, ID path) and small side (case b) (1024 512; tiny 128 64)",
     )
     gpu.add_argument("--refs", type=int, default=2)
     gpu.add_argument("--text", type=int, default=256, help="prompt tokens")
     gpu.add_argument("--lora-rank", type=int, default=32)
-    gpu.add_argument("--warmup", type=int, default=2)
-    gpu.add_argument("--memory-fraction", type=float, default=0.9, help="share of GPU memory the planner may fill")
+    gpu.add_argument(
+        "--alloc-conf",
+        default=None,
+        help="PYTORCH_CUDA_ALLOC_CONF for ours and every baseline process (default: the environment's, "
+        "else expandable_segments:True)",
+    )
     gpu.add_argument("--budget-s", type=float, default=420, help="start no phase after this many seconds")
     gpu.add_argument(
         "--phases",
-        default="sft,id,dpo,small,compiled",
-        help="comma list of sft, id, dpo, small, compiled, compiled-small",
+        default="a,b,c,id,flops",
+        help="comma list of a, b, c, id, flops, dpo, compiled (see gpu_train_step)",
+    )
+    gpu.add_argument("--face-pack", default=None, help="an insightface pack for the ID path (default: the rehearsal's)")
+    gpu.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the detector's own threshold (a random detector then passes thousands of boxes to NMS)",
     )
     gpu.add_argument(
-        "--checkpoint-blocks", type=int, default=None, help="fixed recomputed blocks instead of the planner"
+        "--rehearsal",
+        action="store_true",
+        help="first the full-depth rehearsal (benchmarks/gpu_rehearsal.py: one generation, 3 SFT steps with the ID "
+        "loss, 2 DPO steps) in its own process, then the benchmark",
     )
-    gpu.add_argument("--no-compile", action="store_true", help="skip the compiled phase")
     gpu.add_argument("--skip-baseline", action="store_true")
     gpu.add_argument(
         "--baseline", default=str(Path(__file__).resolve().parents[1].parent / "shared/bench/baseline_train_step.py")
@@ -82,12 +106,24 @@ def main() -> None:
     gpu.add_argument("--out", default="gpu_train_step.jsonl")
     args = parser.parse_args()
     if args.gpu:
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        from gpu_train_step import main as gpu_main  # beside this script
+        import gpu_train_step  # beside this script; importing it does not touch CUDA
 
-        args.steps = 5 if args.steps == 12 else args.steps
+        # set before anything touches CUDA; the baseline's processes inherit the same value
+        alloc_conf = args.alloc_conf or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or gpu_train_step.DEFAULT_ALLOC_CONF
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
+
+        args.steps = 5 if args.steps == 12 else args.steps  # the baseline's default
+        args.layers = args.layers or (2 if args.tiny else 60)
         args.resolutions = args.resolutions or ([128, 64] if args.tiny else [1024, 512])
-        return gpu_main(args)
+        if args.rehearsal:  # its own process: its 57 GB of models are gone before the benchmark starts
+            rehearsal = [sys.executable, str(Path(__file__).with_name("gpu_rehearsal.py"))]
+            rehearsal += ["--out", str(Path(args.out).with_name("gpu_rehearsal.jsonl"))] + (
+                ["--tiny"] if args.tiny else []
+            )
+            done = subprocess.run(rehearsal, check=False)  # a failed rehearsal must not cost the benchmark
+            if done.returncode:
+                print(f"rehearsal failed (exit {done.returncode}); the benchmark follows", flush=True)
+        return gpu_train_step.main(args)
     torch.set_num_threads(1)
     generator = str(args.models_dir / "generator")
     pack = str(args.models_dir / "insightface" / "tiny_pack")
