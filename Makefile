@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo test test-fast lint format ui review gpu-runtime clean
+.PHONY: install browser demo test test-fast lint format rehearse ui review gpu-runtime clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The real profile end to end on a rehearsal models directory and a 1024² CelebA-HQ tree
+# (docs/real_profile.md): a fresh storage root each time; the models and the data are kept.
+rehearse: install
+	$(PY) -m pipelines.rehearse
 
 review: install
 	$(VENV)/bin/idglow review serve --host 127.0.0.1 --port 8765

@@ -71,6 +71,7 @@ def prompts(
         profile.prompt_token_budget,
         version,
         profile.prompt_portrait_pixels,
+        profile.prompt_max_new_tokens,
         dynamic=profile.dynamic_prompts,
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))

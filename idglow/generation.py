@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from idglow.editing import ReferenceBudget, edit
+from idglow.editing import ReferenceBudget, edit_candidates
 from idglow.storage import atomic_path, remove_stale_partials
 
 # A generation job: one prompt (or one real photo's caption) for one group; K candidates each.
@@ -95,27 +95,27 @@ def generate_candidates(
     total = len(jobs) * settings.candidates_per_job
     bar = tqdm(total=total, desc=f"generating {round_name}", unit="img", disable=not progress)
     for job in jobs.itertuples():
-        references = None
-        for k in range(settings.candidates_per_job):
-            seed = job_seed(job.job_id, k, round_name, settings.seed)
-            path = out_dir / f"{job.job_id}-k{k}.png"
-            if not (path.exists() and is_complete_image(path)):
-                references = references or [Image.open(p).convert("RGB") for p in job.condition_paths]
-                image = edit(
-                    pipeline,
-                    references,
-                    job.prompt,
-                    budget=settings.budget,
-                    height=settings.height,
-                    width=settings.width,
-                    num_inference_steps=settings.steps,
-                    true_cfg_scale=settings.true_cfg_scale,
-                    negative_prompt=" " if settings.true_cfg_scale > 1 else None,
-                    generator=torch.Generator(device="cpu").manual_seed(seed),
-                )
-                with atomic_path(path) as tmp:
+        seeds = [job_seed(job.job_id, k, round_name, settings.seed) for k in range(settings.candidates_per_job)]
+        paths = [out_dir / f"{job.job_id}-k{k}.png" for k in range(settings.candidates_per_job)]
+        missing = [k for k, path in enumerate(paths) if not (path.exists() and is_complete_image(path))]
+        if missing:  # the job's prompt and references are encoded once for all its missing candidates
+            images = edit_candidates(
+                pipeline,
+                [Image.open(p).convert("RGB") for p in job.condition_paths],
+                job.prompt,
+                budget=settings.budget,
+                height=settings.height,
+                width=settings.width,
+                num_inference_steps=settings.steps,
+                true_cfg_scale=settings.true_cfg_scale,
+                negative_prompt=" " if settings.true_cfg_scale > 1 else None,
+                generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in missing],
+            )
+            for k, image in zip(missing, images, strict=True):
+                with atomic_path(paths[k]) as tmp:
                     image.save(tmp, format="PNG")
-                generated += 1
+            generated += len(missing)
+        for k, (seed, path) in enumerate(zip(seeds, paths, strict=True)):
             records.append(
                 {
                     "candidate_id": f"{job.job_id}-k{k}",

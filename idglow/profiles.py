@@ -85,6 +85,7 @@ class Profile:
     # pixels of each portrait the prompt model sees, when it writes prompts and in its alignment
     # (prompt_model_alignment) alike; the demo's tiny VLM takes 56^2, the real one the portrait whole
     prompt_portrait_pixels: int = 56 * 56
+    prompt_max_new_tokens: int = 160  # the longest dynamic prompt the prompt model may write
     checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
     checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
     gradient_checkpoint_blocks: int | str = (

@@ -69,6 +69,7 @@ def build_prompts(
     token_budget: int,
     prompt_model_version: str,
     portrait_pixels: int,
+    max_new_tokens: int = 160,
     dynamic: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -101,7 +102,7 @@ def build_prompts(
             )
             if dynamic:
                 model, processor = prompt_model
-                raw = write_dynamic_prompt(model, processor, portraits, task)
+                raw = write_dynamic_prompt(model, processor, portraits, task, max_new_tokens)
                 check = validate_dynamic_prompt(raw, task, group.n_subjects, token_counter(raw), token_budget)
             else:
                 raw, check = "", None

@@ -77,3 +77,31 @@ def test_a_small_budget_gives_small_references(pipeline):
 )
 def test_reference_dimensions(size, pixels, expected):
     assert reference_dimensions(*size, pixels) == expected
+
+
+def test_candidates_of_one_job_share_its_encoding_and_equal_single_edits(pipeline):
+    from idglow.editing import edit, edit_candidates
+
+    references = [Image.new("RGB", (48, 48), (90, 140, 200)), Image.new("RGB", (64, 48), (200, 90, 60))]
+    budget = ReferenceBudget(64 * 64, 56 * 56)
+    settings = {"budget": budget, "height": 64, "width": 64, "num_inference_steps": 2, "true_cfg_scale": 4.0}
+    settings["negative_prompt"] = " "
+    together = edit_candidates(
+        pipeline, references, PROMPT, generators=[torch.Generator().manual_seed(s) for s in (3, 4)], **settings
+    )
+    alone = [edit(pipeline, references, PROMPT, generator=torch.Generator().manual_seed(s), **settings) for s in (3, 4)]
+    for a, b in zip(together, alone, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(together[0]), np.asarray(together[1]))  # their own seeds
+
+
+def test_the_text_encoder_skips_the_logits_the_pipeline_never_reads(pipeline):
+    """The hub's text encoder computes its vocabulary head on the last token only; its hidden
+    states (what encode_prompt reads) are those of the unhooked base model."""
+    encoder = pipeline.text_encoder
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    with torch.no_grad():
+        output = encoder(input_ids=ids, output_hidden_states=True)
+        base = encoder.model(input_ids=ids, output_hidden_states=True)
+    assert output.logits.shape[:2] == (1, 1)
+    assert torch.equal(output.hidden_states[-1], base.hidden_states[-1])

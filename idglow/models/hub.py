@@ -4,23 +4,24 @@
 aesthetic MLP, insightface's ``FaceAnalysis`` and the differentiable torch face encoder. The demo
 profile's tiny twins are built on first use (``ensure_tiny_models``) and then loaded through
 exactly the calls the real weights go through. Each component loads once per process.
+
+Every load reads a local folder; the entry points set ``HF_HUB_OFFLINE`` before this module is
+imported (``idglow.environment.settle``), importing it sets nothing.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import onnxruntime
+import torch
 
-import onnxruntime  # noqa: E402
-import torch  # noqa: E402
-
-from idglow.models.aesthetic import AestheticPredictor, load_aesthetic  # noqa: E402
-from idglow.models.clip import ClipModel, load_clip  # noqa: E402
-from idglow.models.registry import (  # noqa: E402
+from idglow.editing import skip_unused_logits  # noqa: E402
+from idglow.models.aesthetic import AestheticPredictor, load_aesthetic
+from idglow.models.clip import ClipModel, load_clip
+from idglow.models.registry import (
     AESTHETIC,
     CLIP,
     COMPONENTS_BY_PROFILE,
@@ -155,6 +156,7 @@ class ModelHub:
         def load(path: Path):
             pipeline = QwenImageEditPlusPipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
             pipeline.set_progress_bar_config(disable=True)
+            skip_unused_logits(pipeline.text_encoder)
             return pipeline.to(self.device)
 
         return self._cached(GENERATOR, load)
