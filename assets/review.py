@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import file_metadata, preview
+from assets.partitions import add_partitions, add_request
 from assets.resources import IdglowSettings
 from idglow.review.batches import kept_pairs_batch
 from idglow.review.rules import AUTO_RULE_NAME, FinalRule, auto_decision
@@ -47,7 +48,7 @@ def review_queue(context: dg.AssetExecutionContext, settings: IdglowSettings) ->
     count = store.publish(
         batch_id, "auto_filtered_pairs", payloads, overlap=overlap, rule=FinalRule.for_overlap(overlap)
     )
-    context.instance.add_dynamic_partitions(review_batches.name, [batch_id])
+    add_partitions(context.instance, review_batches, [batch_id])
     automatic = 0
     if profile.review_mode == "auto":
         automatic = store.decide_automatically(batch_id, AUTO_RULE_NAME, auto_decision)
@@ -165,5 +166,5 @@ def review_batches_finished(context: dg.SensorEvaluationContext, settings: Idglo
         run_requests=requests,
         asset_events=events,
         cursor=str(after),
-        dynamic_partitions_requests=[review_batches.build_add_request(new_partitions)] if new_partitions else None,
+        dynamic_partitions_requests=add_request(review_batches, new_partitions),
     )
