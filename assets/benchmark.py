@@ -19,6 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
+from assets.partitions import add_partitions
 from assets.resources import IdglowSettings, ModelHubResource
 from assets.training import (
     DPO_MODELS,
@@ -126,7 +127,7 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
             )
     registry = pd.concat([registry, pd.DataFrame(new, columns=REGISTRY_COLUMNS)], ignore_index=True)
     path = write_parquet_atomic(settings.paths.table("model_registry"), registry)
-    context.instance.add_dynamic_partitions(model_versions.name, list(registry["version"]))
+    add_partitions(context.instance, model_versions, registry["version"])
     return dg.MaterializeResult(
         metadata={
             **file_metadata("registry", path),
@@ -446,6 +447,12 @@ def build_ablation_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         return run_ablation(context, config.model_dump(), settings, models, pipes_subprocess_client)
 
     return [sft_ablation_asset]
+
+
+def profile_definitions(profile: Profile) -> dg.Definitions:
+    """This stage's definitions that depend on the profile (pipelines.definitions merges them with
+    the module's own): ``sft_ablation`` with the profile's run-config defaults."""
+    return dg.Definitions(assets=build_ablation_assets(profile))
 
 
 def train_ablation(

@@ -36,6 +36,7 @@ import pydantic
 
 from assets.metadata import checkpoint_of, checkpoint_path_metadata, file_metadata
 from assets.resources import IdglowSettings, ModelHubResource
+from idglow import environment
 from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL, component_fingerprint
 from idglow.paths import ArtifactPaths
 from idglow.profiles import Profile, ProfileError, load_profile
@@ -249,7 +250,8 @@ def launch(context, client: dg.PipesSubprocessClient, module: str, config, gpus:
     its ``checkpoint_path`` relative to ``root`` (what later assets read, so they survive the root
     moving). Several launches may share one step (the ablation's runs)."""
     config_file = write_json_atomic(root / config.output_dir / "config.json", asdict(config))
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    # the launched process settles like an entry point: its environment is set before it starts
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **environment.DEFAULTS}
     command = training_command(module, config_file, gpus, root)
     context.log.info(f"launching {' '.join(command)}")
     materialization = client.run(command=command, context=context, env=env).get_materialize_result()
@@ -388,3 +390,9 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         )
 
     return [sft_checkpoint, dpo_checkpoint, prompt_model_alignment]
+
+
+def profile_definitions(profile: Profile) -> dg.Definitions:
+    """This stage's definitions that depend on the profile (pipelines.definitions merges them with
+    the module's own): the training assets for its GPU count and run-config defaults."""
+    return dg.Definitions(assets=build_training_assets(profile.training_gpus, profile))

@@ -1,6 +1,8 @@
 """The `idglow` command: what people run outside the Dagster UI.
 
-Commands that need Dagster import it lazily, so the framework-free ones stay light.
+Commands that need Dagster import it lazily, so the framework-free ones stay light. Whichever
+way it starts (the console script ``idglow``, ``main``, ``python -m idglow.cli``), the app's
+callback settles the process environment (``idglow.environment.settle``) before the command runs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ models_app = typer.Typer(
     help="Check local model weights, or build the demo's tiny twins or a rehearsal directory.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def settle_environment() -> None:
+    """Runs before every command, before any of them imports a model library."""
+    from idglow.environment import settle
+
+    settle()
 
 
 @ingest_app.command("celebahq")
