@@ -1,5 +1,6 @@
 """Run by tests/test_training_distributed.py: a few SFT optimizer steps on two fixed samples,
-either as two torchrun ranks (one sample each) or as one process (both samples in one batch).
+either as two torchrun ranks (one sample each) or as one process (both samples in one batch),
+each step as training.loop.train takes it (one micro-batch: loss, backward, clipping, AdamW).
 Writes the LoRA weights (rank 0) to OUT."""
 
 import argparse
@@ -12,8 +13,10 @@ from safetensors.torch import save_file
 
 from training.data import batches
 from training.distributed import setup_distributed, wrap_for_data_parallel
+from training.encodings import EncodingCache
 from training.flow import sample_generators
-from training.sft import EncodingCache, SFTConfig, load_generator, optimizer_step, prepare_trainable, sft_step
+from training.loop import load_generator, prepare_trainable
+from training.sft import SFTConfig, SFTObjective
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--generator", required=True)
@@ -41,19 +44,19 @@ mine = samples if dist.world == 1 else [samples[dist.rank]]
 
 torch.manual_seed(0)
 pipeline = load_generator(config)
-cache = EncodingCache(pipeline, config)
+objective = SFTObjective(config)
+objective.prepare(pipeline)
 _, parameters, optimizer = prepare_trainable(pipeline.transformer, config)
+cache = EncodingCache(pipeline, config)
 model = wrap_for_data_parallel(pipeline.transformer, dist)
 for step in range(args.steps):
     generators = sample_generators(config.seed, step, [s.key for s in mine])
-    optimizer_step(
-        lambda batch, g=generators: sft_step(model, pipeline, cache, batch, config, g),
-        lambda: mine,
-        parameters,
-        optimizer,
-        config,
-        model,
-    )
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=pipeline.transformer.device.type == "cuda"):
+        loss, _ = objective.loss(model, cache, mine, generators)
+    loss.backward()  # under DDP: the all-reduce of the gradients
+    torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+    optimizer.step()
 if dist.is_main:
     weights = get_peft_model_state_dict(pipeline.transformer)
     save_file({k: v.contiguous() for k, v in weights.items()}, args.out)

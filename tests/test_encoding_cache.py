@@ -12,7 +12,8 @@ from PIL import Image
 from training.data import Sample
 from training.encodings import held_tensor_bytes
 from training.flow import sample_generators
-from training.sft import SFTConfig, load_generator, sft_loss
+from training.loop import load_generator
+from training.sft import SFTConfig, sft_loss
 
 
 def portrait(seed: int, size: int = 96) -> Image.Image:
@@ -62,7 +63,7 @@ def cache_config(tiny_models_dir, cache_dir, **overrides) -> SFTConfig:
 
 
 def test_the_cache_holds_no_encodings_in_memory_as_the_sample_count_grows(pipeline, tiny_models_dir, tmp_path):
-    from training.sft import EncodingCache
+    from training.encodings import EncodingCache
 
     held = {}
     for count in (4, 16):
@@ -77,7 +78,7 @@ def test_the_cache_holds_no_encodings_in_memory_as_the_sample_count_grows(pipeli
 
 
 def test_a_second_run_reads_the_files_instead_of_encoding(pipeline, tiny_models_dir, tmp_path):
-    from training.sft import EncodingCache
+    from training.encodings import EncodingCache
 
     calls = EncoderCalls(pipeline)
     config = cache_config(tiny_models_dir, tmp_path / "encodings")

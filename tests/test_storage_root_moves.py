@@ -96,7 +96,8 @@ def test_a_training_run_names_no_mount_point(tmp_path, tiny_models_dir):
     from assets.training import SFT_MODELS, generator_config, run_key
     from idglow.models.hub import ModelHub
     from idglow.paths import ArtifactPaths
-    from training.sft import SFTConfig, config_differences
+    from training.checkpoints import config_differences
+    from training.sft import SFTConfig
 
     profile = load_profile("demo", env={})
     configs = []

@@ -9,8 +9,9 @@ import pytest
 from assets.training import build_training_assets, in_run_dir, profile_filled, run_key, training_config
 from idglow.editing import ReferenceBudget
 from idglow.profiles import load_profile
+from training.checkpoints import checkpoint_due
 from training.dpo import DPOConfig
-from training.sft import SFTConfig, checkpoint_due
+from training.sft import SFTConfig
 
 PATHS = {"generator_dir": "models/generator", "shards": "storage/sft_shards"}
 INPUTS = "a" * 64
@@ -51,6 +52,16 @@ def test_run_config_shows_the_profiles_defaults():
         _defaults(build_training_assets(1, load_profile("real", env={}))[0])["checkpoint_every"]
         < load_profile("real", env={}).sft_steps
     )
+
+
+def test_sft_and_dpo_share_the_loops_fields_and_add_only_their_own():
+    from training.config import RunConfig
+    from training.dpo import UNUSED_SFT_FIELDS
+
+    loop, sft, dpo = ({f.name for f in dataclasses.fields(c)} for c in (RunConfig, SFTConfig, DPOConfig))
+    assert loop < sft and loop < dpo
+    assert sft - loop == set(UNUSED_SFT_FIELDS) and not dpo & set(UNUSED_SFT_FIELDS)
+    assert dpo - loop == {"sft_checkpoint", "beta", "chosen_weight", "margin", "sft_weight"}
 
 
 def test_the_run_folder_is_keyed_by_the_whole_config_and_its_inputs(tmp_path):

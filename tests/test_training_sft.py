@@ -14,7 +14,8 @@ from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.shards import write_shard_sets
 from idglow.storage import tensors_sha256
-from training.sft import SFTConfig, load_generator, train
+from training.loop import load_generator
+from training.sft import SFTConfig, train
 
 X = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(1))
 REFS = torch.randn(1, 32, 64, generator=torch.Generator().manual_seed(2))
@@ -70,7 +71,7 @@ def test_exact_resume_and_lora_round_trip(tiny_models_dir, sft_shards, tmp_path)
 
     # The trained model, rebuilt the way training holds it, against stock diffusers loading the file.
     trained = load_generator(config(tiny_models_dir, sft_shards, tmp_path / "c"))
-    from training.sft import add_lora, load_checkpoint
+    from training.checkpoints import add_lora, load_checkpoint
 
     add_lora(trained.transformer, config(tiny_models_dir, sft_shards, tmp_path / "c"))
     optimizer = torch.optim.AdamW([p for p in trained.transformer.parameters() if p.requires_grad])
@@ -152,16 +153,14 @@ def dpo_shards(hub, demo_dataset, demo_ingest, tmp_path_factory):
 def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(
     tiny_models_dir, sft_shards, dpo_shards, tmp_path
 ):
-    from training.dpo import DPOConfig, merge_sft
+    from training.checkpoints import add_lora, load_checkpoint
+    from training.dpo import UNUSED_SFT_FIELDS, DPOConfig, merge_sft
     from training.dpo import train as train_dpo
-    from training.sft import add_lora, load_checkpoint
 
     sft = train(config(tiny_models_dir, sft_shards, tmp_path / "sft"))
+    shared = config(tiny_models_dir, dpo_shards, tmp_path / "dpo", steps=3, checkpoint_every=3).__dict__
     dpo_config = DPOConfig(
-        **{
-            **config(tiny_models_dir, dpo_shards, tmp_path / "dpo", steps=3, checkpoint_every=3).__dict__,
-            "sft_checkpoint": str(sft),
-        }
+        **{name: value for name, value in shared.items() if name not in UNUSED_SFT_FIELDS}, sft_checkpoint=str(sft)
     )
     combined = train_dpo(dpo_config)
     logs = [json.loads(line) for line in (tmp_path / "dpo" / "log.jsonl").read_text().splitlines()]
@@ -191,7 +190,8 @@ def test_dpo_trains_a_fresh_adapter_and_exports_one_lora_stock_diffusers_loads(
 def test_selective_gradient_checkpointing_keeps_gradients_and_keys(tiny_models_dir, sft_shards, tmp_path):
     from peft.utils import get_peft_model_state_dict as lora_state
 
-    from training.sft import add_lora, checkpoint_blocks
+    from training.checkpoints import add_lora
+    from training.memory import checkpoint_blocks
 
     def gradients(count):
         pipeline = load_generator(config(tiny_models_dir, sft_shards, tmp_path))
@@ -230,7 +230,7 @@ def test_selective_gradient_checkpointing_keeps_gradients_and_keys(tiny_models_d
 def test_saved_adapter_metadata_does_not_depend_on_set_order():
     from peft import LoraConfig
 
-    from training.sft import lora_metadata
+    from training.checkpoints import lora_metadata
 
     a = lora_metadata(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     b = lora_metadata(LoraConfig(r=4, target_modules=["to_out.0", "to_v", "to_k", "to_q"]))
@@ -239,7 +239,7 @@ def test_saved_adapter_metadata_does_not_depend_on_set_order():
 
 
 def test_the_log_keeps_each_step_once_when_a_run_restarts(tmp_path):
-    from training.sft import truncate_log
+    from training.checkpoints import truncate_log
 
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
@@ -252,7 +252,7 @@ def test_the_log_keeps_each_step_once_when_a_run_restarts(tmp_path):
 
 
 def test_resume_refuses_a_folder_trained_with_other_settings(tiny_models_dir, sft_shards, tmp_path):
-    from training.sft import ConfigMismatch
+    from training.checkpoints import ConfigMismatch
 
     out = tmp_path / "run"
     train(config(tiny_models_dir, sft_shards, out, modulation="none"), stop_after=2)
@@ -286,7 +286,7 @@ def test_the_loop_checkpoints_on_the_minute_cadence_too(tiny_models_dir, sft_sha
 
 
 def test_auto_recomputation_means_none_on_the_cpu(tiny_models_dir, sft_shards, tmp_path):
-    from training.sft import prepare_trainable
+    from training.loop import prepare_trainable
 
     auto = config(
         tiny_models_dir, sft_shards, tmp_path / "auto", gradient_checkpoint_blocks="auto", modulation="none", steps=1

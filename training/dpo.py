@@ -20,17 +20,21 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from idglow.storage import tensors_sha256, write_json_atomic
+from training import loop
+from training.checkpoints import lora_metadata
+from training.config import FIELD_HELP as RUN_FIELD_HELP
+from training.config import RunConfig
+from training.data import Sample
 from training.distributed import setup_distributed, unwrap
 from training.encodings import EncodedBatch, EncodingCache, stack
 from training.flow import Generators, flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
 from training.losses import dpo_statistics, weighted_dpo_loss
 from training.reporting import run_command
-from training.sft import SFTConfig, load_generator, lora_metadata, run_loop
 
 
 @dataclass
-class DPOConfig(SFTConfig):
-    """SFTConfig's fields (shards are DPO shards here) plus the SFT checkpoint and Eq. 7's knobs."""
+class DPOConfig(RunConfig):
+    """The loop's fields (RunConfig; shards are DPO shards here) plus the SFT checkpoint and Eq. 7's knobs."""
 
     sft_checkpoint: str = ""
     beta: float = 2500.0
@@ -39,11 +43,13 @@ class DPOConfig(SFTConfig):
     sft_weight: float = 0.1
 
 
-# SFTConfig fields the DPO loss never reads (the identity loss and its modulation): the DPO
-# asset's run config leaves them out.
+# SFTConfig's own fields (the identity loss and its modulation), which DPOConfig does not have:
+# settings shared with an SFT run drop them before they configure DPO (assets.benchmark), and
+# the DPO asset's run config leaves them out.
 UNUSED_SFT_FIELDS = ("modulation", "lambda_id", "tau", "t1", "t2", "face_pack_dir")
 
 FIELD_HELP = {
+    **RUN_FIELD_HELP,
     "beta": "beta of Eq. 7 (Diffusion-DPO used 2500 to 5000)",
     "chosen_weight": "w of Eq. 7, the weight on the chosen term (>= 1)",
     "margin": "m of Eq. 7, the additive margin (>= 0)",
@@ -96,12 +102,26 @@ def dpo_loss(
     return loss, logs
 
 
-def dpo_step(model, pipeline, cache: EncodingCache, samples, config: DPOConfig, generator: Generators):
-    """One batch of pairs: encodings from the cache (each pair's file read once: it holds both
-    images' latents), then ``dpo_loss`` through ``model``."""
-    encodings = [cache.get(s) for s in samples]
-    chosen, rejected = stack(encodings, "chosen", config), stack(encodings, "rejected", config)
-    return dpo_loss(model, pipeline.scheduler, chosen, rejected.x0, config, generator)
+class DPOObjective:
+    """Eq. 6-7 for the loop, on the generator with the SFT adapter folded in."""
+
+    def __init__(self, config: DPOConfig):
+        self.config = config
+        self.scheduler = None
+
+    def prepare(self, pipeline) -> None:
+        """Fold the SFT LoRA into the transformer (the reference network) before the DPO adapter goes on."""
+        merge_sft(pipeline, Path(self.config.sft_checkpoint))
+        self.scheduler = pipeline.scheduler
+
+    def loss(
+        self, model, cache: EncodingCache, samples: list[Sample], generators: Generators, heaviest: bool = False
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``dpo_loss`` of a micro-batch of pairs (each pair's file read once: it holds both
+        images' latents). Every micro-batch takes the same path, so ``heaviest`` changes nothing."""
+        encodings = [cache.get(s) for s in samples]
+        chosen, rejected = stack(encodings, "chosen", self.config), stack(encodings, "rejected", self.config)
+        return dpo_loss(model, self.scheduler, chosen, rejected.x0, self.config, generators)
 
 
 def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) -> Path:
@@ -122,7 +142,7 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     )
     write_json_atomic(
         out / "manifest.json",
-        {  # lora_sha256: the tensors' content hash (see training.sft)
+        {  # lora_sha256: the tensors' content hash (see training.checkpoints)
             "lora_sha256": tensors_sha256(out / "pytorch_lora_weights.safetensors"),
             "rank": rank,
             "sft_checkpoint": str(sft_checkpoint),
@@ -134,27 +154,14 @@ def export_combined_lora(sft_checkpoint: Path, dpo_checkpoint: Path, out: Path) 
     return out
 
 
-def train(config: DPOConfig, stop_after: int | None = None, on_step=None) -> Path:
-    """Run (or resume) DPO; returns the folder of the combined SFT+DPO LoRA (or, when stopped
-    early, the latest DPO checkpoint)."""
-    dist = setup_distributed()
-    if dist.device is not None:
-        config.device = dist.device
-    torch.manual_seed(config.seed)
-    pipeline = load_generator(config)
-    merge_sft(pipeline, Path(config.sft_checkpoint))
-    cache = EncodingCache(pipeline, config)
-    checkpoint = run_loop(
-        config,
-        pipeline,
-        lambda model, samples, generators: dpo_step(model, pipeline, cache, samples, config, generators),
-        stop_after,
-        dist,
-        on_step,
-    )
+def train(config: DPOConfig, stop_after: int | None = None, on_step=None, pipeline=None) -> Path:
+    """Run (or resume) DPO (``training.loop.train``); returns the folder of the combined SFT+DPO
+    LoRA (or, when stopped early, the latest DPO checkpoint)."""
+    checkpoint = loop.train(config, DPOObjective(config), stop_after, on_step, pipeline)
     if stop_after is not None and json.loads((checkpoint / "manifest.json").read_text())["step"] < config.steps:
         return checkpoint
     combined = Path(config.output_dir) / "combined"
+    dist = setup_distributed()
     if dist.is_main:
         export_combined_lora(Path(config.sft_checkpoint), checkpoint, combined)
     dist.barrier()

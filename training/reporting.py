@@ -29,7 +29,7 @@ def pipes_session(dist: DistributedContext) -> Iterator[PipesContext | None]:
 
 
 def step_reporter(pipes: PipesContext | None, total_steps: int, every: int = 1):
-    """A per-step callback for ``run_loop`` that logs progress into the Dagster run."""
+    """A per-step callback for ``training.loop.train`` that logs progress into the Dagster run."""
     if pipes is None:
         return None
 
