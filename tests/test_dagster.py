@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -93,6 +94,7 @@ def _assert_ablation_runs(root: Path, ablation, sft, dpo) -> None:
     folder named by its config, the configs equal but for the modulation (and + DPO's own fields),
     with the profile's reference sizes and checkpoint cadence, and the paths relative to the root."""
     from assets.training import reference_side
+    from training.dpo import UNUSED_SFT_FIELDS
 
     profile = load_profile()
     checkpoints = {name: root / path for name, path in ablation["checkpoint_paths"].value.items()}
@@ -115,7 +117,9 @@ def _assert_ablation_runs(root: Path, ablation, sft, dpo) -> None:
         "task",
     ]
     assert differing(configs["no ID loss"]) == differing(configs["constant"]) == {"modulation", "output_dir"}
-    assert differing(configs["+ DPO"]) <= DPO_OWN | {"output_dir", "model_fingerprints"}
+    # + DPO has none of SFT's own fields (the identity loss's) and shares the others but its own.
+    assert not set(UNUSED_SFT_FIELDS) & configs["+ DPO"].keys()
+    assert differing(configs["+ DPO"]) - set(UNUSED_SFT_FIELDS) <= DPO_OWN | {"output_dir", "model_fingerprints"}
     assert configs["+ DPO"]["sft_checkpoint"] == ablation["checkpoint_paths"].value["task-adaptive"]
     assert configs["+ DPO"]["model_fingerprints"] == {"generator_dir": task["model_fingerprints"]["generator_dir"]}
     for name, config in configs.items():
@@ -132,185 +136,266 @@ def _assert_ablation_runs(root: Path, ablation, sft, dpo) -> None:
     assert folders["+ DPO"] == Path(dpo["checkpoint_uri"].value).parent
 
 
-def test_everything_materialises_with_the_model_hub(storage_env, tiny_models_dir, monkeypatch):
+@dataclass
+class Everything:
+    """The pipeline materialised once on the demo profile with the tiny models, as `make demo`
+    runs it: everything up to the review queue and SFT, the review sensor's run (accepted pairs,
+    DPO shards and checkpoint), the registration, the benchmark sensor's runs (each version, then
+    promotion and the report)."""
+
+    root: Path
+    env: dict[str, str]
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    run: dg.ExecuteInProcessResult  # materialize_everything
+    reviewed: list  # the review sensor's runs
+    registered: dict[str, dg.AssetMaterialization]
+    benchmarked: list  # the benchmark sensor's runs
+    materialized: dict[str, dg.AssetMaterialization]  # the latest of each asset over all of them
+    report: str  # benchmark_report's report.md as the benchmark sensor's run wrote it
+
+
+@pytest.fixture(scope="module")
+def materialised(tmp_path_factory, tiny_models_dir):
+    from assets.partitions import add_partitions
     from assets.preference import generation_rounds
 
-    monkeypatch.setenv("IDGLOW_MODELS_DIR", str(tiny_models_dir))
-    defs = build_definitions(load_profile())
+    root = tmp_path_factory.mktemp("everything") / "storage"
+    env = {"IDGLOW_PROFILE": "demo", "IDGLOW_STORAGE_ROOT": str(root), "IDGLOW_MODELS_DIR": str(tiny_models_dir)}
     with dg.DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions(generation_rounds.name, ["round-000"])
-        result = defs.resolve_job_def("materialize_everything").execute_in_process(
-            instance=instance, partition_key="round-000"
-        )
-        assert result.success
-        materialized = _materializations(result)
-        weights = materialized["model_weights"].metadata
-        assert weights["models_uri"].value == str(tiny_models_dir)
-        assert set(weights["fingerprints"].value) == {"generator", "prompt_model", "clip", "aesthetic", "face_pack"}
-        timings = weights["timings_s"].value
-        assert timings["generated_width"] == 64
-        assert timings["faces_found_in_portrait"] == 1
-        assert timings["torch_face_grad_abs_sum"] > 0
-
-        prompts = materialized["prompts"].metadata
-        assert 0.0 <= prompts["dynamic_fallback_rate"].value <= 1.0
-        candidates = materialized["candidate_images"].metadata
-        assert candidates["generated_now"].value == candidates["dagster/row_count"].value > 0
-        pairs = materialized["preference_pairs"].metadata
-        assert all(
-            pairs[f"pairs_{s}"].value > 0
-            for s in ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed")
-        )
-        filtered = materialized["auto_filtered_pairs"].metadata
-        assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
-        assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        queue = materialized["review_queue"].metadata
-        assert queue["items"].value == filtered["kept"].value == queue["automatic_decisions"].value
-
-        # The review sensor (auto mode finished the batch) records the decisions and requests the
-        # run that gates the accepted pairs and builds the DPO shards and checkpoint.
-        (reviewed,) = run_sensor(defs, instance, "review_batches_finished")
-        assert reviewed.success and reviewed.dagster_run.tags["dagster/partition"] == queue["batch_id"].value
-        materialized.update(_materializations(reviewed))
-        accepted = materialized["accepted_pairs"].metadata
-        assert [e.passed for e in reviewed.get_asset_check_evaluations()] == [True]
-        assert 0 < accepted["accepted"].value <= accepted["decided"].value == filtered["kept"].value
-        dpo = materialized["dpo_shards"].metadata
-        assert dpo["samples"].value == accepted["accepted"].value
-        assert materialized["sft_shards"].metadata["samples"].value >= 6
-        sft = materialized["sft_checkpoint"]
-        assert sft.metadata["step"].value == 4 and sft.metadata["world_size"].value == 1
-        assert sft.metadata["training_pid"].value != os.getpid()  # reported by the launched process, through Pipes
-        assert sft.tags["dagster/data_version"] == sft.metadata["lora_sha256"].value
-        dpo = materialized["dpo_checkpoint"].metadata
-        assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
-        assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
-
-        # Registration, the benchmark of every version (the sensor's requests), promotion, the report.
-        materialized.update(
-            _materializations(defs.resolve_job_def("register_models").execute_in_process(instance=instance))
-        )
-        assert set(materialized["model_registry"].metadata["registered_now"].value) == {
-            "base",
-            f"sft-{sft.metadata['lora_sha256'].value[:12]}",
-            f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}",
-        }
-        for run in run_sensor(defs, instance, "benchmark_new_versions", rounds=3):
-            assert run.success
-            materialized.update(_materializations(run))
-        results = pd.read_parquet(materialized["benchmark_results"].metadata["results_uri"].value)
-        assert len(results) == 16 and {
-            "checkpoint_sha256",
-            "shard_manifest_sha256",
-            "prompt_set_sha256",
-            "metric_models",
-            "code_version",
-            "inference",
-        } <= set(results.columns)
-        report = Path(materialized["benchmark_report"].metadata["report_uri"].value).read_text()
-        assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
-        assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
-        assert "current_model" in materialized  # the tiny DPO model is not worse than the tiny base
-
-        # Images made elsewhere, scored with the same metrics, appear in the next report.
-        first = results.iloc[0]
-        manifest = storage_env / "external.json"
-        manifest.write_text(
-            json.dumps(
-                [
-                    {
-                        "group_id": first["group_id"],
-                        "task": first["task"],
-                        "prompt_kind": first["prompt_kind"],
-                        "image": first["image"],
-                    },
-                    {
-                        "group_id": first["group_id"],
-                        "task": first["task"],
-                        "prompt_kind": "dynamic",
-                        "image": "gone.png",
-                    },
-                ]
+        with pytest.MonkeyPatch.context() as patch:  # the environment only while it materialises
+            for name, value in env.items():
+                patch.setenv(name, value)
+            patch.delenv("IDGLOW_CELEBAHQ_ROOT", raising=False)
+            defs = build_definitions(load_profile())
+            add_partitions(instance, generation_rounds, ["round-000"])
+            run = defs.resolve_job_def("materialize_everything").execute_in_process(
+                instance=instance, partition_key="round-000"
             )
-        )
-        scored = subprocess.run(
+            materialized = _materializations(run)
+            # The review sensor (auto mode finished the batch) records the decisions and requests the
+            # run that gates the accepted pairs and builds the DPO shards and checkpoint.
+            reviewed = run_sensor(defs, instance, "review_batches_finished")
+            for result in reviewed:
+                materialized.update(_materializations(result))
+            # Registration, the benchmark of every version (the sensor's requests), promotion, the report.
+            registered = _materializations(
+                defs.resolve_job_def("register_models").execute_in_process(instance=instance)
+            )
+            materialized.update(registered)
+            benchmarked = run_sensor(defs, instance, "benchmark_new_versions", rounds=3)
+            for result in benchmarked:
+                materialized.update(_materializations(result))
+            report = Path(materialized["benchmark_report"].metadata["report_uri"].value).read_text()
+        yield Everything(root, env, defs, instance, run, reviewed, registered, benchmarked, materialized, report)
+
+
+@pytest.fixture
+def everything(materialised, monkeypatch) -> Everything:
+    """The materialised pipeline, its environment set again for this test."""
+    for name, value in materialised.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("IDGLOW_CELEBAHQ_ROOT", raising=False)
+    return materialised
+
+
+def test_the_model_hub_loads_every_component(everything, tiny_models_dir):
+    assert everything.run.success
+    weights = everything.materialized["model_weights"].metadata
+    assert weights["models_uri"].value == str(tiny_models_dir)
+    assert set(weights["fingerprints"].value) == {"generator", "prompt_model", "clip", "aesthetic", "face_pack"}
+    timings = weights["timings_s"].value
+    assert timings["generated_width"] == 64
+    assert timings["faces_found_in_portrait"] == 1
+    assert timings["torch_face_grad_abs_sum"] > 0
+
+
+def test_prompts_and_candidate_images(everything):
+    prompts = everything.materialized["prompts"].metadata
+    assert 0.0 <= prompts["dynamic_fallback_rate"].value <= 1.0
+    candidates = everything.materialized["candidate_images"].metadata
+    assert candidates["generated_now"].value == candidates["dagster/row_count"].value > 0
+
+
+def test_preference_pairs_the_automatic_filter_and_the_review_queue(everything):
+    materialized = everything.materialized
+    pairs = materialized["preference_pairs"].metadata
+    assert all(
+        pairs[f"pairs_{s}"].value > 0
+        for s in ("real_vs_perturbed", "real_vs_synthetic", "synthetic_vs_synthetic", "synthetic_vs_perturbed")
+    )
+    filtered = materialized["auto_filtered_pairs"].metadata
+    assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
+    assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    queue = materialized["review_queue"].metadata
+    assert queue["items"].value == filtered["kept"].value == queue["automatic_decisions"].value
+
+
+def test_the_review_sensor_gates_the_accepted_pairs_and_builds_the_dpo_shards(everything):
+    materialized = everything.materialized
+    (reviewed,) = everything.reviewed
+    queue = materialized["review_queue"].metadata
+    assert reviewed.success and reviewed.dagster_run.tags["dagster/partition"] == queue["batch_id"].value
+    accepted = materialized["accepted_pairs"].metadata
+    assert [e.passed for e in reviewed.get_asset_check_evaluations()] == [True]
+    filtered = materialized["auto_filtered_pairs"].metadata
+    assert 0 < accepted["accepted"].value <= accepted["decided"].value == filtered["kept"].value
+    dpo = materialized["dpo_shards"].metadata
+    assert dpo["samples"].value == accepted["accepted"].value
+    assert materialized["sft_shards"].metadata["samples"].value >= 6
+
+
+def test_sft_and_dpo_train_in_processes_launched_through_pipes(everything):
+    sft = everything.materialized["sft_checkpoint"]
+    assert sft.metadata["step"].value == 4 and sft.metadata["world_size"].value == 1
+    assert sft.metadata["training_pid"].value != os.getpid()  # reported by the launched process, through Pipes
+    assert sft.tags["dagster/data_version"] == sft.metadata["lora_sha256"].value
+    dpo = everything.materialized["dpo_checkpoint"].metadata
+    assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
+    assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_registration_benchmark_promotion_and_report(everything):
+    materialized = everything.materialized
+    assert set(everything.registered["model_registry"].metadata["registered_now"].value) == {
+        "base",
+        f"sft-{materialized['sft_checkpoint'].metadata['lora_sha256'].value[:12]}",
+        f"dpo-{materialized['dpo_checkpoint'].metadata['lora_sha256'].value[:12]}",
+    }
+    for run in everything.benchmarked:
+        assert run.success
+    results = pd.read_parquet(materialized["benchmark_results"].metadata["results_uri"].value)
+    assert len(results) == 16 and {
+        "checkpoint_sha256",
+        "shard_manifest_sha256",
+        "prompt_set_sha256",
+        "metric_models",
+        "code_version",
+        "inference",
+    } <= set(results.columns)
+    report = everything.report
+    assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
+    assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
+    assert "current_model" in materialized  # the tiny DPO model is not worse than the tiny base
+
+
+def test_images_made_elsewhere_appear_in_the_next_report(everything):
+    results = pd.read_parquet(everything.materialized["benchmark_results"].metadata["results_uri"].value)
+    first = results.iloc[0]
+    manifest = everything.root / "external.json"
+    manifest.write_text(
+        json.dumps(
             [
-                sys.executable,
-                "-m",
-                "idglow.cli",
-                "eval",
-                "external",
-                "--manifest",
-                str(manifest),
-                "--name",
-                "elsewhere",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+                {
+                    "group_id": first["group_id"],
+                    "task": first["task"],
+                    "prompt_kind": first["prompt_kind"],
+                    "image": first["image"],
+                },
+                {
+                    "group_id": first["group_id"],
+                    "task": first["task"],
+                    "prompt_kind": "dynamic",
+                    "image": "gone.png",
+                },
+            ]
         )
-        assert scored.returncode == 0, scored.stderr
-        assert "scored 1 of 2 images" in scored.stdout and "missing file" in scored.stderr
-        again = dg.materialize([benchmark_report_asset], instance=instance, resources=resources_for(load_profile()))
-        assert "external-elsewhere" in _materializations(again)["benchmark_report"].metadata["methods"].value
+    )
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idglow.cli",
+            "eval",
+            "external",
+            "--manifest",
+            str(manifest),
+            "--name",
+            "elsewhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert "scored 1 of 2 images" in scored.stdout and "missing file" in scored.stderr
+    again = dg.materialize(
+        [benchmark_report_asset], instance=everything.instance, resources=resources_for(load_profile())
+    )
+    assert "external-elsewhere" in _materializations(again)["benchmark_report"].metadata["methods"].value
 
-        # Table 3's ablation as one job: three SFT configurations and + DPO, trained, evaluated, tabulated.
-        ablation = _materializations(defs.resolve_job_def("sft_ablation_job").execute_in_process(instance=instance))
-        rows = ablation["sft_ablation"].metadata["table"].value.splitlines()[2:]
-        assert len(rows) == 8 and {r.split(" | ")[1] for r in rows} == {
-            "no ID loss",
-            "constant",
-            "annealing",
-            "gating",
-            "+ DPO",
+
+def test_the_ablation_trains_evaluates_and_tabulates_table_3(everything):
+    # Table 3's ablation as one job: three SFT configurations and + DPO, trained, evaluated, tabulated.
+    ablation = _materializations(
+        everything.defs.resolve_job_def("sft_ablation_job").execute_in_process(instance=everything.instance)
+    )
+    rows = ablation["sft_ablation"].metadata["table"].value.splitlines()[2:]
+    assert len(rows) == 8 and {r.split(" | ")[1] for r in rows} == {
+        "no ID loss",
+        "constant",
+        "annealing",
+        "gating",
+        "+ DPO",
+    }
+    assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
+    _assert_ablation_runs(
+        everything.root,
+        ablation["sft_ablation"].metadata,
+        everything.materialized["sft_checkpoint"].metadata,
+        everything.materialized["dpo_checkpoint"].metadata,
+    )
+
+
+def test_the_aligned_prompt_model_is_a_version_the_prompts_asset_can_name(everything):
+    alignment = everything.materialized["prompt_model_alignment"].metadata
+    assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
+    base_settings = IdglowSettings.from_profile(load_profile())
+    aligned_settings = IdglowSettings(
+        **{
+            **{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
+            "prompt_model_version": alignment["checkpoint_uri"].value,
         }
-        assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
-        _assert_ablation_runs(storage_env, ablation["sft_ablation"].metadata, sft.metadata, dpo)
+    )
+    renamed = dg.materialize(
+        [prompts_asset],
+        instance=everything.instance,
+        resources={**resources_for(load_profile()), "settings": aligned_settings},
+    )
+    written = pd.read_parquet(_materializations(renamed)["prompts"].metadata["prompts_uri"].value)
+    assert set(written["prompt_model_version"]) == {alignment["prompt_model_version"].value}
 
-        # The aligned prompt model is a version the prompts asset can name.
-        alignment = materialized["prompt_model_alignment"].metadata
-        assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
-        base_settings = IdglowSettings.from_profile(load_profile())
-        aligned_settings = IdglowSettings(
-            **{
-                **{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
-                "prompt_model_version": alignment["checkpoint_uri"].value,
-            }
-        )
-        renamed = dg.materialize(
-            [prompts_asset],
-            instance=instance,
-            resources={**resources_for(load_profile()), "settings": aligned_settings},
-        )
-        written = pd.read_parquet(_materializations(renamed)["prompts"].metadata["prompts_uri"].value)
-        assert set(written["prompt_model_version"]) == {alignment["prompt_model_version"].value}
 
-        # Two processes per run: the same asset launches torchrun (gloo on CPU) through Pipes.
-        monkeypatch.setenv("IDGLOW_TRAINING_GPUS", "2")
-        two = build_definitions(load_profile())
-        k8s = json.loads(two.resolve_assets_def("sft_checkpoint").op.tags["dagster-k8s/config"])
-        assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
-        ddp = _materializations(
-            two.resolve_job_def("materialize_everything").execute_in_process(
-                instance=instance,
-                partition_key="round-000",
-                asset_selection=[dg.AssetKey("sft_checkpoint")],
-            )
-        )["sft_checkpoint"]
-        assert ddp.metadata["world_size"].value == 2 and ddp.metadata["step"].value == 4
-        assert ddp.metadata["checkpoint_uri"].value != sft.metadata["checkpoint_uri"].value  # its own run folder
-        assert ddp.tags["dagster/data_version"] == ddp.metadata["lora_sha256"].value
-
-        # A rerun of the same round generates nothing new.
-        again = _materializations(
-            defs.resolve_job_def("materialize_everything").execute_in_process(
-                instance=instance,
-                partition_key="round-000",
-                asset_selection=[dg.AssetKey("candidate_images")],
-            )
+def test_two_processes_per_run_launch_torchrun_through_pipes(everything, monkeypatch):
+    # Two processes per run: the same asset launches torchrun (gloo on CPU) through Pipes.
+    sft = everything.materialized["sft_checkpoint"]
+    monkeypatch.setenv("IDGLOW_TRAINING_GPUS", "2")
+    two = build_definitions(load_profile())
+    k8s = json.loads(two.resolve_assets_def("sft_checkpoint").op.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    ddp = _materializations(
+        two.resolve_job_def("materialize_everything").execute_in_process(
+            instance=everything.instance,
+            partition_key="round-000",
+            asset_selection=[dg.AssetKey("sft_checkpoint")],
         )
-        assert again["candidate_images"].metadata["generated_now"].value == 0
-        assert again["candidate_images"].metadata["skipped_existing"].value == candidates["dagster/row_count"].value
+    )["sft_checkpoint"]
+    assert ddp.metadata["world_size"].value == 2 and ddp.metadata["step"].value == 4
+    assert ddp.metadata["checkpoint_uri"].value != sft.metadata["checkpoint_uri"].value  # its own run folder
+    assert ddp.tags["dagster/data_version"] == ddp.metadata["lora_sha256"].value
+
+
+def test_a_rerun_of_the_same_round_generates_nothing_new(everything):
+    candidates = everything.materialized["candidate_images"].metadata
+    again = _materializations(
+        everything.defs.resolve_job_def("materialize_everything").execute_in_process(
+            instance=everything.instance,
+            partition_key="round-000",
+            asset_selection=[dg.AssetKey("candidate_images")],
+        )
+    )
+    assert again["candidate_images"].metadata["generated_now"].value == 0
+    assert again["candidate_images"].metadata["skipped_existing"].value == candidates["dagster/row_count"].value
 
 
 def test_sft_checkpoint_trains_with_its_run_config_in_its_own_folder(
