@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from training.data import Sample  # noqa: E402
 from training.encodings import EncodingCache, SampleEncoding, encode_sample, held_tensor_bytes  # noqa: E402
-from training.sft import SFTConfig, load_generator  # noqa: E402
+from training.loop import load_generator  # noqa: E402
+from training.sft import SFTConfig  # noqa: E402
 
 
 class InMemoryCache(EncodingCache):

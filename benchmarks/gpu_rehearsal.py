@@ -14,13 +14,14 @@ Everything after the build is the project's own code, at the real profile's sett
 1. one generation (idglow.editing.edit, as generate_candidates calls it: 1024², 40 steps, true
    CFG 4.0 with the blank negative prompt, the profile's reference budgets) from two drawn
    portraits;
-2. ``--sft-steps`` SFT steps with the ID loss (training.sft.run_loop as training.sft.train
-   wires it, constant lambda so that every step decodes; the encoding cache, the memory planner
-   with ``gradient_checkpoint_blocks: auto``, training.identity.IdentityLoss with the rehearsal's
-   buffalo_l, whose detector runs on every decoded image), the generated image as the target;
-3. ``--dpo-steps`` DPO steps (the SFT checkpoint merged, training.dpo's loss through the same
-   loop, re-planned), the generated image chosen and its mirror image rejected, and the combined
-   export.
+2. ``--sft-steps`` SFT steps with the ID loss (training.sft.train, the loop of training.loop, on
+   the pipeline in memory; constant lambda so that every step decodes; the encoding cache, the
+   memory planner with ``gradient_checkpoint_blocks: auto``, training.identity.IdentityLoss with
+   the rehearsal's buffalo_l, whose detector runs on every decoded image), the generated image
+   as the target;
+3. ``--dpo-steps`` DPO steps (training.dpo.train on the same pipeline: the SFT checkpoint
+   merged, the DPO loss through the same loop, re-planned), the generated image chosen and its
+   mirror image rejected, and the combined export.
 
 The first step of each loop includes its set-up (LoRA, the planner's probe steps, encoding the
 sample); the later ones read the cached encodings. Results go to ``--out`` as JSON lines and a
@@ -34,7 +35,6 @@ import io
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -161,42 +161,21 @@ class StepClock:
         reset_peak()
 
 
-def run_sft(pipeline, config, on_step):
-    """training.sft.train's wiring, on the pipeline in memory (train() loads one from disk)."""
-    from training.encodings import EncodingCache
+def run_sft(pipeline, config, on_step) -> Path:
+    """training.sft.train on the pipeline in memory (by default it loads one from disk)."""
     from training.identity import IdentityLoss
-    from training.sft import run_loop, sft_step
+    from training.sft import train
 
-    cache = EncodingCache(pipeline, config)
-    identity = IdentityLoss(pipeline, config)
-    worst = replace(config, modulation="constant")
-    return run_loop(
-        config,
-        pipeline,
-        lambda model, samples, generators: sft_step(model, pipeline, cache, samples, config, generators, identity),
-        on_step=on_step,
-        plan_step_fn=lambda model, samples, generators: sft_step(
-            model, pipeline, cache, samples, worst, generators, identity
-        ),
-    )
+    return train(config, IdentityLoss, on_step=on_step, pipeline=pipeline)
 
 
 def run_dpo(pipeline, config, on_step) -> Path:
-    """training.dpo.train's wiring on the pipeline in memory; returns the combined export."""
-    from training.dpo import dpo_step, export_combined_lora, merge_sft
-    from training.encodings import EncodingCache
-    from training.sft import run_loop
+    """training.dpo.train on the pipeline in memory (it merges the SFT checkpoint and writes the
+    combined export); returns the combined export."""
+    from training.dpo import train
 
     pipeline.transformer.unload_lora()  # the SFT run's adapter; a fresh process would load the base model
-    merge_sft(pipeline, Path(config.sft_checkpoint))
-    cache = EncodingCache(pipeline, config)
-    checkpoint = run_loop(
-        config,
-        pipeline,
-        lambda model, samples, generators: dpo_step(model, pipeline, cache, samples, config, generators),
-        on_step=on_step,
-    )
-    return export_combined_lora(Path(config.sft_checkpoint), checkpoint, Path(config.output_dir) / "combined")
+    return train(config, on_step=on_step, pipeline=pipeline)
 
 
 def main() -> None:
@@ -211,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     if not on_cuda() and not args.tiny:
         raise SystemExit("the full-depth rehearsal needs a CUDA device (or --tiny for a dry run on the CPU)")
-    from training.dpo import DPOConfig
+    from training.dpo import UNUSED_SFT_FIELDS, DPOConfig
     from training.sft import SFTConfig
 
     profile = load_profile("demo" if args.tiny else "real", env={})
@@ -308,7 +287,7 @@ def main() -> None:
 
     dpo = DPOConfig(
         **{
-            **sft.__dict__,
+            **{name: value for name, value in sft.__dict__.items() if name not in UNUSED_SFT_FIELDS},
             "shards": str(dpo_shards),
             "output_dir": str(work / "dpo"),
             "steps": args.dpo_steps,

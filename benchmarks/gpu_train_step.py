@@ -13,7 +13,7 @@ Cases (same batch, resolution, tokens, LoRA, warm-up and timed steps on both sid
     ``enable_gradient_checkpointing``: every block recomputed), at the large resolution;
 (b) no block recomputed, against the baseline's ``--no-ckpt``, at the small resolution (at 1024²
     no checkpointing needs about 165 GiB: it fits neither side on a 141 GiB H200);
-(c) the memory planner's choice (training.sft.plan_recomputation, what ``gradient_checkpoint_blocks:
+(c) the memory planner's choice (training.memory.plan_recomputation, what ``gradient_checkpoint_blocks:
     auto`` runs) at the large resolution, its peak memory beside the baseline default's.
 
 Then the ID path (phase ``id``): the training ID term (training.identity.modulated_identity_term)
@@ -51,9 +51,11 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from train_flops import StepFlops, StepTokens, TransformerShape, previous_count, step_flops  # beside this script
 
 from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG
-from training.dpo import DPOConfig, dpo_loss
+from training.dpo import UNUSED_SFT_FIELDS, DPOConfig, dpo_loss
 from training.encodings import EncodedBatch
-from training.sft import SFTConfig, checkpoint_blocks, optimizer_step, plan_recomputation, prepare_trainable, sft_loss
+from training.loop import prepare_trainable
+from training.memory import checkpoint_blocks, plan_recomputation
+from training.sft import SFTConfig, sft_loss
 
 PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM datasheet
 BASELINE_WARMUP = 2  # the baseline's fixed warm-up steps; ours takes as many
@@ -256,6 +258,24 @@ class DetectedFacesIdentity:
 # ----------------------------------------------------------------------- harness
 
 
+def optimizer_step(loss_fn: Callable[[], tuple[torch.Tensor, dict]], parameters, optimizer, config) -> None:
+    """One optimizer step as training.loop.train takes it: ``gradient_accumulation`` micro-batches
+    (``loss_fn``, bf16 autocast on CUDA) and their backward, clipping, the AdamW update.
+
+    A minimal copy of the loop's inline update, kept here on purpose: the loop itself needs a
+    generator pipeline, shards and the encoding cache, and writes its log and checkpoints, which
+    this benchmark (a bare transformer on one random batch, as the baseline times it) leaves out.
+    Keep it in step with training.loop.train."""
+    on_gpu = parameters[0].device.type == "cuda"
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(config.gradient_accumulation):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            loss, _ = loss_fn()
+        (loss / config.gradient_accumulation).backward()
+    torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+    optimizer.step()
+
+
 def timed_steps(run: Callable[[], None], steps: int, warmup: int = BASELINE_WARMUP) -> tuple[float, float]:
     """Seconds per step and peak GiB of ``steps`` steps after ``warmup``, as the baseline times them."""
     for _ in range(warmup):
@@ -305,16 +325,14 @@ class Harness:
         )
 
     def sft_runner(self, batch: EncodedBatch, config: SFTConfig, identity=None) -> Callable[[], None]:
-        def step_fn(b):
-            return sft_loss(self.transformer, self.scheduler, b, ["direct_fusion"], config, self.generator, identity)
-
-        return lambda: optimizer_step(step_fn, lambda: batch, self.parameters, self.optimizer, config)
+        loss_fn = self.sft_loss_fn(batch, config, identity)
+        return lambda: optimizer_step(loss_fn, self.parameters, self.optimizer, config)
 
     def dpo_runner(self, chosen: EncodedBatch, rejected_x0: torch.Tensor, config: DPOConfig) -> Callable[[], None]:
-        def step_fn(b):
-            return dpo_loss(self.transformer, self.scheduler, b, rejected_x0, config, self.generator)
+        def loss_fn():
+            return dpo_loss(self.transformer, self.scheduler, chosen, rejected_x0, config, self.generator)
 
-        return lambda: optimizer_step(step_fn, lambda: chosen, self.parameters, self.optimizer, config)
+        return lambda: optimizer_step(loss_fn, self.parameters, self.optimizer, config)
 
     def plan(self, loss_fn) -> tuple[int, dict]:
         """The training loop's own planner (gradient_checkpoint_blocks: auto); on the CPU auto recomputes none."""
@@ -459,7 +477,7 @@ def main(args) -> None:
         flop_check = record(check_flops(harness, batch[large], tokens[large], large, args))
     if "dpo" in phases and time_left():
         rejected = random_batch(large, args.refs, args.text, joint, seed=2).x0
-        dpo = DPOConfig(**{**sft.__dict__})
+        dpo = DPOConfig(**{name: value for name, value in sft.__dict__.items() if name not in UNUSED_SFT_FIELDS})
         count, info = harness.plan(
             lambda: dpo_loss(harness.transformer, harness.scheduler, batch[large], rejected, dpo, harness.generator)
         )

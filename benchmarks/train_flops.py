@@ -56,7 +56,7 @@ BLOCK_LINEARS: tuple[tuple[str, str, int, int, str], ...] = (
     ("txt_mlp.net.2", "text", 4, 1, "post_text"),
 )
 
-# training.sft.DEFAULT_LORA_TARGETS, the baseline's targets too (peft matches by name suffix)
+# training.config.DEFAULT_LORA_TARGETS, the baseline's targets too (peft matches by name suffix)
 DEFAULT_LORA_TARGETS = (
     "to_q",
     "to_k",

@@ -88,7 +88,8 @@ def test_real_shape_against_the_previous_count():
 def tiny_lora_transformer():
     from diffusers import QwenImageTransformer2DModel
 
-    from training.sft import SFTConfig, prepare_trainable
+    from training.loop import prepare_trainable
+    from training.sft import SFTConfig
 
     torch.manual_seed(0)
     transformer = QwenImageTransformer2DModel(
@@ -139,7 +140,7 @@ def _counted(transformer, tokens: StepTokens, backward: bool) -> int:
 def test_flop_counter_mode_agrees(tiny_lora_transformer, tokens, recomputed):
     """What torch counts over a real forward and backward equals the per-stream count exactly
     (hardware FLOPs: the math kernel recomputes no scores, checkpointed blocks run twice)."""
-    from training.sft import checkpoint_blocks
+    from training.memory import checkpoint_blocks
 
     transformer, config = tiny_lora_transformer
     count = checkpoint_blocks(transformer, recomputed)
