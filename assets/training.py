@@ -8,7 +8,7 @@ Each asset takes its training settings as Dagster run config (``SFTRunConfig``, 
 folder is keyed by the hash of its config (less where it runs and how much it recomputes) and its
 inputs, so a rerun with the same settings on the same data resumes or returns the finished
 checkpoint, and any other change trains anew; the loops refuse to resume a checkpoint whose saved
-config differs (training.sft.check_resumable). The benchmark's ``sft_ablation`` launches its runs
+config differs (training.checkpoints.check_resumable). The benchmark's ``sft_ablation`` launches its runs
 the same way (``generator_config`` and ``launch``).
 
 A run's config names the files under the storage root relative to it, and the launched process

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.partitions import add_partitions
 from assets.preference import generation_rounds
 from idglow.storage import write_text_atomic
 from pipelines.instance import ensure_dagster_home
@@ -80,7 +81,7 @@ def run_demo() -> DemoRun:
 
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(generation_rounds.name, [DEMO_ROUND])
+        add_partitions(instance, generation_rounds, [DEMO_ROUND])
         job = defs.resolve_job_def("materialize_everything")
         result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
         # What the daemon does for a finished review batch (auto mode finishes it at once), then

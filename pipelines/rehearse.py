@@ -29,6 +29,7 @@ from idglow.storage import sha256_file, write_text_atomic
 REPO = Path(__file__).resolve().parent.parent
 OVERRIDES = REPO / "configs" / "rehearsal.toml"
 ROUND = "round-000"
+JOB_SECONDS: list[tuple[str, float]] = []  # each job this process ran, with its wall time
 # One step at a time: each holds its models in fp32 (about 8 GB for the generator). Steps start
 # from a fork server that has imported the code location once: a spawned step would import
 # torch, diffusers and Dagster again, about 10 s each on this machine.
@@ -104,7 +105,9 @@ def execute(job_name: str, tags: dict[str, str] | None = None) -> None:
         json.dumps(tags or {}),
     ]
     print(f"rehearsal: {job_name} {tags or ''}", flush=True)
+    started = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO)
+    JOB_SECONDS.append((job_name, round(time.perf_counter() - started, 1)))
 
 
 def review_as_a_person(storage_root: Path) -> int:
@@ -145,26 +148,29 @@ def run_rehearsal(places: RehearsalPlaces) -> dict:
     from pipelines.instance import ensure_dagster_home
 
     ensure_dagster_home()
+    from assets.partitions import add_partitions
     from assets.preference import generation_rounds
     from pipelines.definitions import defs
 
     started = time.perf_counter()
     timings = {}
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(generation_rounds.name, [ROUND])
+        add_partitions(instance, generation_rounds, [ROUND])
         execute("materialize_everything", {"dagster/partition": ROUND})
-        timings["up to the review queue"] = time.perf_counter() - started
+        timings["up to the review queue"] = round(time.perf_counter() - started, 1)
         decided = review_as_a_person(places.storage_root)
         run_sensor(defs, instance, "review_batches_finished", execute=execute)
         execute("register_models")
         run_sensor(defs, instance, "benchmark_new_versions", rounds=3, execute=execute)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = round(time.perf_counter() - started, 1)
         missing = [
             key.to_user_string()
             for key in defs.resolve_asset_graph().get_all_asset_keys()
             if key.to_user_string() != "sft_ablation" and instance.get_latest_materialization_event(key) is None
         ]
-    return {"decided": decided, "timings": timings, "missing": missing}
+    result = {"decided": decided, "timings": timings, "jobs": JOB_SECONDS, "missing": missing}
+    write_text_atomic(places.storage_root / "rehearsal_summary.json", json.dumps(result, indent=2))
+    return result
 
 
 def main() -> None:
