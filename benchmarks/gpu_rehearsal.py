@@ -76,13 +76,10 @@ def build_pipeline(tiny: bool, depth: int, seed: int = 0):
         pipeline = build_tiny_generator(seed)
     else:
         from idglow.models.rehearsal import (
-            QWEN_IMAGE_VAE_CONFIG,
+            build_rehearsal_generator,
             build_released_processor,
             build_released_tokenizer,
-            build_text_model,
-            qwen_image_transformer_config,
         )
-        from idglow.models.tiny_generator import build_generator
 
         tokenizer, _, _ = build_released_tokenizer()
         processor = build_released_processor(tokenizer)
@@ -90,16 +87,7 @@ def build_pipeline(tiny: bool, depth: int, seed: int = 0):
         torch.set_default_dtype(torch.bfloat16)
         try:
             with torch.device(device):  # initialised where it runs: 28 B parameters on a CPU take minutes
-                text_encoder = build_text_model(tokenizer, seed, depth)
-                pipeline = build_generator(
-                    seed,
-                    tokenizer,
-                    processor,
-                    text_encoder,
-                    qwen_image_transformer_config(depth),
-                    QWEN_IMAGE_VAE_CONFIG,
-                    dtype=torch.bfloat16,
-                )
+                pipeline = build_rehearsal_generator(tokenizer, processor, seed, depth)
         finally:
             torch.set_default_dtype(torch.float32)
         # the scheduler as from_pretrained makes it (its tables in fp32 on the CPU, not in the build's defaults)

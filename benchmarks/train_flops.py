@@ -36,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from training.config import DEFAULT_LORA_TARGETS  # the baseline's targets too (peft matches by name suffix)
+
 PARTS = ("image", "text", "attention", "modulation", "embedding", "lora")
 
 # Block linears: module name, stream, input and output width in units of d, and where the block
@@ -54,20 +56,6 @@ BLOCK_LINEARS: tuple[tuple[str, str, int, int, str], ...] = (
     ("attn.to_add_out", "text", 1, 1, "post_text"),
     ("txt_mlp.net.0.proj", "text", 1, 4, "post_text"),
     ("txt_mlp.net.2", "text", 4, 1, "post_text"),
-)
-
-# training.config.DEFAULT_LORA_TARGETS, the baseline's targets too (peft matches by name suffix)
-DEFAULT_LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-    "img_mlp.net.2",
-    "txt_mlp.net.2",
 )
 
 

@@ -254,20 +254,25 @@ def write_prompt_model(folder: Path, seed: int, depth: int) -> Path:
     return write_processor_folder(folder, processor, vocab, merges)
 
 
-def write_generator(folder: Path, seed: int, depth: int) -> Path:
-    """A Qwen-Image-Edit-2511 diffusers folder (model_index.json and the six components)."""
-    tokenizer, vocab, merges = build_released_tokenizer()
-    processor = build_released_processor(tokenizer)
-    text_encoder = build_text_model(tokenizer, seed, depth)
-    pipeline = build_generator(
+def build_rehearsal_generator(tokenizer: Qwen2Tokenizer, processor: Qwen2VLProcessor, seed: int, depth: int):
+    """Qwen-Image-Edit-2511's pipeline with ``depth`` blocks per tower and random bf16 weights,
+    built on the current default device."""
+    return build_generator(
         seed,
         tokenizer,
         processor,
-        text_encoder,
+        build_text_model(tokenizer, seed, depth),
         qwen_image_transformer_config(depth),
         QWEN_IMAGE_VAE_CONFIG,
         dtype=torch.bfloat16,
     )
+
+
+def write_generator(folder: Path, seed: int, depth: int) -> Path:
+    """A Qwen-Image-Edit-2511 diffusers folder (model_index.json and the six components)."""
+    tokenizer, vocab, merges = build_released_tokenizer()
+    processor = build_released_processor(tokenizer)
+    pipeline = build_rehearsal_generator(tokenizer, processor, seed, depth)
     pipeline.save_pretrained(folder)
     write_release_tokenizer_files(folder / "tokenizer", vocab, merges)
     write_processor_folder(folder / "processor", processor, vocab, merges)
