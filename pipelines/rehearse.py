@@ -24,12 +24,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from idglow.environment import DEFAULTS
 from idglow.storage import sha256_file, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 OVERRIDES = REPO / "configs" / "rehearsal.toml"
 ROUND = "round-000"
-JOB_SECONDS: list[tuple[str, float]] = []  # each job this process ran, with its wall time
 # One step at a time: each holds its models in fp32 (about 8 GB for the generator). Steps start
 # from a fork server that has imported the code location once: a spawned step would import
 # torch, diffusers and Dagster again, about 10 s each on this machine.
@@ -79,14 +79,18 @@ def rehearsal_environment(places: RehearsalPlaces) -> dict[str, str]:
         "IDGLOW_CLIP_SHA256": sha256_file(places.models_dir / REAL_COMPONENTS[CLIP].path),
         "DAGSTER_HOME": str(places.dagster_home),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "HF_HUB_OFFLINE": "1",
+        **DEFAULTS,  # nothing is downloaded (idglow.environment)
     }
 
 
-def execute(job_name: str, tags: dict[str, str] | None = None) -> None:
-    """Run one job of the code location as a deployment would, in its own process."""
-    config = Path(os.environ["DAGSTER_HOME"]) / "rehearsal_run_config.json"
-    write_text_atomic(config, json.dumps(RUN_CONFIG))
+def run_config_file() -> Path:
+    """``RUN_CONFIG`` as a file in the rehearsal's Dagster home (written by ``run_rehearsal``)."""
+    return Path(os.environ["DAGSTER_HOME"]) / "rehearsal_run_config.json"
+
+
+def execute(job_name: str, tags: dict[str, str] | None = None) -> tuple[str, float]:
+    """Run one job of the code location as a deployment would, in its own process; returns the
+    job's name and its wall time in seconds."""
     command = [
         sys.executable,
         "-m",
@@ -100,14 +104,14 @@ def execute(job_name: str, tags: dict[str, str] | None = None) -> None:
         "-j",
         job_name,
         "-c",
-        str(config),
+        str(run_config_file()),
         "--tags",
         json.dumps(tags or {}),
     ]
     print(f"rehearsal: {job_name} {tags or ''}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO)
-    JOB_SECONDS.append((job_name, round(time.perf_counter() - started, 1)))
+    return job_name, round(time.perf_counter() - started, 1)
 
 
 def review_as_a_person(storage_root: Path) -> int:
@@ -148,6 +152,7 @@ def run_rehearsal(places: RehearsalPlaces) -> dict:
     from pipelines.instance import ensure_dagster_home
 
     ensure_dagster_home()
+    write_text_atomic(run_config_file(), json.dumps(RUN_CONFIG))
     from assets.partitions import add_partitions
     from assets.preference import generation_rounds
     from pipelines.definitions import defs
@@ -156,19 +161,19 @@ def run_rehearsal(places: RehearsalPlaces) -> dict:
     timings = {}
     with dg.DagsterInstance.get() as instance:
         add_partitions(instance, generation_rounds, [ROUND])
-        execute("materialize_everything", {"dagster/partition": ROUND})
+        jobs = [execute("materialize_everything", {"dagster/partition": ROUND})]
         timings["up to the review queue"] = round(time.perf_counter() - started, 1)
         decided = review_as_a_person(places.storage_root)
-        run_sensor(defs, instance, "review_batches_finished", execute=execute)
-        execute("register_models")
-        run_sensor(defs, instance, "benchmark_new_versions", rounds=3, execute=execute)
+        jobs += run_sensor(defs, instance, "review_batches_finished", execute=execute)
+        jobs.append(execute("register_models"))
+        jobs += run_sensor(defs, instance, "benchmark_new_versions", rounds=3, execute=execute)
         timings["total"] = round(time.perf_counter() - started, 1)
         missing = [
             key.to_user_string()
             for key in defs.resolve_asset_graph().get_all_asset_keys()
             if key.to_user_string() != "sft_ablation" and instance.get_latest_materialization_event(key) is None
         ]
-    result = {"decided": decided, "timings": timings, "jobs": JOB_SECONDS, "missing": missing}
+    result = {"decided": decided, "timings": timings, "jobs": jobs, "missing": missing}
     write_text_atomic(places.storage_root / "rehearsal_summary.json", json.dumps(result, indent=2))
     return result
 

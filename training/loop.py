@@ -34,6 +34,7 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
+from idglow.editing import skip_unused_logits
 from idglow.shards import load_manifest
 from idglow.storage import write_json_atomic
 from training.checkpoints import (
@@ -82,6 +83,7 @@ def load_generator(config: RunConfig) -> QwenImageEditPlusPipeline:
         device
     )
     pipeline.set_progress_bar_config(disable=True)
+    skip_unused_logits(pipeline.text_encoder)  # as the hub's pipeline: encodings read hidden states only
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.transformer):
         module.requires_grad_(False)
     return pipeline
