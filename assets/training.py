@@ -34,7 +34,7 @@ from pathlib import Path
 import dagster as dg
 import pydantic
 
-from assets.metadata import checkpoint_of, checkpoint_path_metadata, file_metadata
+from assets.metadata import checkpoint_of, checkpoint_path_metadata
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow import environment
 from idglow.models.registry import FACE_PACK, GENERATOR, PROMPT_MODEL, component_fingerprint
@@ -341,8 +341,10 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         )
         lora = paths.root / training.output_dir / "combined" / "pytorch_lora_weights.safetensors"
         result = launch(context, pipes_subprocess_client, "training.dpo", training, profile.training_gpus, paths.root)
+        # lora_sha256 stays the training process's content hash (the version's name): the file's own
+        # SHA-256 changes whenever the same weights are written again by another process
         return dg.MaterializeResult(
-            metadata={**result.metadata, **file_metadata("lora", lora)}, data_version=result.data_version
+            metadata={**result.metadata, "lora_uri": dg.MetadataValue.path(str(lora))}, data_version=result.data_version
         )
 
     @dg.asset(

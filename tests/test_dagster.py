@@ -21,6 +21,7 @@ from assets.groups import benchmark_groups, identity_splits_are_disjoint, traini
 from assets.preference import prompts as prompts_asset
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
+from idglow.storage import tensors_sha256
 from pipelines.definitions import build_definitions
 from pipelines.demo import run_sensor
 from pipelines.resources import resources_for
@@ -253,6 +254,12 @@ def test_sft_and_dpo_train_in_processes_launched_through_pipes(everything):
     dpo = everything.materialized["dpo_checkpoint"].metadata
     assert dpo["sft_lora_sha256"].value == sft.metadata["lora_sha256"].value
     assert Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors").is_file()
+    # the version is named by the weights' content hash, as SFT's, never by the file's bytes (which
+    # differ from process to process), so a rerun that re-exports the same weights registers nothing new
+    dpo_event = everything.materialized["dpo_checkpoint"]
+    assert dpo_event.tags["dagster/data_version"] == dpo["lora_sha256"].value
+    combined = Path(dpo["checkpoint_uri"].value, "pytorch_lora_weights.safetensors")
+    assert dpo["lora_sha256"].value == tensors_sha256(combined)
 
 
 def test_registration_benchmark_promotion_and_report(everything):
