@@ -9,8 +9,8 @@ Training encodes its references with the same ``prepare_references`` and ``encod
 so a LoRA learns from exactly the inputs inference gives it.
 
 ``edit`` is three steps: ``encode_job`` (the prompt embeddings and reference latents every
-candidate of a job shares), ``denoise`` (one candidate's noise and sampling loop) and
-``decode``.
+candidate of a job shares), ``denoise`` (the sampling loop for a batch of candidates, each from
+its own generator's noise, true CFG's two passes in one transformer call) and ``decode``.
 """
 
 from __future__ import annotations
@@ -158,6 +158,27 @@ def true_cfg(conditional: torch.Tensor, unconditional: torch.Tensor, scale: floa
     return combined * (torch.norm(conditional, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
 
+def text_batch(conditioning: EditConditioning, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt's embeddings for ``count`` candidates, then the negative prompt's under true CFG,
+    in one batch: the shorter prompt is zero-padded at its end and masked out. Padding at the end
+    keeps every real token's text RoPE position, and the transformer's joint attention never reads
+    a masked key, so each candidate's image tokens see what an unpadded call shows them. The mask
+    is None when nothing is padded, as ``encode_prompt`` returns it for a full prompt."""
+    parts = [(conditioning.prompt_embeds, conditioning.prompt_mask)]
+    if conditioning.negative_embeds is not None:
+        parts.append((conditioning.negative_embeds, conditioning.negative_mask))
+    length = max(embeds.size(1) for embeds, _ in parts)
+    batch_embeds, batch_masks = [], []
+    for embeds, mask in parts:
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        padding = length - embeds.size(1)
+        batch_embeds.append(torch.nn.functional.pad(embeds, (0, 0, 0, padding)).expand(count, -1, -1))
+        batch_masks.append(torch.nn.functional.pad(mask, (0, padding)).expand(count, -1))
+    mask = torch.cat(batch_masks)
+    return torch.cat(batch_embeds), None if mask.all() else mask
+
+
 def _velocity(
     pipeline,
     latents: torch.Tensor,
@@ -165,68 +186,81 @@ def _velocity(
     embeds: torch.Tensor,
     mask: torch.Tensor | None,
     timestep: torch.Tensor,
-    img_shapes: list[list[TokenShape]],
-    cache_context: str,
+    img_shapes: list[TokenShape],
 ) -> torch.Tensor:
-    """The transformer's prediction for the target tokens, references appended after them."""
+    """The transformer's prediction for the target tokens of every row of ``embeds`` (the
+    candidates' prompt rows, then their negative rows under true CFG), in one call; each row's
+    references are appended after its target tokens, as in the pipeline."""
+    rows = embeds.size(0)
+    latents = latents.repeat(rows // latents.size(0), 1, 1)
+    references = conditioning.reference_latents.expand(rows, -1, -1)
+    cache_context = "cond" if conditioning.negative_embeds is None else "cond_uncond"
     with pipeline.transformer.cache_context(cache_context):
         out = pipeline.transformer(
-            hidden_states=torch.cat([latents, conditioning.reference_latents], dim=1),
-            timestep=timestep / 1000,
+            hidden_states=torch.cat([latents, references], dim=1),
+            timestep=timestep.expand(rows) / 1000,
             guidance=None,
             encoder_hidden_states_mask=mask,
             encoder_hidden_states=embeds,
-            img_shapes=img_shapes,
+            img_shapes=[img_shapes] * rows,
             attention_kwargs={},
             return_dict=False,
         )[0]
     return out[:, : latents.size(1)]
 
 
+def initial_noise(
+    pipeline,
+    generators: Sequence[torch.Generator | None],
+    *,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Packed noise (K, T, 4C), one row per generator: the pipeline's ``prepare_latents`` with the
+    list of generators, whose ``randn_tensor`` draws each row from its own generator at batch
+    shape 1, so row k is the noise of a one-image call with generator k. Without generators the
+    rows come from torch's global generator, as the pipeline draws them."""
+    if any(generator is None for generator in generators):
+        if not all(generator is None for generator in generators):
+            raise ValueError("give every candidate a generator, or none of them")
+        generator = None
+    else:
+        generator = list(generators)
+    channels = pipeline.transformer.config.in_channels // 4
+    device = pipeline._execution_device
+    latents, _ = pipeline.prepare_latents(None, len(generators), channels, height, width, dtype, device, generator)
+    return latents
+
+
 def denoise(
     pipeline,
     conditioning: EditConditioning,
+    noise: torch.Tensor,
     *,
     height: int,
     width: int,
     num_inference_steps: int,
     true_cfg_scale: float,
-    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One candidate's packed latents (1, T, 4C): its noise from ``generator``, then the sampling loop."""
+    """The sampling loop for a batch of candidates from their packed ``noise`` (n, T, 4C): one
+    transformer call per step for all of them, their conditional and unconditional passes
+    together under true CFG, then the scheduler's step on the whole batch."""
     if pipeline.transformer.config.guidance_embeds:
         raise NotImplementedError("guidance-distilled transformers (guidance_embeds) are not supported")
-    device, dtype = pipeline._execution_device, conditioning.prompt_embeds.dtype
-    channels = pipeline.transformer.config.in_channels // 4
-    latents, _ = pipeline.prepare_latents(None, 1, channels, height, width, dtype, device, generator)
+    latents = noise
+    count = latents.size(0)
+    embeds, mask = text_batch(conditioning, count)
     step = pipeline.vae_scale_factor * 2
-    img_shapes = [[(1, height // step, width // step), *conditioning.reference_shapes]]
-    timesteps = timesteps_for(pipeline, num_inference_steps, latents.shape[1], device)
+    img_shapes = [(1, height // step, width // step), *conditioning.reference_shapes]
+    timesteps = timesteps_for(pipeline, num_inference_steps, latents.shape[1], latents.device)
     pipeline.scheduler.set_begin_index(0)
     for t in timesteps:
-        timestep = t.expand(latents.shape[0]).to(latents.dtype)
-        velocity = _velocity(
-            pipeline,
-            latents,
-            conditioning,
-            conditioning.prompt_embeds,
-            conditioning.prompt_mask,
-            timestep,
-            img_shapes,
-            "cond",
-        )
+        timestep = t.expand(1).to(latents.dtype)
+        velocity = _velocity(pipeline, latents, conditioning, embeds, mask, timestep, img_shapes)
         if conditioning.negative_embeds is not None:
-            negative = _velocity(
-                pipeline,
-                latents,
-                conditioning,
-                conditioning.negative_embeds,
-                conditioning.negative_mask,
-                timestep,
-                img_shapes,
-                "uncond",
-            )
-            velocity = true_cfg(velocity, negative, true_cfg_scale)
+            conditional, unconditional = velocity.chunk(2)
+            velocity = true_cfg(conditional, unconditional, true_cfg_scale)
         latents = pipeline.scheduler.step(velocity, t, latents, return_dict=False)[0]
     return latents
 
@@ -257,11 +291,18 @@ def edit_candidates(
     true_cfg_scale: float = 1.0,
     negative_prompt: str | None = None,
     max_sequence_length: int = 512,
+    candidates_batch: int = 4,
 ) -> list[Image.Image]:
     """One image per generator for one job: the prompt and references are encoded once and
-    reused for every candidate (lossless: each image equals ``edit`` with its own generator, since
-    encoding draws no random numbers). ``height`` and ``width`` are rounded down to whole packed
-    latent tokens (multiples of 16) as the pipeline rounds them."""
+    reused for every candidate (encoding draws no random numbers), and up to
+    ``candidates_batch`` candidates are denoised together, each from its own generator's noise,
+    with true CFG's two passes in the same transformer call (a batch of 2 x ``candidates_batch``
+    rows then: the knob bounds the activations' memory). Each image matches the pipeline's call
+    with its own generator to float rounding (batched matrix products may sum in another order).
+    ``height`` and ``width`` are rounded down to whole packed latent tokens (multiples of 16) as
+    the pipeline rounds them."""
+    if candidates_batch < 1:
+        raise ValueError(f"candidates_batch must be at least 1, not {candidates_batch}")
     step = pipeline.vae_scale_factor * 2
     height, width = height // step * step, width // step * step
     conditioning = encode_job(
@@ -273,20 +314,29 @@ def edit_candidates(
         true_cfg_scale=true_cfg_scale,
         max_sequence_length=max_sequence_length,
     )
+    noise = initial_noise(pipeline, generators, height=height, width=width, dtype=conditioning.prompt_embeds.dtype)
     images = []
-    for generator in generators:
+    for chunk in noise.split(candidates_batch):
         latents = denoise(
             pipeline,
             conditioning,
+            chunk,
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
             true_cfg_scale=true_cfg_scale,
-            generator=generator,
         )
-        images.append(decode(pipeline, latents, height, width)[0])
+        # one image at a time through the VAE: its 1 MP activations are the largest of the step
+        images.extend(decode(pipeline, row, height, width)[0] for row in latents.split(1))
     pipeline.maybe_free_model_hooks()
     return images
+
+
+def compile_repeated_blocks(pipeline, **compile_options) -> None:
+    """``torch.compile`` the transformer's repeated block (diffusers' regional compilation: one
+    block class compiled once, reused by all 60), leaving the rest eager. Opt-in: the first call
+    at each new shape pays the compilation."""
+    pipeline.transformer.compile_repeated_blocks(**compile_options)
 
 
 def edit(
