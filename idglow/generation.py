@@ -85,10 +85,17 @@ def generate_candidates(
     round_name: str,
     model_version: str,
     progress: bool = True,
+    candidates_batch: int = 4,
 ) -> tuple[pd.DataFrame, int]:
     """Generate K candidates per job into ``out_dir``; complete files already there are kept (a
     rerun skips them, and regenerates truncated or unreadable ones). Returns the candidate table
-    and how many images were generated now."""
+    and how many images were generated now.
+
+    Up to ``candidates_batch`` candidates of a job are denoised together, in fixed groups by k
+    (0..B-1, B..2B-1, ...). A rerun denoises every group holding a missing candidate whole and
+    writes only the missing ones: a batched matrix product may round a row differently in
+    another batch, so a regenerated candidate is byte for byte what an uninterrupted run wrote
+    only if its batch is the same."""
     records, generated = [], 0
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
@@ -98,7 +105,10 @@ def generate_candidates(
         seeds = [job_seed(job.job_id, k, round_name, settings.seed) for k in range(settings.candidates_per_job)]
         paths = [out_dir / f"{job.job_id}-k{k}.png" for k in range(settings.candidates_per_job)]
         missing = [k for k, path in enumerate(paths) if not (path.exists() and is_complete_image(path))]
-        if missing:  # the job's prompt and references are encoded once for all its missing candidates
+        groups = {k // candidates_batch for k in missing}
+        # every group but the job's last is full, so edit_candidates splits ``redo`` into these groups
+        redo = [k for k in range(settings.candidates_per_job) if k // candidates_batch in groups]
+        if missing:  # the job's prompt and references are encoded once for all the groups redone
             images = edit_candidates(
                 pipeline,
                 [Image.open(p).convert("RGB") for p in job.condition_paths],
@@ -109,11 +119,13 @@ def generate_candidates(
                 num_inference_steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale,
                 negative_prompt=" " if settings.true_cfg_scale > 1 else None,
-                generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in missing],
+                generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in redo],
+                candidates_batch=candidates_batch,
             )
-            for k, image in zip(missing, images, strict=True):
-                with atomic_path(paths[k]) as tmp:
-                    image.save(tmp, format="PNG")
+            for k, image in zip(redo, images, strict=True):
+                if k in missing:  # a complete candidate is kept as it is, not written again
+                    with atomic_path(paths[k]) as tmp:
+                        image.save(tmp, format="PNG")
             generated += len(missing)
         for k, (seed, path) in enumerate(zip(seeds, paths, strict=True)):
             records.append(
