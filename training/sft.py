@@ -31,6 +31,7 @@ class SFTConfig(RunConfig):
     each checkpoint's manifest."""
 
     modulation: str = "task"  # task (annealing for Task 1, gate for Task 2), annealing, gate, constant, none
+    # The method's constants (Eq. 4-5), defined here only: the paper gives no values (method.md's choices).
     lambda_id: float = 0.1
     tau: float = 0.2
     t1: float = 0.3
