@@ -89,6 +89,24 @@ def test_the_code_location_settles_the_environment_before_it_loads_the_stages(tm
     assert answer == {"env": "1", "offline": True, "diffusers": True}
 
 
+@pytest.mark.parametrize("module", ["training.sft", "training.dpo", "training.prompt_dpo"])
+def test_a_training_process_settles_its_environment_before_it_imports_a_model_library(module):
+    """``python -m training.X`` run by hand, with nothing in its environment: it starts offline."""
+    answer = _python(
+        f"""
+        import json, runpy, sys
+        sys.argv = ["{module}", "--help"]
+        try:
+            runpy.run_module("{module}", run_name="__main__", alter_sys=True)
+        except SystemExit:
+            pass
+        import huggingface_hub.constants
+        print(json.dumps({{"offline": huggingface_hub.constants.HF_HUB_OFFLINE}}))
+        """
+    )
+    assert answer == {"offline": True}
+
+
 def test_settle_keeps_a_value_already_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     environment.settle()

@@ -10,6 +10,11 @@ concatenated along the rank (B1 A1 + B2 A2 = [B1 B2][A1; A2]), which stock diffu
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a training process: settle its environment before a model library is imported
+    from idglow.environment import settle
+
+    settle()
+
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -12,6 +12,11 @@ loadable exactly like the base prompt model, whose version is the SHA-256 of its
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a training process: settle its environment before a model library is imported
+    from idglow.environment import settle
+
+    settle()
+
 import json
 import random
 import time

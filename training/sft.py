@@ -9,6 +9,11 @@ identity loss, on encoded tensors) and the objective that hands the loop that lo
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a training process: settle its environment before a model library is imported
+    from idglow.environment import settle
+
+    settle()
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 
