@@ -19,9 +19,9 @@ from idglow.data.group_photos import (
     write_demo_group_photos,
 )
 from idglow.editing import ReferenceBudget
+from idglow.faces import count_faces
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
-from idglow.models.face_training import pil_to_bgr
 from idglow.models.registry import PROMPT_MODEL, component_fingerprint
 from idglow.pairs import SOURCES, build_pairs
 from idglow.plots import delta_histograms, markdown_image
@@ -218,7 +218,7 @@ def candidate_images(
     seconds = time.perf_counter() - started
     app = hub.face_analysis()
     faces_found = [
-        min(len(app.get(pil_to_bgr(Image.open(p)))), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)
+        min(count_faces(app, Image.open(p)), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)
     ]
     detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
     table_path = out_dir / "candidates.parquet"

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy.stats import bootstrap
 
 from evaluation.metrics import face_similarity, people_count_score
+from idglow.faces import detect_faces, portrait_embedding
 
 METRIC_COLUMNS = ("face_sim", "missing_face_rate", "aesthetic", "clip_score", "people_count", "age")
 
@@ -88,15 +89,11 @@ class ImageScorer:
         self.app, self.clip, self.mlp = hub.face_analysis(), hub.clip(), hub.aesthetic()
 
     def portrait_faces(self, portraits: list[Image.Image]) -> np.ndarray:
-        from idglow.scoring import detect_faces, portrait_embedding
-
         return np.stack([portrait_embedding(detect_faces(self.app, p)) for p in portraits])
 
     def score(self, image: Image.Image, portraits: list[Image.Image], prompt: str) -> ImageScores:
-        from idglow.models.face_training import pil_to_bgr
-
-        faces = self.app.get(pil_to_bgr(image))
-        generated = np.stack([f.normed_embedding for f in faces]) if faces else np.zeros((0, 0))
+        faces = detect_faces(self.app, image)
+        generated = faces.embeddings
         sources = self.portrait_faces(portraits)
         n = len(portraits)
         missing = max(n - len(faces), 0)
@@ -104,7 +101,7 @@ class ImageScorer:
         text_clip = self.clip.encode_texts([prompt]).float()
         with torch.no_grad():
             aesthetic = float(self.mlp(image_clip.to(self.hub.device)).float().cpu().reshape(-1)[0])
-        ages = [float(f.age) for f in faces if getattr(f, "age", None) is not None]
+        ages = faces.ages[~np.isnan(faces.ages)]
         return ImageScores(
             face_sim=face_similarity(sources, generated),
             faces_found=len(faces),
@@ -113,7 +110,7 @@ class ImageScorer:
             aesthetic=aesthetic,
             clip_score=float((image_clip @ text_clip.T).item()),
             people_count=people_count_score(n, len(faces)),
-            age=float(np.mean(ages)) if ages else float("nan"),
+            age=float(np.mean(ages)) if len(ages) else float("nan"),
         )
 
 

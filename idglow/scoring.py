@@ -17,26 +17,17 @@ benchmark's baseline and as a reference the batched scorer must agree with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
-from insightface.utils import face_align
 from PIL import Image
 from tqdm.auto import tqdm
 
 from evaluation.metrics import hungarian_match, people_count_score
-from idglow.models.face_training import pil_to_bgr
+from idglow.faces import Faces, detect_faces, detect_faces_batched, portrait_embedding
 from idglow.models.hub import ModelHub
 
 METRICS = ("identity", "object", "semantic", "aesthetic", "people_count")
-
-
-@dataclass
-class Faces:
-    boxes: np.ndarray  # (M, 4)
-    embeddings: np.ndarray  # (M, d), L2-normalised
 
 
 def head_and_shoulders(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
@@ -46,48 +37,6 @@ def head_and_shoulders(box: np.ndarray, width: int, height: int) -> tuple[int, i
     left, top = max(0, int(x1 - 0.6 * w)), max(0, int(y1 - 0.4 * h))
     right, bottom = min(width, int(x2 + 0.6 * w) + 1), min(height, int(y2 + 1.0 * h) + 1)
     return left, top, max(right, left + 1), max(bottom, top + 1)
-
-
-def embedding_width(app) -> int:
-    """The width of the face pack's embeddings (the recogniser's output), known before any face."""
-    return int(app.models["recognition"].output_shape[1])
-
-
-def detect_faces(app, image: Image.Image) -> Faces:
-    """Boxes and normalised embeddings of every face ``FaceAnalysis.get`` finds in ``image``."""
-    found = app.get(pil_to_bgr(image))
-    if not found:
-        return Faces(np.zeros((0, 4)), np.zeros((0, embedding_width(app)), dtype=np.float32))
-    return Faces(np.stack([f.bbox for f in found]), np.stack([f.normed_embedding for f in found]))
-
-
-def _faces_batched(app, images: list[Image.Image], batch_size: int, progress: bool) -> list[Faces]:
-    """The same detections and embeddings as ``FaceAnalysis.get``, with the recogniser run over
-    every face of every image in batches and the attribute model (unused here) skipped."""
-    detector, recognizer = app.det_model, app.models["recognition"]
-    boxes, crops, owners = [], [], []
-    for index, image in enumerate(tqdm(images, desc="detecting faces", disable=not progress)):
-        bgr = pil_to_bgr(image)
-        found, landmarks = detector.detect(bgr)
-        boxes.append(found[:, :4] if len(found) else np.zeros((0, 4)))
-        for points in landmarks if landmarks is not None else []:
-            crops.append(face_align.norm_crop(bgr, landmark=points, image_size=recognizer.input_size[0]))
-            owners.append(index)
-    if isinstance(recognizer.input_shape[0], int):  # a recogniser exported with a fixed batch of one
-        batch_size = recognizer.input_shape[0]
-    features = [recognizer.get_feat(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
-    embeddings = np.concatenate(features) if features else np.zeros((0, embedding_width(app)), dtype=np.float32)
-    embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
-    owners_array = np.asarray(owners)
-    return [Faces(boxes[i], embeddings[owners_array == i] if len(owners) else embeddings) for i in range(len(images))]
-
-
-def portrait_embedding(faces: Faces) -> np.ndarray:
-    """The largest face of a portrait, or zeros (similarity 0) when none is found."""
-    if len(faces.boxes) == 0:
-        return np.zeros(faces.embeddings.shape[1], dtype=np.float32)
-    areas = (faces.boxes[:, 2] - faces.boxes[:, 0]) * (faces.boxes[:, 3] - faces.boxes[:, 1])
-    return faces.embeddings[int(np.argmax(areas))]
 
 
 def _side_scores(
@@ -147,7 +96,7 @@ class PairScorer:
         faces = dict(
             zip(
                 everything,
-                _faces_batched(app, [loaded[p] for p in everything], self.batch_size, self.progress),
+                detect_faces_batched(app, [loaded[p] for p in everything], self.batch_size, progress=self.progress),
                 strict=True,
             )
         )

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci, read_external_manifest
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
-from idglow.models.face_training import pil_to_bgr
+from idglow.faces import pil_to_bgr
 
 
 def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():

@@ -16,8 +16,9 @@ from scipy.stats import mannwhitneyu
 
 from idglow.data.faces import render_portrait, sample_style
 from idglow.editing import ReferenceBudget, edit
+from idglow.faces import pil_to_bgr
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
-from idglow.models.face_training import FaceTrainingConfig, aligned_crop, draw_scene, pil_to_bgr, write_tiny_face_pack
+from idglow.models.face_training import FaceTrainingConfig, aligned_crop, draw_scene, write_tiny_face_pack
 from idglow.models.hub import ModelHub
 from idglow.models.registry import CLIP, REAL_COMPONENTS, FileStatus, MissingModelFile, check_models
 from idglow.models.tiny_generator import write_tiny_generator

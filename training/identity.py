@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from training.flow import clean_estimate, decode, unpack
 from training.losses import hungarian_identity_loss
@@ -34,8 +35,6 @@ class IdentityTerm:
 def source_embeddings(face_analysis, portraits: list[Image.Image]) -> torch.Tensor:
     """(N, d) normalised embeddings of the largest face of each portrait (zeros when none is
     found), chosen exactly as the pair scorer chooses its condition faces."""
-    from idglow.scoring import detect_faces, portrait_embedding  # the scorer pulls in the whole model hub
-
     rows = [portrait_embedding(detect_faces(face_analysis, portrait)) for portrait in portraits]
     return torch.as_tensor(np.stack(rows), dtype=torch.float32)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from insightface.utils import face_align
 
+from idglow.faces import find_faces
+
 ARCFACE_SIZE = 112
 
 
@@ -61,8 +63,7 @@ def align_faces(images: torch.Tensor, image_index: list[int], landmarks: list[np
 
 def detect_landmarks(face_analysis, image: torch.Tensor) -> np.ndarray:
     """Five-point landmarks of every face insightface's detector finds (no gradient)."""
-    _, kpss = face_analysis.det_model.detect(to_bgr_uint8(image))
-    return np.zeros((0, 5, 2), dtype=np.float32) if kpss is None else kpss
+    return find_faces(face_analysis, to_bgr_uint8(image))[1]
 
 
 def embed_faces(encoder: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from insightface.utils import face_align
-from PIL import Image
 from tqdm.auto import tqdm
 
 from idglow.data.faces import FaceTruth, background, draw_face, render_group, render_portrait, sample_style
@@ -334,8 +333,3 @@ def write_tiny_face_pack(
     export_onnx(genderage, torch.zeros(1, 3, 96, 96), folder / GENDERAGE_FILE, ["fc1"])
     (folder / "training.json").write_text(json.dumps({"recipe_version": RECIPE_VERSION, **config.__dict__}, indent=2))
     return folder
-
-
-def pil_to_bgr(image: Image.Image) -> np.ndarray:
-    """insightface takes OpenCV's BGR channel order."""
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])

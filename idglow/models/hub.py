@@ -198,7 +198,8 @@ class ModelHub:
 
     def face_analysis(self):
         """insightface's ``FaceAnalysis`` over the profile's pack folder, prepared with
-        ``FACE_ANALYSIS`` (the same object the training ID loss gets for this pack)."""
+        ``FACE_ANALYSIS`` (the same object the training ID loss gets for this pack); run it
+        through ``idglow.faces``."""
         return load_face_analysis(self.path(FACE_PACK))
 
     def face_encoder(self) -> torch.nn.Module:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from idglow.editing import ReferenceBudget, edit
+from idglow.faces import detect_faces
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from idglow.models.hub import ModelHub
 
@@ -64,8 +65,7 @@ def smoke_test(
         _timed(timings, "aesthetic_s", lambda: aesthetic(embeddings))
 
     app = _timed(timings, "load_face_analysis_s", hub.face_analysis)
-    bgr = np.ascontiguousarray(np.asarray(portraits[0].convert("RGB"))[:, :, ::-1])
-    faces = _timed(timings, "face_analysis_s", lambda: app.get(bgr))
+    faces = _timed(timings, "face_analysis_s", lambda: detect_faces(app, portraits[0]))
     timings["faces_found_in_portrait"] = float(len(faces))
     encoder = _timed(timings, "load_face_encoder_s", hub.face_encoder)
     image = torch.from_numpy(np.asarray(portraits[0].convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
