@@ -1,0 +1,208 @@
+"""The batch-inference engine on a real Ray: embedded, on a head started by address, and with a
+worker killed mid-stage. The replica is the toy one (idglow/inference/toy.py): cheap and
+deterministic, so every output can be checked byte for byte against an uninterrupted run."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pytest
+
+from idglow.inference.engine import RESULT_COLUMNS, RayOptions, batches_of, output_path, run_stage, settings_hash
+from idglow.inference.toy import ToyReplicaFactory, toy_output
+
+pytestmark = pytest.mark.slow  # each test starts a Ray cluster (seconds)
+
+STAGE = "toy_stage"
+SETTINGS = {"seed": 0, "size": 32}
+
+
+def _items(n: int) -> pa.Table:
+    ids = [f"item-{i:03d}" for i in range(n)]
+    return pa.table(
+        {
+            "item_id": ids,
+            "output_path": [output_path(STAGE, i, SETTINGS, ".rgb") for i in ids],
+            "group": [f"g{i // 3}" for i in range(n)],
+        }
+    )
+
+
+def _plain_loop(items: pa.Table, root: Path) -> dict[str, bytes]:
+    """The outputs of the same replica called in a plain loop, with no Ray."""
+    replica = ToyReplicaFactory(**SETTINGS)()
+    rows = items.to_pylist()
+    return dict(zip([r["item_id"] for r in rows], replica.run(rows), strict=True))
+
+
+def _outputs(root: Path, table: pa.Table) -> dict[str, bytes]:
+    return {row["item_id"]: (root / row["output_path"]).read_bytes() for row in table.to_pylist()}
+
+
+def _comparable(table: pa.Table) -> list[dict]:
+    """A result table without what depends on the run (which worker, how long, whether now)."""
+    return table.drop_columns(["worker", "seconds", "generated"]).to_pylist()
+
+
+def _partials(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_batches_keep_groups_whole_and_paths_depend_on_id_and_settings():
+    items = _items(10)
+    assert [b.num_rows for b in batches_of(items, 4)] == [4, 4, 2]
+    grouped = batches_of(items, 4, group_column="group")  # groups of 3: never split
+    assert [b.column("group").to_pylist() for b in grouped][0] == ["g0"] * 3 + ["g1"] * 3
+    assert sum(b.num_rows for b in grouped) == 10
+    assert output_path(STAGE, "a", SETTINGS, ".rgb") == f"{STAGE}/{settings_hash(SETTINGS)}/a.rgb"
+    assert settings_hash(SETTINGS) != settings_hash({**SETTINGS, "seed": 1})
+
+
+def test_embedded_run_equals_a_plain_loop_and_a_rerun_skips_and_repairs(tmp_path):
+    items, root = _items(12), tmp_path / "storage"
+    result = run_stage(items, ToyReplicaFactory(**SETTINGS), root, stage=STAGE, options=RayOptions(workers=2))
+    table = result.table
+    assert table.column_names[: len(RESULT_COLUMNS)] == list(RESULT_COLUMNS)
+    assert table.column("item_id").to_pylist() == items.column("item_id").to_pylist()  # the items' order
+    assert all(not Path(p).is_absolute() for p in table.column("output_path").to_pylist())
+    assert result.generated == 12 and result.progress["items_done"] == result.progress["items_total"] == 12
+    assert sum(w["items"] for w in result.progress["workers"].values()) == 12
+    assert _outputs(root, table) == _plain_loop(items, root)
+
+    # A rerun skips every complete output; a truncated one and a killed writer's partial are redone.
+    victim = root / table.column("output_path")[5].as_py()
+    victim.write_bytes(victim.read_bytes()[:100])
+    (victim.parent / f".{victim.name}.abc123.partial").write_bytes(b"half")
+    again = run_stage(items, ToyReplicaFactory(**SETTINGS), root, stage=STAGE, options=RayOptions(workers=2))
+    assert again.table.column("generated").to_pylist() == [i == 5 for i in range(12)]
+    assert _comparable(again.table) == _comparable(table)
+    assert _outputs(root, again.table) == _plain_loop(items, root)
+    assert _partials(root) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _processes_in_group(group: int) -> list[psutil.Process]:
+    """The live processes of a process group (the head's session: its GCS, raylet, agents, workers)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
+    return found
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head on 127.0.0.1 started with ``ray start --head --block`` in its own session, its
+    address yielded; stopped afterwards by its process group, and checked to leave no process."""
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    command = [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+    ]
+    log = open(Path(temp_dir) / "ray-start.log", "wb")
+    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (Path(temp_dir) / "ray_current_cluster").exists():
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed: {(Path(temp_dir) / 'ray-start.log').read_text()}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # `ray stop` would stop every Ray of this user on the machine; this head is one process
+        # group (start_new_session), ended by its id: SIGTERM, then SIGKILL for what remains.
+        os.killpg(head.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(_processes_in_group(head.pid), timeout=5)
+        if alive:
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        log.close()
+        _, alive = psutil.wait_procs(_processes_in_group(head.pid), timeout=30)
+        assert alive == [], f"ray processes left running: {[p.pid for p in alive]}"
+
+
+def test_a_stage_on_a_cluster_by_address_equals_the_embedded_run(tmp_path, ray_head):
+    items = _items(8)
+    embedded = run_stage(
+        items,
+        ToyReplicaFactory(**SETTINGS),
+        tmp_path / "embedded",
+        stage=STAGE,
+        options=RayOptions(workers=2),
+        batch_size=2,
+    )
+    clustered = run_stage(
+        items,
+        ToyReplicaFactory(**SETTINGS),
+        tmp_path / "cluster",
+        stage=STAGE,
+        options=RayOptions(address=ray_head, workers=2),
+        batch_size=2,
+    )
+    assert clustered.generated == 8
+    assert _comparable(clustered.table) == _comparable(embedded.table)
+    assert _outputs(tmp_path / "cluster", clustered.table) == _outputs(tmp_path / "embedded", embedded.table)
+
+
+def test_a_worker_killed_mid_stage_costs_nothing_but_time(tmp_path):
+    """One actor is killed (SIGKILL, by its pid) while it holds a half-written output: Ray restarts
+    it and retries its batch; every item comes back once and every file is whole."""
+    items, root, gate = _items(10), tmp_path / "storage", tmp_path / "gate"
+    gate.mkdir()
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 300
+        while not (pids := sorted(gate.glob("*.pid"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pids:
+            pid = int(pids[0].stem)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        (gate / "release").touch()
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    result = run_stage(
+        items,
+        ToyReplicaFactory(**SETTINGS, gate_dir=str(gate)),
+        root,
+        stage=STAGE,
+        options=RayOptions(workers=2),
+        batch_size=2,
+    )
+    killer.join()
+    assert len(killed) == 1 and not psutil.pid_exists(killed[0])
+    ids = result.table.column("item_id").to_pylist()
+    assert ids == items.column("item_id").to_pylist()  # each item once, none missing
+    assert _outputs(root, result.table) == {i: toy_output(i, **SETTINGS) for i in ids}
+    assert _partials(root) == []
+    assert sorted(p.name for p in (root / STAGE / settings_hash(SETTINGS)).iterdir()) == sorted(f"{i}.rgb" for i in ids)
