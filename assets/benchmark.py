@@ -31,7 +31,7 @@ from assets.training import (
     run_config_class,
     stored_path,
 )
-from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci
+from evaluation.benchmark import aggregate, bootstrap_ci
 from evaluation.protocol import benchmark_jobs, evaluate_model
 from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
@@ -40,6 +40,7 @@ from idglow.generation import GenerationSettings
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
 from idglow.plots import markdown_image
 from idglow.profiles import Profile
+from idglow.scoring import ImageScorer
 from idglow.storage import (
     relative_to_root,
     resolve_under,

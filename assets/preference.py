@@ -27,7 +27,7 @@ from idglow.pairs import SOURCES, build_pairs
 from idglow.plots import delta_histograms, markdown_image
 from idglow.prompt_synthesis import build_prompt_preferences, build_prompts
 from idglow.sample_sets import dpo_samples, select_sft_examples, sft_samples
-from idglow.scoring import METRICS, PairScorer, orient_by_score
+from idglow.scoring import METRICS, ImageScorer, orient_by_score, score_pairs
 from idglow.shards import write_shard_sets
 from idglow.storage import tensors_sha256, write_parquet_atomic
 
@@ -274,7 +274,7 @@ def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.Materi
     paths, roots = settings.paths, settings.roots
     pairs = roots.resolve_frame(pd.read_parquet(paths.table("preference_pairs")))
     started = time.perf_counter()
-    scores = PairScorer(models.hub()).score(pairs)
+    scores = score_pairs(ImageScorer(models.hub()), pairs)
     seconds = time.perf_counter() - started
     scores, oriented = orient_by_score(scores, pairs)
     scores_path, oriented_path = paths.table("pair_scores"), paths.asset_dir("pair_scores") / "oriented_pairs.parquet"

@@ -29,7 +29,7 @@ from idglow.models.hub import ModelHub
 from idglow.pairs import build_pairs
 from idglow.profiles import load_profile
 from idglow.prompts import static_prompt
-from idglow.scoring import METRICS, PairScorer, naive_scores
+from idglow.scoring import METRICS, ImageScorer, naive_scores, score_pairs
 
 
 def demo_pairs(hub: ModelHub, work: Path, photos: int, candidates: int) -> pd.DataFrame:
@@ -74,12 +74,12 @@ def main() -> None:
     hub = ModelHub("demo", args.models_dir, device="cpu")
     with tempfile.TemporaryDirectory() as folder:
         pairs = demo_pairs(hub, Path(folder), args.photos, args.candidates)
-        scorer = PairScorer(hub, progress=False)
-        scorer.score(pairs.head(2))  # load every model before timing either side
+        scorer = ImageScorer(hub, progress=False)
+        score_pairs(scorer, pairs.head(2))  # load every model before timing either side
         naive_scores(hub, pairs.head(2))
 
         started = time.perf_counter()
-        batched = scorer.score(pairs)
+        batched = score_pairs(scorer, pairs)
         batched_s = time.perf_counter() - started
         started = time.perf_counter()
         naive = naive_scores(hub, pairs)

@@ -1,6 +1,7 @@
 """The benchmark's per-image metrics and their aggregates (section 4; protocol in method.md).
 
-Per generated image, against the group's condition portraits and the prompt:
+Per generated image, against the group's condition portraits and the prompt (``image_scores``,
+from the batched ``idglow.scoring.ImageScorer`` the pair scores use too):
 
 - ``face_sim``: FaceSim, the Hungarian-matched mean cosine similarity of the portraits' faces to
   the image's faces (``evaluation.metrics.face_similarity``); a portrait without a matching face
@@ -21,15 +22,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, UnidentifiedImageError
 from scipy.stats import bootstrap
 
-from evaluation.metrics import face_similarity, people_count_score
-from idglow.faces import detect_faces, portrait_embedding
+if TYPE_CHECKING:  # the scorer pulls in the whole model hub
+    from idglow.scoring import ImageScorer
 
 METRIC_COLUMNS = ("face_sim", "missing_face_rate", "aesthetic", "clip_score", "people_count", "age")
 
@@ -81,37 +82,29 @@ class ImageScores:
     age: float
 
 
-class ImageScorer:
-    """Scores generated images with the hub's face pack, CLIP and aesthetic predictor."""
-
-    def __init__(self, hub):
-        self.hub = hub
-        self.app, self.clip, self.mlp = hub.face_analysis(), hub.clip(), hub.aesthetic()
-
-    def portrait_faces(self, portraits: list[Image.Image]) -> np.ndarray:
-        return np.stack([portrait_embedding(detect_faces(self.app, p)) for p in portraits])
-
-    def score(self, image: Image.Image, portraits: list[Image.Image], prompt: str) -> ImageScores:
-        faces = detect_faces(self.app, image)
-        generated = faces.embeddings
-        sources = self.portrait_faces(portraits)
-        n = len(portraits)
-        missing = max(n - len(faces), 0)
-        image_clip = self.clip.encode_images([image]).float()
-        text_clip = self.clip.encode_texts([prompt]).float()
-        with torch.no_grad():
-            aesthetic = float(self.mlp(image_clip.to(self.hub.device)).float().cpu().reshape(-1)[0])
-        ages = faces.ages[~np.isnan(faces.ages)]
-        return ImageScores(
-            face_sim=face_similarity(sources, generated),
-            faces_found=len(faces),
-            missing_faces=missing,
-            missing_face_rate=missing / n,
-            aesthetic=aesthetic,
-            clip_score=float((image_clip @ text_clip.T).item()),
-            people_count=people_count_score(n, len(faces)),
-            age=float(np.mean(ages)) if len(ages) else float("nan"),
+def image_scores(
+    scorer: ImageScorer, images: list[str], condition_paths: list[list[str]], prompts: list[str]
+) -> list[ImageScores]:
+    """The benchmark's metrics of each image file against its portraits and prompt, scored in one
+    batch (``idglow.scoring.ImageScorer``: FaceSim is its identity, the CLIP score its semantic)."""
+    scored = scorer.score(images, condition_paths, prompts, age=True)
+    results = []
+    for row, paths in zip(scored.itertuples(), condition_paths, strict=True):
+        n, found = len(paths), int(row.faces)
+        missing = max(n - found, 0)
+        results.append(
+            ImageScores(
+                face_sim=float(row.identity),
+                faces_found=found,
+                missing_faces=missing,
+                missing_face_rate=missing / n,
+                aesthetic=float(row.aesthetic),
+                clip_score=float(row.semantic),
+                people_count=float(row.people_count),
+                age=float(row.age),
+            )
         )
+    return results
 
 
 # ------------------------------------------------------------------- external images

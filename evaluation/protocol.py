@@ -9,11 +9,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
-from tqdm.auto import tqdm
 
-from evaluation.benchmark import ImageScorer
+from evaluation.benchmark import image_scores
 from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
+from idglow.scoring import ImageScorer
 
 BENCHMARK_ROUND = "benchmark"  # seeds depend on the group, task and prompt, never on the model
 
@@ -40,10 +39,9 @@ def evaluate_model(
     the inference settings and ``lineage`` (checkpoint, shards, prompts, metric models, code)."""
     settings = replace(settings, candidates_per_job=1)
     images, _ = generate_candidates(pipeline, jobs, settings, out_dir, BENCHMARK_ROUND, model_version, progress)
+    scored = image_scores(scorer, list(images["path"]), list(images["condition_paths"]), list(images["prompt"]))
     rows = []
-    for row in tqdm(images.itertuples(), total=len(images), desc=f"scoring {model_version}", disable=not progress):
-        portraits = [Image.open(p).convert("RGB") for p in row.condition_paths]
-        scores = scorer.score(Image.open(row.path).convert("RGB"), portraits, row.prompt)
+    for row, scores in zip(images.itertuples(), scored, strict=True):
         rows.append(
             {
                 "model_version": model_version,
@@ -62,21 +60,27 @@ def evaluate_model(
 
 
 def score_external(
-    scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str, progress: bool = True
+    scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str
 ) -> tuple[pd.DataFrame, list[str]]:
     """Score images made elsewhere with the same metrics: each manifest row names a benchmark
     group, task and prompt kind, whose portraits and prompt come from the prompts table. Rows
     naming no benchmark prompt are returned as problems."""
     bench = prompts[prompts["group_kind"] == "bench"].set_index(["group_id", "task", "prompt_kind"])
-    rows, problems = [], []
-    for row in tqdm(manifest.itertuples(), total=len(manifest), desc=f"scoring {method}", disable=not progress):
+    known, problems = [], []
+    for row in manifest.itertuples():
         key = (row.group_id, row.task, row.prompt_kind)
         if key not in bench.index:
             problems.append(f"{row.image}: no benchmark prompt for group {row.group_id}, {row.task}, {row.prompt_kind}")
             continue
-        prompt = bench.loc[key]
-        portraits = [Image.open(p).convert("RGB") for p in prompt["condition_paths"]]
-        scores = scorer.score(Image.open(row.image).convert("RGB"), portraits, prompt["prompt"])
+        known.append((row, bench.loc[key]))
+    scored = image_scores(
+        scorer,
+        [row.image for row, _ in known],
+        [list(prompt["condition_paths"]) for _, prompt in known],
+        [prompt["prompt"] for _, prompt in known],
+    )
+    rows = []
+    for (row, prompt), scores in zip(known, scored, strict=True):
         rows.append(
             {
                 "model_version": method,

@@ -175,11 +175,12 @@ def eval_external_command(
 
     import pandas as pd
 
-    from evaluation.benchmark import ImageScorer, read_external_manifest
+    from evaluation.benchmark import read_external_manifest
     from evaluation.protocol import score_external
     from idglow.models.hub import ModelHub
     from idglow.paths import ArtifactPaths, TableRoots
     from idglow.profiles import load_profile
+    from idglow.scoring import ImageScorer
     from idglow.storage import copy_in, write_parquet_atomic
 
     profile = load_profile()

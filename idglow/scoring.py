@@ -1,21 +1,26 @@
-"""Eq. 8: score both sides of every preference pair on five metrics, then take the deltas.
+"""Scores of generated images against their condition portraits and prompt: Eq. 8 for the
+preference pairs and the benchmark's per-image metrics, from one batched ``ImageScorer``.
 
 Metrics (higher is better), each for an image ``x`` with condition portraits ``C`` and prompt ``p``:
 
 - identity: Hungarian-matched mean ArcFace similarity between condition faces and faces in ``x``
-  (``evaluation.metrics.face_similarity``; an unmatched condition counts 0);
+  (``evaluation.metrics.face_similarity``; an unmatched condition counts 0), the benchmark's FaceSim;
 - object: CLIP image-image similarity between each condition portrait and its matched person's
   head-and-shoulders region in ``x``, averaged (an unmatched condition counts 0);
 - semantic: CLIP text-image similarity of ``p`` and ``x``;
 - aesthetic: the LAION predictor on the normalised CLIP image embedding;
-- people_count: 1 for exactly N faces, 1/(1 + |M - N|) otherwise.
+- people_count: 1 for exactly N faces, 1/(1 + |M - N|) otherwise;
+- faces, and on request age: the faces found in ``x`` and their mean estimated age.
 
-``PairScorer`` analyses each distinct image and portrait once and runs CLIP, its text tower and
-the aesthetic MLP in batches; ``naive_scores`` is the obvious per-pair loop, kept as the
-benchmark's baseline and as a reference the batched scorer must agree with.
+``ImageScorer`` analyses each distinct image and portrait once and runs the face pack, CLIP, its
+text tower and the aesthetic MLP in batches; ``score_pairs`` scores both sides of every pair with
+it and takes the deltas. ``naive_scores`` is the obvious per-pair loop, kept as the benchmark's
+baseline and as a reference the batched scorer must agree with.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +44,7 @@ def head_and_shoulders(box: np.ndarray, width: int, height: int) -> tuple[int, i
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def _side_scores(
+def _image_scores(
     condition_faces: np.ndarray,
     condition_clip: np.ndarray,
     faces: Faces,
@@ -66,77 +71,92 @@ def _side_scores(
     }
 
 
-def _frame(pairs: pd.DataFrame, rows: list[dict]) -> pd.DataFrame:
-    scores = pd.DataFrame(rows)
-    for metric in METRICS:
-        scores[f"delta_{metric}"] = scores[f"chosen_{metric}"] - scores[f"rejected_{metric}"]
-    return pd.concat([pairs[["pair_id"]].reset_index(drop=True), scores], axis=1)
-
-
-class PairScorer:
-    """Batched scoring with each distinct image and portrait analysed once per call."""
+class ImageScorer:
+    """Scores batches of images with the hub's face pack, CLIP and aesthetic predictor, each
+    distinct image and portrait analysed once per call."""
 
     def __init__(self, hub: ModelHub, batch_size: int = 64, progress: bool = True):
         self.hub = hub
         self.batch_size = batch_size
         self.progress = progress
 
-    def score(self, pairs: pd.DataFrame) -> pd.DataFrame:
-        """``pairs`` needs pair_id, chosen_path, rejected_path, condition_paths, prompt."""
+    def score(
+        self,
+        images: Sequence[str],
+        condition_paths: Sequence[Sequence[str]],
+        prompts: Sequence[str],
+        age: bool = False,
+    ) -> pd.DataFrame:
+        """One row per image file of ``images``, in order, against its condition portraits and
+        prompt: the metrics above and ``faces``; ``age`` also runs the pack's attribute model
+        (the column is NaN otherwise)."""
+        columns = [*METRICS, "faces", "age"]
+        if not len(images):
+            return pd.DataFrame(columns=columns, dtype=float)
         app, clip, mlp = self.hub.face_analysis(), self.hub.clip(), self.hub.aesthetic()
-        images = list(dict.fromkeys([*pairs["chosen_path"], *pairs["rejected_path"]]))
-        portraits = list(dict.fromkeys(p for paths in pairs["condition_paths"] for p in paths))
-        prompts = list(dict.fromkeys(pairs["prompt"]))
+        distinct = list(dict.fromkeys(images))
+        portraits = list(dict.fromkeys(p for paths in condition_paths for p in paths))
+        distinct_prompts = list(dict.fromkeys(prompts))
 
+        everything = distinct + portraits
         loaded = {
-            p: Image.open(p).convert("RGB")
-            for p in tqdm(images + portraits, desc="reading images", disable=not self.progress)
+            p: Image.open(p).convert("RGB") for p in tqdm(everything, desc="reading images", disable=not self.progress)
         }
-        everything = images + portraits
-        faces = dict(
-            zip(
-                everything,
-                detect_faces_batched(app, [loaded[p] for p in everything], self.batch_size, progress=self.progress),
-                strict=True,
-            )
-        )
+        found = detect_faces_batched(app, [loaded[p] for p in everything], self.batch_size, age, self.progress)
+        faces = dict(zip(everything, found, strict=True))
 
         crops, crop_owner = [], []
-        for p in images:
+        for p in distinct:
             image = loaded[p]
-            for index, box in enumerate(faces[p].boxes):
+            for box in faces[p].boxes:
                 crops.append(image.crop(head_and_shoulders(box, *image.size)))
-                crop_owner.append((p, index))
-        clip_inputs = [loaded[p] for p in images + portraits] + crops
-        clip_embeddings = clip.encode_images(clip_inputs, batch_size=self.batch_size).cpu().numpy()
-        image_clip = dict(zip(images + portraits, clip_embeddings[: len(images) + len(portraits)], strict=True))
-        crop_clip: dict[str, list[np.ndarray]] = {p: [] for p in images}
-        for (p, _), embedding in zip(crop_owner, clip_embeddings[len(images) + len(portraits) :], strict=True):
+                crop_owner.append(p)
+        clip_embeddings = clip.encode_images([loaded[p] for p in everything] + crops, batch_size=self.batch_size)
+        clip_embeddings = clip_embeddings.cpu().numpy()
+        image_clip = dict(zip(everything, clip_embeddings[: len(everything)], strict=True))
+        crop_clip: dict[str, list[np.ndarray]] = {p: [] for p in distinct}
+        for p, embedding in zip(crop_owner, clip_embeddings[len(everything) :], strict=True):
             crop_clip[p].append(embedding)
-        text_clip = dict(zip(prompts, clip.encode_texts(prompts).cpu().numpy(), strict=True))
+        text_clip = dict(zip(distinct_prompts, clip.encode_texts(distinct_prompts).cpu().numpy(), strict=True))
         with torch.no_grad():
-            aesthetic_scores = mlp(torch.as_tensor(np.stack([image_clip[p] for p in images]), device=self.hub.device))
-        aesthetic = dict(zip(images, aesthetic_scores.float().cpu().numpy().tolist(), strict=True))
+            aesthetic_scores = mlp(torch.as_tensor(np.stack([image_clip[p] for p in distinct]), device=self.hub.device))
+        aesthetic = dict(zip(distinct, aesthetic_scores.float().cpu().numpy().tolist(), strict=True))
 
         rows = []
-        for pair in pairs.itertuples():
-            condition_faces = np.stack([portrait_embedding(faces[p]) for p in pair.condition_paths])
-            condition_clip = np.stack([image_clip[p] for p in pair.condition_paths])
-            row: dict[str, float] = {}
-            for side, path in (("chosen", pair.chosen_path), ("rejected", pair.rejected_path)):
-                crops_here = np.stack(crop_clip[path]) if crop_clip[path] else np.zeros((0, clip_embeddings.shape[1]))
-                side_scores = _side_scores(
-                    condition_faces,
-                    condition_clip,
-                    faces[path],
-                    crops_here,
-                    image_clip[path],
-                    text_clip[pair.prompt],
-                    aesthetic[path],
-                )
-                row.update({f"{side}_{k}": v for k, v in side_scores.items()})
-            rows.append(row)
-        return _frame(pairs, rows)
+        for path, paths, prompt in zip(images, condition_paths, prompts, strict=True):
+            crops_here = np.stack(crop_clip[path]) if crop_clip[path] else np.zeros((0, clip_embeddings.shape[1]))
+            ages = faces[path].ages  # NaN unless ``age``
+            scores = _image_scores(
+                np.stack([portrait_embedding(faces[p]) for p in paths]),
+                np.stack([image_clip[p] for p in paths]),
+                faces[path],
+                crops_here,
+                image_clip[path],
+                text_clip[prompt],
+                aesthetic[path],
+            )
+            rows.append({**scores, "age": float(ages.mean()) if len(ages) else float("nan")})
+        return pd.DataFrame(rows, columns=columns)
+
+
+def _with_deltas(pairs: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    scores = scores.reset_index(drop=True)
+    for metric in METRICS:
+        scores[f"delta_{metric}"] = scores[f"chosen_{metric}"] - scores[f"rejected_{metric}"]
+    return pd.concat([pairs[["pair_id"]].reset_index(drop=True), scores], axis=1)
+
+
+def score_pairs(scorer: ImageScorer, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Eq. 8 for both sides of every pair, and the deltas (chosen minus rejected), in one batch.
+    ``pairs`` needs pair_id, chosen_path, rejected_path, condition_paths, prompt."""
+    scored = scorer.score(
+        [*pairs["chosen_path"], *pairs["rejected_path"]],
+        [*pairs["condition_paths"]] * 2,
+        [*pairs["prompt"]] * 2,
+    )[[*METRICS, "faces"]]
+    chosen = scored.iloc[: len(pairs)].add_prefix("chosen_").reset_index(drop=True)
+    rejected = scored.iloc[len(pairs) :].add_prefix("rejected_").reset_index(drop=True)
+    return _with_deltas(pairs, pd.concat([chosen, rejected], axis=1))
 
 
 def naive_scores(hub: ModelHub, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -160,7 +180,7 @@ def naive_scores(hub: ModelHub, pairs: pd.DataFrame) -> pd.DataFrame:
             with torch.no_grad():
                 aesthetic = float(mlp(image_clip[None]).item())
             text_clip = clip.encode_texts([pair.prompt])[0].cpu().numpy()
-            side_scores = _side_scores(
+            side_scores = _image_scores(
                 condition_faces,
                 condition_clip,
                 faces,
@@ -171,7 +191,7 @@ def naive_scores(hub: ModelHub, pairs: pd.DataFrame) -> pd.DataFrame:
             )
             row.update({f"{side}_{k}": v for k, v in side_scores.items()})
         rows.append(row)
-    return _frame(pairs, rows)
+    return _with_deltas(pairs, pd.DataFrame(rows))
 
 
 def orient_by_score(scores: pd.DataFrame, pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from evaluation.benchmark import ImageScorer, aggregate, bootstrap_ci, read_external_manifest
+from evaluation.benchmark import aggregate, bootstrap_ci, image_scores, read_external_manifest
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.faces import pil_to_bgr
+from idglow.scoring import ImageScorer
 
 
 def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():
@@ -41,7 +42,8 @@ def test_face_sim_equals_an_independent_insightface_computation(hub, demo_datase
             Image.open(photo.photo_path).convert("RGB"),
             [Image.open(p).convert("RGB") for p in photo.condition_paths],
         )
-        scores = scorer.score(image, portraits, photo.prompt if hasattr(photo, "prompt") else "a group photo")
+        prompt = photo.prompt if hasattr(photo, "prompt") else "a group photo"
+        (scores,) = image_scores(scorer, [photo.photo_path], [list(photo.condition_paths)], [prompt])
 
         def largest(faces):
             return max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))

@@ -8,7 +8,7 @@ import pytest
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.pairs import build_pairs
-from idglow.scoring import METRICS, PairScorer, naive_scores, orient_by_score
+from idglow.scoring import METRICS, ImageScorer, naive_scores, orient_by_score, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def real_pairs(demo_dataset, demo_ingest, tmp_path_factory):
 
 
 def test_real_group_photos_match_their_people(hub, real_pairs):
-    scores = PairScorer(hub, progress=False).score(real_pairs)
+    scores = score_pairs(ImageScorer(hub, progress=False), real_pairs)
     assert len(scores) == len(real_pairs) == 8
     # The tiny detector finds most faces in group photos (it misses some low-contrast faces).
     found = np.minimum(scores["chosen_faces"], real_pairs["n_subjects"])
@@ -53,7 +53,7 @@ def test_real_group_photos_match_their_people(hub, real_pairs):
 
 
 def test_batched_scorer_equals_the_naive_loop(hub, real_pairs):
-    batched = PairScorer(hub, progress=False).score(real_pairs)
+    batched = score_pairs(ImageScorer(hub, progress=False), real_pairs)
     naive = naive_scores(hub, real_pairs)
     columns = [c for c in batched.columns if c != "pair_id"]
     assert np.allclose(batched[columns].to_numpy(float), naive[columns].to_numpy(float), atol=1e-5)

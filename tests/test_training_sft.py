@@ -120,7 +120,7 @@ def dpo_shards(hub, demo_dataset, demo_ingest, tmp_path_factory):
     from idglow.filtering import apply_filter
     from idglow.pairs import build_pairs
     from idglow.sample_sets import dpo_samples
-    from idglow.scoring import PairScorer
+    from idglow.scoring import ImageScorer, score_pairs
 
     catalog = demo_ingest.catalog
     groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 4, 0, seed=0)
@@ -145,7 +145,7 @@ def dpo_shards(hub, demo_dataset, demo_ingest, tmp_path_factory):
         ]
     )
     pairs = build_pairs(empty, photos, work / "perturbed", seed=0)
-    scored = apply_filter(PairScorer(hub, progress=False).score(pairs), pairs)
+    scored = apply_filter(score_pairs(ImageScorer(hub, progress=False), pairs), pairs)
     write_shard_sets(dpo_samples(scored.assign(review_decision="accept", review_mode="test")), work / "shards", "dpo")
     return work / "shards"
 
