@@ -163,8 +163,8 @@ def build_face_pack(folder: Path) -> Path:
 
 class DetectedFacesIdentity:
     """The training ID term on the real path, ``detect`` being the pack's insightface detector on
-    each decoded image (training.identity.IdentityLoss's pieces: load_face_analysis, the
-    recogniser through onnx2torch, face_torch.detect_landmarks).
+    each decoded image (training.identity.IdentityLoss's pieces: load_face_analysis,
+    load_face_encoder's recogniser through onnx2torch, face_torch.detect_landmarks).
 
     A random-weight detector on a random-weight decode either finds nothing (and alignment and the
     recogniser would not run) or, at insightface's threshold, thousands of boxes whose NMS costs a
@@ -185,14 +185,13 @@ class DetectedFacesIdentity:
         candidates_per_face: int = 16,
     ):
         from insightface.utils.face_align import arcface_dst
-        from onnx2torch import convert
 
-        from idglow.models.hub import load_face_analysis
+        from idglow.models.hub import load_face_analysis, load_face_encoder
 
         to = device_and_dtype()
         self.app = load_face_analysis(pack)
         self.providers = self.app.det_model.session.get_providers()
-        encoder = convert(self.app.models["recognition"].model_file).to(to["device"]).eval().requires_grad_(False)
+        encoder = load_face_encoder(pack, to["device"])
         with torch.no_grad():
             dim = encoder(torch.zeros(1, 3, 112, 112, device=to["device"])).shape[-1]
         vae = AutoencoderKLQwenImage(base_dim=8) if tiny else AutoencoderKLQwenImage()  # defaults: Qwen-Image's VAE

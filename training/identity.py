@@ -91,14 +91,12 @@ class IdentityLoss:
     recogniser converted to torch (frozen), and the source faces of each sample, computed once."""
 
     def __init__(self, pipeline, config):
-        from onnx2torch import convert
+        # A training process has no hub (python -m training.sft names the pack folder), so it
+        # calls the hub's own loaders: the loss detects faces exactly as the FaceSim metric does.
+        from idglow.models.hub import load_face_analysis, load_face_encoder
 
-        from idglow.models.hub import load_face_analysis
-
-        # the hub's FaceAnalysis, so the loss detects faces exactly as the FaceSim metric does
         self.app = load_face_analysis(Path(config.face_pack_dir))
-        self.encoder = convert(self.app.models["recognition"].model_file).to(pipeline.transformer.device).eval()
-        self.encoder.requires_grad_(False)
+        self.encoder = load_face_encoder(Path(config.face_pack_dir), pipeline.transformer.device)
         self.pipeline, self.size = pipeline, config.resolution
         self.sources: dict[str, torch.Tensor] = {}
 

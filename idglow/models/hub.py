@@ -94,6 +94,21 @@ def load_face_analysis(pack_dir: Path, settings: FaceAnalysisSettings = FACE_ANA
         return _CACHE[key]
 
 
+def load_face_encoder(pack_dir: Path, device: torch.device) -> torch.nn.Module:
+    """The recogniser of ``load_face_analysis(pack_dir)`` as a frozen torch module (onnx2torch) on
+    ``device``, for the training ID loss; one module per pack folder and device in this process."""
+    from onnx2torch import convert
+
+    key = ("face_encoder", str(Path(pack_dir).resolve()), str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            module = convert(str(load_face_analysis(pack_dir).models["recognition"].model_file))
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+            _CACHE[key] = module.to(device).eval()
+        return _CACHE[key]
+
+
 @dataclass
 class ModelHub:
     """Loads each component of ``profile`` from ``models_dir`` (see docs/models.md)."""
@@ -204,15 +219,4 @@ class ModelHub:
 
     def face_encoder(self) -> torch.nn.Module:
         """The pack's recogniser as a frozen torch module (onnx2torch), for the training ID loss."""
-        from onnx2torch import convert
-
-        def load(path: Path) -> torch.nn.Module:
-            module = convert(str(self.recognizer_file()))
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-            return module.to(self.device).eval()
-
-        return self._cached(FACE_PACK, load, variant="torch encoder")
-
-    def recognizer_file(self) -> Path:
-        return Path(self.face_analysis().models["recognition"].model_file)
+        return load_face_encoder(self.path(FACE_PACK), self.device)
