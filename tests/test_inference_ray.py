@@ -206,3 +206,68 @@ def test_a_worker_killed_mid_stage_costs_nothing_but_time(tmp_path):
     assert _outputs(root, result.table) == {i: toy_output(i, **SETTINGS) for i in ids}
     assert _partials(root) == []
     assert sorted(p.name for p in (root / STAGE / settings_hash(SETTINGS)).iterdir()) == sorted(f"{i}.rgb" for i in ids)
+
+
+def test_the_candidate_stage_on_ray_equals_generate_candidates(tmp_path, tiny_models_dir, hub):
+    """The real candidate_images path: the tiny generator in Ray actors writes the images the
+    plain loop writes, byte for byte, and counts the faces in them as the asset did."""
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from idglow.editing import ReferenceBudget
+    from idglow.faces import count_faces
+    from idglow.generation import GenerationSettings, generate_candidates
+    from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
+    from idglow.paths import TableRoots
+
+    dataset = tmp_path / "portraits"
+    dataset.mkdir()
+    for name, colour in (("a", "red"), ("b", "blue"), ("c", "green")):
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((16, 12, 48, 52), fill=colour)
+        image.save(dataset / f"{name}.png")
+    jobs = pd.DataFrame(
+        {
+            "job_id": ["job-1", "job-2"],
+            "group_id": ["g1", "g2"],
+            "task": ["group_fusion", "group_fusion"],
+            "prompt_kind": ["static", "caption"],
+            "prompt": ["two friends at the beach", "three colleagues in an office"],
+            "condition_paths": [[f"celebahq:{n}.png" for n in "ab"], [f"celebahq:{n}.png" for n in "abc"]],
+            "identities": [["a", "b"], ["a", "b", "c"]],
+            "n_subjects": [2, 3],
+            "photo_id": [None, "photo-2"],
+        }
+    )
+    settings = GenerationSettings(64, 64, 2, 1.0, 2, 0, ReferenceBudget(64 * 64, 56 * 56))
+    plain_roots, ray_roots = TableRoots(tmp_path / "plain", dataset), TableRoots(tmp_path / "ray", dataset)
+    plain, generated = generate_candidates(
+        hub.generator(),
+        plain_roots.resolve_frame(jobs),
+        settings,
+        plain_roots.storage / "candidate_images" / "round-000",
+        "round-000",
+        "base",
+        progress=False,
+    )
+    table = candidate_table(jobs, settings, "candidate_images/round-000", "round-000", "base")
+    assert table.equals(plain_roots.store_frame(plain))  # the asset's table, as it was
+
+    replicas = CandidateReplicaFactory(HubSpec("demo", str(tiny_models_dir), "cpu"), settings, ray_roots)
+    result = run_stage(
+        candidate_items(table),
+        replicas,
+        ray_roots.storage,
+        stage="candidate_images",
+        options=RayOptions(workers=1),
+        batch_size=2,
+        group_column="job_id",
+    )
+    assert result.generated == generated == 4
+    for stored in table["path"]:
+        assert ray_roots.resolve(stored).read_bytes() == plain_roots.resolve(stored).read_bytes()
+    app = hub.face_analysis()
+    expected = [
+        min(count_faces(app, Image.open(plain_roots.resolve(p))), n) for p, n in zip(table["path"], table["n_subjects"])
+    ]
+    assert result.table.column("faces_found").to_pylist() == expected

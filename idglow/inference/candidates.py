@@ -1,0 +1,138 @@
+"""The candidate_images stage on the engine: one work item per candidate (a job's K candidates in
+one batch, so the job's prompt and references are encoded once), each actor holding one generator
+pipeline and the face pack, writing each PNG atomically and counting its faces.
+
+The images equal ``idglow.generation.generate_candidates``'s: the same seeds (``job_seed``), the
+same ``edit_candidates`` call per job over its missing candidates, the same completeness check
+(``is_complete_image``), so a truncated file is generated again with its recorded seed."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from idglow.editing import edit_candidates
+from idglow.faces import count_faces
+from idglow.generation import CANDIDATE_COLUMNS, GenerationSettings, is_complete_image, job_seed
+from idglow.inference.engine import ITEM_ID, OUTPUT_PATH, Replica
+from idglow.models.hub import ModelHub
+from idglow.paths import TableRoots
+
+
+def candidate_table(
+    jobs: pd.DataFrame, settings: GenerationSettings, out_dir: str, round_name: str, model_version: str
+) -> pd.DataFrame:
+    """The candidates of ``jobs`` (stored paths) in ``out_dir`` (storage-relative), one row per
+    (job, k) with its seed: the table ``generate_candidates`` returns, in stored form."""
+    records = []
+    for job in jobs.itertuples():
+        for k in range(settings.candidates_per_job):
+            records.append(
+                {
+                    "candidate_id": f"{job.job_id}-k{k}",
+                    "job_id": job.job_id,
+                    "round": round_name,
+                    "path": f"{out_dir}/{job.job_id}-k{k}.png",
+                    "seed": job_seed(job.job_id, k, round_name, settings.seed),
+                    "k": k,
+                    "model_version": model_version,
+                    "group_id": job.group_id,
+                    "task": job.task,
+                    "prompt_kind": job.prompt_kind,
+                    "prompt": job.prompt,
+                    "condition_paths": list(job.condition_paths),
+                    "identities": list(job.identities),
+                    "n_subjects": int(job.n_subjects),
+                    "photo_id": job.photo_id,
+                }
+            )
+    return pd.DataFrame(records, columns=list(CANDIDATE_COLUMNS))
+
+
+def candidate_items(table: pd.DataFrame) -> pa.Table:
+    """The engine's work items for a candidate table: what the replica reads, by candidate."""
+    columns = ["job_id", "seed", "prompt", "condition_paths", "n_subjects"]
+    items = table[columns].assign(**{ITEM_ID: table["candidate_id"], OUTPUT_PATH: table["path"]})
+    return pa.Table.from_pandas(items[[ITEM_ID, OUTPUT_PATH, *columns]], preserve_index=False)
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """What an actor needs to build its own ``ModelHub``: plain values, not the Dagster resource.
+    ``device`` unset: CUDA where the actor has a GPU."""
+
+    profile: str
+    models_dir: str
+    device: str | None = None
+    seed: int = 0
+    clip_sha256: str | None = None
+
+    @classmethod
+    def of(cls, hub: ModelHub, device: str | None) -> HubSpec:
+        return cls(hub.profile, str(hub.models_dir), device, hub.seed, hub.clip_sha256)
+
+    def hub(self) -> ModelHub:
+        return ModelHub(
+            self.profile, Path(self.models_dir), device=self.device, seed=self.seed, clip_sha256=self.clip_sha256
+        )
+
+
+@dataclass(frozen=True)
+class CandidateReplicaFactory:
+    hub: HubSpec
+    settings: GenerationSettings
+    roots: TableRoots  # the condition portraits' roots (storage and dataset), mounted alike on every node
+    lora_dir: str | None = None  # a LoRA folder to load on the generator, or the base model
+    count_faces: bool = True
+
+    def __call__(self) -> CandidateReplica:
+        return CandidateReplica(self)
+
+
+class CandidateReplica(Replica):
+    def __init__(self, factory: CandidateReplicaFactory):
+        self.factory = factory
+        hub = factory.hub.hub()
+        self.pipeline = hub.generator()
+        if factory.lora_dir:  # this actor's own pipeline: it keeps the adapter until the actor ends
+            self.pipeline.load_lora_weights(Path(factory.lora_dir))
+        self.faces = hub.face_analysis() if factory.count_faces else None
+
+    def run(self, items: list[dict[str, Any]]) -> list[Image.Image]:
+        settings, images = self.factory.settings, []
+        for _, group in itertools.groupby(items, key=lambda item: item["job_id"]):
+            group = list(group)  # one job's missing candidates: its encoding is shared
+            first = group[0]
+            references = [Image.open(self.factory.roots.resolve(p)).convert("RGB") for p in first["condition_paths"]]
+            images += edit_candidates(
+                self.pipeline,
+                references,
+                first["prompt"],
+                budget=settings.budget,
+                height=settings.height,
+                width=settings.width,
+                num_inference_steps=settings.steps,
+                true_cfg_scale=settings.true_cfg_scale,
+                negative_prompt=" " if settings.true_cfg_scale > 1 else None,
+                generators=[torch.Generator(device="cpu").manual_seed(item["seed"]) for item in group],
+            )
+        return images
+
+    def write(self, output: Image.Image, path: Path) -> None:
+        output.save(path, format="PNG")
+
+    def is_complete(self, path: Path) -> bool:
+        return is_complete_image(path)
+
+    def describe(self, item: dict[str, Any], path: Path) -> dict[str, Any]:
+        if self.faces is None:
+            return {}
+        with Image.open(path) as image:
+            return {"faces_found": min(count_faces(self.faces, image), int(item["n_subjects"]))}
