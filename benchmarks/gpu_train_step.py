@@ -93,7 +93,11 @@ def peak_gib() -> float:
 
 
 def device_and_dtype() -> dict:
-    return {"device": "cuda", "dtype": torch.bfloat16} if on_cuda() else {"device": "cpu", "dtype": torch.float32}
+    """The hub's choice: CUDA in bf16 when there is one, else the CPU in fp32."""
+    from idglow.models.hub import compute_dtype, resolve_device
+
+    device = resolve_device(None)
+    return {"device": device, "dtype": compute_dtype(device)}
 
 
 def matmul_rate(size: int = 8192, repeats: int = 10) -> float:

@@ -35,6 +35,7 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
 from idglow.editing import skip_unused_logits
+from idglow.models.hub import compute_dtype, resolve_device
 from idglow.shards import load_manifest
 from idglow.storage import write_json_atomic
 from training.checkpoints import (
@@ -76,12 +77,12 @@ class Objective(Protocol):
 
 
 def load_generator(config: RunConfig) -> QwenImageEditPlusPipeline:
-    """The frozen pipeline on the config's device (CUDA when there is one): bf16 on CUDA, fp32 on the CPU."""
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipeline = QwenImageEditPlusPipeline.from_pretrained(config.generator_dir, dtype=dtype, local_files_only=True).to(
-        device
-    )
+    """The frozen pipeline on the config's device (CUDA when there is one) in the hub's dtype
+    (bf16 on CUDA, fp32 on the CPU), so training and inference run the same numbers."""
+    device = resolve_device(config.device or None)  # an empty device, as None: CUDA when there is one
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(
+        config.generator_dir, dtype=compute_dtype(device), local_files_only=True
+    ).to(device)
     pipeline.set_progress_bar_config(disable=True)
     skip_unused_logits(pipeline.text_encoder)  # as the hub's pipeline: encodings read hidden states only
     for module in (pipeline.vae, pipeline.text_encoder, pipeline.transformer):
