@@ -4,14 +4,24 @@ Every demo identity is a ``FaceStyle``: a fixed set of shape and colour choices 
 seed, different enough between identities that a tiny recogniser can learn them. ``draw_face``
 paints one face onto any canvas at a given centre, scale and in-plane angle, and returns the
 face box and the five landmarks in insightface's order (left eye, right eye, nose tip, left
-mouth corner, right mouth corner, "left" meaning the image's left). Portraits and, later, group
-photos are composed from it, so face boxes and identities are known wherever a face is drawn.
+mouth corner, right mouth corner, "left" meaning the image's left). Portraits, group photos and
+scenes (``idglow.data.scenes``) are composed from it, so face boxes and identities are known
+wherever a face is drawn.
+
+The age axis: ``draw_face(..., age=...)`` draws the same identity younger. From ``ADULT_AGE`` on a
+face has its identity's adult proportions, exactly as without ``age``; below it the face moves
+towards a young child's (fully at ``FULL_CHILD_AGE``): rounder and shorter, eyes lower and
+larger, nose and mouth smaller, no beard, long hair shorter and a bald head with short hair. The
+identity's own traits (skin, hair and eye colour, relative eye spacing, brow, glasses, mole)
+stay. Every identity also has an adult age of its own (``FaceStyle.age``), derived from its
+look so that ``sample_style`` draws nothing more.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,6 +50,10 @@ HAIR_COLORS: dict[str, Color] = {
 }
 _EYE_COLORS: tuple[Color, ...] = ((60, 40, 20), (40, 90, 160), (50, 120, 60), (110, 110, 110), (20, 20, 20))
 HAIR_STYLES = ("short", "long", "bald", "bangs")
+ADULT_AGE = 18  # from this age on a face is drawn with its identity's adult proportions
+FULL_CHILD_AGE = 3  # at this age and below, with a young child's
+YOUNG_CHILD_AGES = range(3, 9)  # ages that read as a young child (Task 2's structural change)
+ADULT_AGES = range(20, 70)  # where FaceStyle.age falls
 
 
 @dataclass(frozen=True)
@@ -66,13 +80,23 @@ class FaceStyle:
     def hair(self) -> Color:
         return HAIR_COLORS[self.hair_name]
 
+    @property
+    def age(self) -> int:
+        """The identity's age today, in years: a hash of its look, so that adding it left every
+        ``sample_style`` draw (and so every demo image) as it was."""
+        digest = hashlib.sha256(repr(astuple(self)).encode()).digest()
+        return ADULT_AGES.start + int.from_bytes(digest[:8], "big") % len(ADULT_AGES)
+
 
 @dataclass(frozen=True)
 class FaceTruth:
-    """Where a drawn face is: box (x1, y1, x2, y2) and the five landmarks, in pixels."""
+    """Where a drawn face is: box (x1, y1, x2, y2) and the five landmarks, in pixels; and who:
+    the age it was drawn at (years) and its identity's gender."""
 
     bbox: tuple[float, float, float, float]
     landmarks: tuple[tuple[float, float], ...]
+    age: int
+    male: bool
 
 
 def sample_style(rng: np.random.Generator) -> FaceStyle:
@@ -98,6 +122,53 @@ def sample_style(rng: np.random.Generator) -> FaceStyle:
     )
 
 
+def childhood(age: float) -> float:
+    """How far towards a young child's proportions a face of ``age`` is drawn: 0 from
+    ``ADULT_AGE`` on, 1 at ``FULL_CHILD_AGE`` and below, linear between."""
+    return min(1.0, max(0.0, (ADULT_AGE - age) / (ADULT_AGE - FULL_CHILD_AGE)))
+
+
+@dataclass(frozen=True)
+class _Proportions:
+    """The face geometry ``draw_face`` uses, in face-local units. At childhood 0 every value is
+    exactly the adult one (products with 1.0, sums with 0.0), so adult faces are unchanged."""
+
+    aspect: float
+    eye_height: float
+    eye_size: float
+    nose_length: float
+    nose_half_width: float
+    nose_gap: float  # from the eye line to the nose tip, beyond nose_length
+    mouth_width: float
+    mouth_gap: float  # from the nose tip to the mouth
+    hair_style: str
+    long_hair_bottom: float
+    beard: bool
+
+
+def _proportions(style: FaceStyle, t: float) -> _Proportions:
+    """``style``'s geometry at childhood ``t``: a child's head is rounder with the features in
+    its lower half, eyes large and low, nose and mouth small."""
+    return _Proportions(
+        aspect=style.aspect * (1 - 0.2 * t),
+        eye_height=style.eye_height * (1 - 0.8 * t) - 0.06 * t,
+        eye_size=style.eye_size * (1 + 0.35 * t),
+        nose_length=style.nose_length * (1 - 0.5 * t),
+        nose_half_width=0.12 * (1 - 0.35 * t),
+        nose_gap=0.12 * (1 - 0.4 * t),
+        mouth_width=style.mouth_width * (1 - 0.3 * t),
+        mouth_gap=0.25 * (1 - 0.3 * t),
+        hair_style="short" if style.hair_style == "bald" and t > 0 else style.hair_style,
+        long_hair_bottom=1.25 - 0.55 * t,
+        beard=style.beard and t == 0,
+    )
+
+
+def face_aspect(style: FaceStyle, age: int) -> float:
+    """The height / width of ``style``'s face as ``draw_face`` draws it at ``age``."""
+    return _proportions(style, childhood(age)).aspect
+
+
 def _ellipse(cx: float, cy: float, rx: float, ry: float, start: float = 0.0, end: float = 2 * math.pi, n: int = 48):
     angles = np.linspace(start, end, n)
     return np.stack([cx + rx * np.cos(angles), cy + ry * np.sin(angles)], axis=1)
@@ -115,16 +186,23 @@ def draw_face(
     angle_deg: float = 0.0,
     smile: float = 0.0,
     light: float = 1.0,
+    age: int | None = None,
 ) -> FaceTruth:
     """Paint one face of ``style`` onto ``image`` and return where it is.
 
     ``half_width`` is the face's half-width in pixels; ``angle_deg`` rotates it in the image
     plane (positive is counter-clockwise on screen); ``smile`` in [-1, 1] bends the mouth;
-    ``light`` scales every colour of the face, as a change of exposure would.
+    ``light`` scales every colour of the face, as a change of exposure would; ``age`` in years
+    (default: the identity's own, ``style.age``) moves the proportions towards a child's below
+    ``ADULT_AGE`` and is what the truth records.
     """
+    age = style.age if age is None else age
+    if age < 0:
+        raise ValueError(f"age must be at least 0, got {age}")
+    shape = _proportions(style, childhood(age))
     draw = ImageDraw.Draw(image)
     w = half_width
-    h = w * style.aspect
+    h = w * shape.aspect
     theta = math.radians(-angle_deg)  # image y points down, so screen CCW is a negative angle
     rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     origin = np.asarray(center, dtype=np.float64)
@@ -139,24 +217,25 @@ def draw_face(
         draw.polygon([tuple(p) for p in points], fill=_shade(fill, light))
 
     hair = style.hair
-    if style.hair_style == "long":
-        polygon(np.array([[-1.25, -0.55], [1.25, -0.55], [1.3, 1.25], [-1.3, 1.25]]), _shade(hair, 0.9))
-    if style.hair_style != "bald":
+    if shape.hair_style == "long":
+        bottom = shape.long_hair_bottom
+        polygon(np.array([[-1.25, -0.55], [1.25, -0.55], [1.3, bottom], [-1.3, bottom]]), _shade(hair, 0.9))
+    if shape.hair_style != "bald":
         polygon(_ellipse(0, -0.18, 1.12, 0.98, math.pi, 2 * math.pi), hair)
     # Ears, then the face over them.
     for side in (-1, 1):
         polygon(_ellipse(side * 0.98, 0.02, 0.16, 0.22), _shade(style.skin, 0.93))
     polygon(_ellipse(0, 0, 1.0, 1.0, n=64), style.skin)
-    if style.hair_style in ("short", "long"):
+    if shape.hair_style in ("short", "long"):
         polygon(_ellipse(0, -0.62, 0.92, 0.38, math.pi, 2 * math.pi), hair)
-    elif style.hair_style == "bangs":
+    elif shape.hair_style == "bangs":
         polygon(np.array([[-0.9, -0.55], [-0.75, -0.2], [0.75, -0.2], [0.9, -0.55], [0, -1.0]]), hair)
-    if style.beard:
+    if shape.beard:
         polygon(_ellipse(0, 0.55, 0.78, 0.45, 0, math.pi), _shade(hair, 0.85))
 
-    eye_y = -style.eye_height
-    eye_r = style.eye_size
-    eye_ry = eye_r / style.aspect
+    eye_y = -shape.eye_height
+    eye_r = shape.eye_size
+    eye_ry = eye_r / shape.aspect
     for side in (-1, 1):
         ex = side * style.eye_spacing
         polygon(
@@ -181,17 +260,18 @@ def draw_face(
         bridge = to_image(np.array([[-style.eye_spacing + eye_r * 2, eye_y], [style.eye_spacing - eye_r * 2, eye_y]]))
         draw.line([tuple(p) for p in bridge], fill=(30, 30, 30), width=max(1, int(w * 0.04)))
 
-    nose_tip = (0.0, eye_y + style.nose_length + 0.12)
-    polygon(np.array([[0, eye_y + 0.1], [0.12, nose_tip[1]], [-0.12, nose_tip[1]]]), _shade(style.skin, 0.8))
+    nose_tip = (0.0, eye_y + shape.nose_length + shape.nose_gap)
+    nose = [[0, eye_y + 0.1], [shape.nose_half_width, nose_tip[1]], [-shape.nose_half_width, nose_tip[1]]]
+    polygon(np.array(nose), _shade(style.skin, 0.8))
 
-    mouth_y = min(0.62, nose_tip[1] + 0.25)
-    mw = style.mouth_width
+    mouth_y = min(0.62, nose_tip[1] + shape.mouth_gap)
+    mw = shape.mouth_width
     curve = np.linspace(-1, 1, 16)
     upper = np.stack([curve * mw, mouth_y - smile * 0.06 * (1 - curve**2) * -1 - 0.02], axis=1)
     lower = np.stack([curve[::-1] * mw, mouth_y + 0.05 + smile * 0.1 * (1 - curve[::-1] ** 2)], axis=1)
     polygon(np.concatenate([upper, lower]), (150, 50, 60))
     if style.mark is not None:
-        polygon(_ellipse(style.mark[0], style.mark[1], 0.05, 0.05 / style.aspect), (60, 35, 25))
+        polygon(_ellipse(style.mark[0], style.mark[1], 0.05, 0.05 / shape.aspect), (60, 35, 25))
 
     landmarks_local = np.array(
         [
@@ -210,6 +290,8 @@ def draw_face(
     return FaceTruth(
         bbox=(float(x1), float(y1), float(x2), float(y2)),
         landmarks=tuple((float(x), float(y)) for x, y in landmarks),
+        age=int(age),
+        male=style.male,
     )
 
 
@@ -224,9 +306,10 @@ def background(size: int, rng: np.random.Generator) -> Image.Image:
 
 
 def render_portrait(
-    style: FaceStyle, size: int, rng: np.random.Generator, smile: float | None = None
+    style: FaceStyle, size: int, rng: np.random.Generator, smile: float | None = None, age: int | None = None
 ) -> tuple[Image.Image, FaceTruth]:
-    """One centred head-and-shoulders portrait with small pose, light and expression jitter."""
+    """One centred head-and-shoulders portrait with small pose, light and expression jitter;
+    ``age`` as in ``draw_face`` (it draws nothing more from ``rng``)."""
     smile = float(rng.uniform(-0.3, 1.0)) if smile is None else smile
     image = background(size, rng)
     draw = ImageDraw.Draw(image)
@@ -241,6 +324,7 @@ def render_portrait(
         angle_deg=float(rng.uniform(-8, 8)),
         smile=smile,
         light=float(rng.uniform(0.88, 1.1)),
+        age=age,
     )
     return image, truth
 
