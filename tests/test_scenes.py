@@ -1,4 +1,4 @@
-"""The demo world's age axis, and that the older drawings stay as they were."""
+"""The demo world's age axis and coherent group scenes, and that the older drawings stay as they were."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from idglow.data.faces import (
     sample_style,
 )
 from idglow.data.group_photos import render_group_photo
+from idglow.data.scenes import LAYOUTS, MAX_BOX_OVERLAP, MAX_HIDDEN, SceneTruth, render_scene
 
 PROPERTY = settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -198,3 +199,118 @@ def test_a_child_portrait_takes_the_same_draws():
     assert (adult.age, child.age) == (style.age, 4)
     assert adult_rng.bit_generator.state == child_rng.bit_generator.state
     assert _geometry(child)["eye_line"] > _geometry(adult)["eye_line"]
+
+
+# ------------------------------------------------------------------------------ scenes
+
+
+def _styles(seed: int, n: int) -> list[FaceStyle]:
+    return [sample_style(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+def _check_scene(image: Image.Image, faces: list[FaceTruth], truth: SceneTruth, n: int, size: int) -> None:
+    assert image.size == (size, size) and image.mode == "RGB"
+    assert len(faces) == len(truth.people) == n
+    assert [p.identity for p in truth.people] == list(range(n))
+    assert sorted(truth.draw_order) == list(range(n))
+    assert [p.face for p in truth.people] == faces
+    assert truth.layout in LAYOUTS
+    assert np.hypot(*truth.light_direction) == pytest.approx(1.0)
+    assert 0 < truth.floor_y < size
+    for face in faces:
+        x1, y1, x2, y2 = face.bbox
+        assert 0 <= x1 < x2 <= size and 0 <= y1 < y2 <= size
+        assert len(face.landmarks) == 5
+        assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in face.landmarks)
+    for i in range(n):
+        for j in range(i):
+            a, b = faces[i].bbox, faces[j].bbox
+            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            assert w * h <= MAX_BOX_OVERLAP * smaller
+    assert all(0 <= p.hidden_fraction <= MAX_HIDDEN for p in truth.people)
+    # Front people are drawn last; nobody drawn before someone is nearer the camera.
+    depths = [truth.people[i].depth for i in truth.draw_order]
+    assert depths == sorted(depths, reverse=True)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([2, 3]), child=st.booleans())
+def test_every_scene_holds_its_people_visible_and_apart(seed, n, child):
+    ages = [5] + [None] * (n - 1) if child else None
+    styles = _styles(seed, n)
+    image, faces, truth = render_scene(styles, 192, np.random.default_rng(seed), ages=ages)
+    _check_scene(image, faces, truth, n, 192)
+    expected = [5 if child and i == 0 else style.age for i, style in enumerate(styles)]
+    assert [face.age for face in faces] == expected
+    assert [face.male for face in faces] == [style.male for style in styles]
+
+
+def test_a_seed_gives_one_scene():
+    styles = _styles(4, 3)
+    first = render_scene(styles, 160, np.random.default_rng(11), ages=[None, 6, None])
+    second = render_scene(styles, 160, np.random.default_rng(11), ages=[None, 6, None])
+    assert first[0].tobytes() == second[0].tobytes()
+    assert first[1:] == second[1:]
+
+
+def test_seeds_vary_layout_scale_pose_and_light():
+    truths = [render_scene(_styles(seed, 2 + seed % 2), 160, np.random.default_rng(seed))[2] for seed in range(15)]
+    assert set(t.layout for t in truths) == set(LAYOUTS)
+    assert len({round(t.light_direction[0], 3) for t in truths}) == 15
+    widths = [p.half_width for t in truths for p in t.people]
+    assert max(widths) > 1.3 * min(widths)
+    tilts = [p.tilt_deg for t in truths for p in t.people]
+    assert min(tilts) < -5 and max(tilts) > 5
+    staggered = [t for t in truths if t.layout == "staggered"]
+    assert staggered and all({p.depth for p in t.people} == {0.0, 1.0} for t in staggered)
+    for t in staggered:  # the back row is smaller and higher
+        front = [p for p in t.people if p.depth == 0]
+        back = [p for p in t.people if p.depth == 1]
+        assert max(p.half_width for p in back) < min(p.half_width for p in front)
+        assert max(p.head_center[1] for p in back) < min(p.head_center[1] for p in front)
+
+
+def test_a_child_in_a_scene_stands_lower_with_a_shorter_body_for_its_head():
+    for seed in range(6):
+        _, faces, truth = render_scene(_styles(seed, 2), 192, np.random.default_rng(seed), ages=[4, None])
+        child, adult = truth.people
+        assert child.depth <= adult.depth  # children take the front places
+        assert child.head_center[1] > adult.head_center[1]
+
+        def body_in_heads(person) -> float:
+            return (person.body_box[3] - person.body_box[1]) / (person.face.bbox[3] - person.face.bbox[1])
+
+        assert body_in_heads(child) < 0.65 * body_in_heads(adult)
+
+
+def test_the_light_falls_on_everyone_from_one_side():
+    # With the light to one side, the front person's chest is brighter on that side, and so is the wall.
+    checked = 0
+    for seed in range(10):
+        image, _, truth = render_scene(_styles(seed, 2), 192, np.random.default_rng(seed))
+        if abs(truth.light_direction[0]) < 0.5:
+            continue
+        checked += 1
+        pixels = np.asarray(image).astype(float).sum(axis=-1)
+        sign = np.sign(truth.light_direction[0])
+        front = truth.people[truth.draw_order[-1]]
+        x, _ = front.head_center
+        y1, y2 = front.face.bbox[1], front.face.bbox[3]
+        chest = int(min(191, y2 + (y2 - y1) * 0.6))
+        reach = int(front.half_width * 0.8)
+        assert sign * (pixels[chest, int(x) + reach] - pixels[chest, int(x) - reach]) > 0
+        wall = pixels[2:8]  # the strip above everyone's heads
+        assert sign * (wall[:, -8:].mean() - wall[:, :8].mean()) > 0
+    assert checked >= 3
+
+
+def test_a_scene_needs_two_or_three_people_and_an_age_for_each():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError):
+        render_scene(_styles(0, 1), 128, rng)
+    with pytest.raises(ValueError):
+        render_scene(_styles(0, 4), 128, rng)
+    with pytest.raises(ValueError):
+        render_scene(_styles(0, 2), 128, rng, ages=[5])
