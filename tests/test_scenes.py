@@ -306,6 +306,18 @@ def test_the_light_falls_on_everyone_from_one_side():
     assert checked >= 3
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_fallback_row_passes_the_same_checks(monkeypatch, n):
+    from idglow.data import scenes
+
+    monkeypatch.setattr(scenes, "ATTEMPTS", 0)  # no sampled layout: straight to the plain row
+    for seed in range(6):
+        ages = [3] * n if seed % 2 else None
+        image, faces, truth = render_scene(_styles(seed, n), 96, np.random.default_rng(seed), ages=ages)
+        assert truth.layout == "side_by_side" and all(p.tilt_deg == 0 for p in truth.people)
+        _check_scene(image, faces, truth, n, 96)
+
+
 def test_a_scene_needs_two_or_three_people_and_an_age_for_each():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
