@@ -8,8 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from PIL import Image
+import pyarrow.compute as pc
+from dagster_ray import RayResource
 
+from assets.inference import ray_options
 from assets.metadata import data_version_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.data.group_photos import (
@@ -19,9 +21,10 @@ from idglow.data.group_photos import (
     write_demo_group_photos,
 )
 from idglow.editing import ReferenceBudget
-from idglow.faces import count_faces
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
-from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
+from idglow.generation import JOB_COLUMNS, GenerationSettings
+from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
+from idglow.inference.engine import run_stage
 from idglow.models.registry import PROMPT_MODEL, component_fingerprint
 from idglow.pairs import SOURCES, build_pairs
 from idglow.plots import delta_histograms, markdown_image
@@ -186,18 +189,18 @@ def candidate_generation(profile) -> GenerationSettings:
     kinds={"pytorch"},
 )
 def candidate_images(
-    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
 ) -> dg.MaterializeResult:
     """K candidate group photos per training prompt and per real photo's caption, from the
     explicitly named model version (`generation_model_version`: `base` or a LoRA folder), seeds
-    recorded. One partition per generation round; a rerun of a round skips what is written."""
+    recorded. One partition per generation round; a rerun of a round skips what is written.
+
+    Generated on Ray Data (idglow.inference): one generator replica per actor (per GPU), each
+    writing its PNGs atomically and counting their faces; progress per worker in the logs."""
     profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
     round_name = context.partition_key
-    jobs = roots.resolve_frame(
-        _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
-    )
-    pipeline = hub.generator()
-    version = profile.generation_model_version
+    jobs = _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
+    version, lora_dir = profile.generation_model_version, None
     if version != "base":
         adapter = Path(version)
         weights = next(adapter.glob("*.safetensors"), None)
@@ -205,24 +208,27 @@ def candidate_images(
             raise dg.Failure(
                 f"generation_model_version {version!r} is neither 'base' nor a LoRA folder with a .safetensors file"
             )
-        pipeline.load_lora_weights(adapter)
+        lora_dir = str(adapter.absolute())
         version = f"lora:{tensors_sha256(weights)[:12]}"  # the weights' content, as the checkpoint manifests name it
     settings_used = candidate_generation(profile)
     out_dir = paths.asset_dir("candidate_images") / round_name
-    started = time.perf_counter()
-    try:
-        table, generated = generate_candidates(pipeline, jobs, settings_used, out_dir, round_name, version)
-    finally:
-        if version != "base":
-            pipeline.unload_lora_weights()
-    seconds = time.perf_counter() - started
-    app = hub.face_analysis()
-    faces_found = [
-        min(count_faces(app, Image.open(p)), n) for p, n in zip(table["path"], table["n_subjects"], strict=True)
-    ]
+    table = candidate_table(jobs, settings_used, roots.store(out_dir), round_name, version)
+    replicas = CandidateReplicaFactory(HubSpec.of(hub, models.device), settings_used, roots, lora_dir)
+    result = run_stage(
+        candidate_items(table),
+        replicas,
+        roots.storage,
+        stage=f"candidate_images {round_name}",
+        options=ray_options(ray_cluster),
+        batch_size=settings_used.candidates_per_job,  # one job per batch: its encoding is shared
+        group_column="job_id",
+        logger=context.log,
+    )
+    generated, seconds = result.generated, float(pc.sum(result.table.column("seconds")).as_py() or 0.0)
+    faces_found = result.table.column("faces_found").to_pylist()
     detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
     table_path = out_dir / "candidates.parquet"
-    write_parquet_atomic(table_path, roots.store_frame(table))
+    write_parquet_atomic(table_path, table)
     return dg.MaterializeResult(
         metadata={
             **file_metadata("candidates", table_path),
@@ -233,6 +239,8 @@ def candidate_images(
             "seconds_per_image": dg.MetadataValue.float(seconds / generated if generated else 0.0),
             "face_detection_rate": dg.MetadataValue.float(detection_rate),
             "inference_settings": dg.MetadataValue.json(asdict(settings_used)),
+            "images_per_second": dg.MetadataValue.float(result.progress["images_per_second"]),
+            "progress": dg.MetadataValue.json(result.progress),
             "dagster/row_count": dg.MetadataValue.int(len(table)),
         },
         data_version=data_version_of(table_path),

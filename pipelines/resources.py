@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.inference import IdglowRay
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.profiles import Profile
 
@@ -15,4 +16,5 @@ def resources_for(profile: Profile) -> dict[str, Any]:
         "settings": IdglowSettings.from_profile(profile),
         "models": ModelHubResource.from_profile(profile),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),  # training runs (assets/training.py)
+        "ray_cluster": IdglowRay.from_environment(),  # batch inference: embedded, or IDGLOW_RAY_ADDRESS's cluster
     }

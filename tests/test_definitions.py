@@ -73,7 +73,7 @@ def test_every_definition_in_the_stage_modules_is_in_the_code_location(name, tmp
 def test_resources_and_the_executor_are_set_once_for_every_stage(name, executor, tmp_path):
     profile = load_profile(name, env={"IDGLOW_STORAGE_ROOT": str(tmp_path / "storage")})
     defs = build_definitions(profile)
-    assert set(defs.resources) == {"settings", "models", "pipes_subprocess_client"}
+    assert set(defs.resources) == {"settings", "models", "pipes_subprocess_client", "ray_cluster"}
     assert defs.resources["settings"].profile == name
     assert defs.executor.name == executor
     dg.Definitions.validate_loadable(defs)

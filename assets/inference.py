@@ -1,0 +1,68 @@
+"""The Ray resource of the batch-inference stages (idglow.inference, docs/deployment.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+from dagster_ray import Lifecycle, RayResource
+from pydantic import Field
+
+from idglow.inference.engine import RayOptions, init_ray
+
+
+class IdglowRay(RayResource):
+    """Ray for the batch-inference stages (``idglow.inference``; docs/deployment.md), as a
+    dagster-ray resource: with no ``address`` each stage starts a local Ray for its own duration
+    (no dashboard, sized to the machine) and the demo runs as on a laptop; with one
+    (``IDGLOW_RAY_ADDRESS``: ``host:port`` of a head, or ``ray://host:10001``) it joins that
+    cluster. Another dagster-ray resource (a ``KubeRayCluster``) can stand in for it under the
+    same key: the stages use the Ray it connected."""
+
+    address: str | None = Field(default=None, description="A Ray cluster to join; unset: a local Ray per stage.")
+    workers: int | None = Field(default=None, description="Model replicas per stage; unset: one per GPU, else one.")
+    num_cpus: int | None = Field(default=None, description="The local Ray's CPUs; unset: the machine's.")
+    object_store_mb: int = Field(default=256, description="The local Ray's object store (items and results only).")
+    # Connected by each stage for its duration (idglow.inference.engine.ray_session), not for the
+    # whole run: a run's other steps never pay for an idle Ray.
+    lifecycle: Lifecycle = Field(default_factory=lambda: Lifecycle(connect=False, cleanup="never"))
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> IdglowRay:
+        env = os.environ if env is None else env
+        return cls(address=dg.EnvVar("IDGLOW_RAY_ADDRESS")) if env.get("IDGLOW_RAY_ADDRESS") else cls()
+
+    @property
+    def host(self) -> str:
+        return self.address.removeprefix("ray://").rsplit(":", 1)[0] if self.address else "127.0.0.1"
+
+    @property
+    def name(self) -> str:
+        return f"Ray cluster at {self.address}" if self.address else "embedded Ray"
+
+    @property
+    def ray_address(self) -> str | None:  # type: ignore[override]
+        return self.address or None
+
+    @property
+    def created(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def options(self) -> RayOptions:
+        return RayOptions(self.ray_address, self.workers, self.num_cpus, self.object_store_mb * 1024**2)
+
+    def connect(self, context):
+        """With ``lifecycle.connect`` set: the same ``ray.init`` a stage makes, for the whole step."""
+        self._context = init_ray(self.options())
+        return self._context
+
+
+def ray_options(ray_cluster: RayResource) -> RayOptions:
+    """Where a stage runs for a dagster-ray resource: an ``IdglowRay``'s options, else the Ray
+    that resource connected (its address if it left Ray unconnected)."""
+    return ray_cluster.options() if isinstance(ray_cluster, IdglowRay) else RayOptions(ray_cluster.ray_address)
