@@ -154,7 +154,7 @@ def benchmark_results(
 ) -> dg.MaterializeResult:
     """The evaluation protocol for one model version: benchmark groups x both tasks x static and
     dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet)."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
     version = context.partition_key
     entry = read_registry(settings).set_index("version").loc[version]
     prompts_path = paths.table("prompts")
@@ -164,7 +164,7 @@ def benchmark_results(
         "prompt_set_sha256": sha256_file(prompts_path),
         "metric_models": json.dumps(
             {
-                role: component_fingerprint(models.profile, role, hub.models_dir)[:16]
+                role: component_fingerprint(hub.profile, role, hub.models_dir)[:16]
                 for role in (FACE_PACK, CLIP, AESTHETIC)
             },
             sort_keys=True,
@@ -505,7 +505,7 @@ def run_ablation(
 ) -> dg.MaterializeResult:
     """The ablation's runs (``train_ablation``), then each LoRA in the hub's generator on the
     static benchmark prompts, and the table."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+    profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
     folder = paths.asset_dir("sft_ablation")
     runs = train_ablation(context, run, settings, hub, client)
     checkpoints = {name: checkpoint_of(result.metadata, paths.root) for name, result in runs.items()}

@@ -20,17 +20,17 @@ def model_weights(
     on one CPU thread, then are reused); the real profile checks its local weights. Each
     component is fingerprinted for lineage and loaded and run once on three catalog portraits.
     """
-    hub = models.hub()
+    hub = models.hub(settings)
     built = hub.prepare()
     if built:
         context.log.info(f"built tiny components: {built}")
-    missing = [s for s in check_models(models.profile, hub.models_dir) if not s.present]
+    missing = [s for s in check_models(hub.profile, hub.models_dir) if not s.present]
     if missing:
         raise dg.Failure(
             description="model files missing: " + ", ".join(str(s.path) for s in missing),
             metadata={
                 "run": dg.MetadataValue.text(
-                    f"idglow models check --profile {models.profile} --models-dir {hub.models_dir}"
+                    f"idglow models check --profile {hub.profile} --models-dir {hub.models_dir}"
                 )
             },
         )
@@ -38,7 +38,7 @@ def model_weights(
     profile = settings.resolved()
     portraits = [Image.open(profile.celebahq_source / path).convert("RGB") for path in catalog["path"].head(3)]
     timings = smoke_test(hub, portraits, ReferenceBudget.of_profile(profile))
-    fingerprints = {role: component_fingerprint(models.profile, role, hub.models_dir) for role in ROLES}
+    fingerprints = {role: component_fingerprint(hub.profile, role, hub.models_dir) for role in ROLES}
     return dg.MaterializeResult(
         metadata={
             "models_uri": dg.MetadataValue.path(str(hub.models_dir)),

@@ -50,14 +50,14 @@ def prompts(
     A dynamic prompt must name each subject, fit the text encoder's token budget and, for Task 2,
     ask for children; one that fails falls back to the static template and records why. The
     demo's random tiny prompt model nearly always falls back, which the fallback rate shows."""
-    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
+    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub(settings)
     groups = pd.concat(
         [pd.read_parquet(paths.benchmark_groups), pd.read_parquet(paths.training_groups)], ignore_index=True
     )
     tokenizer = hub.generator_tokenizer()
     aligned = None
     if profile.prompt_model_version == "base":
-        version = f"{models.profile}:{component_fingerprint(models.profile, PROMPT_MODEL, hub.models_dir)[:12]}"
+        version = f"{hub.profile}:{component_fingerprint(hub.profile, PROMPT_MODEL, hub.models_dir)[:12]}"
     else:
         aligned = Path(profile.prompt_model_version)
         if not (aligned / "manifest.json").is_file():
@@ -197,7 +197,7 @@ def candidate_images(
 
     Generated on Ray Data (idglow.inference): one generator replica per actor (per GPU), each
     writing its PNGs atomically and counting their faces; progress per worker in the logs."""
-    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub()
+    profile, paths, roots, hub = settings.resolved(), settings.paths, settings.roots, models.hub(settings)
     round_name = context.partition_key
     jobs = _generation_jobs(pd.read_parquet(paths.table("prompts")), pd.read_parquet(paths.table("real_group_photos")))
     version, lora_dir = profile.generation_model_version, None
@@ -282,7 +282,7 @@ def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.Materi
     paths, roots = settings.paths, settings.roots
     pairs = roots.resolve_frame(pd.read_parquet(paths.table("preference_pairs")))
     started = time.perf_counter()
-    scores = score_pairs(ImageScorer(models.hub()), pairs)
+    scores = score_pairs(ImageScorer(models.hub(settings)), pairs)
     seconds = time.perf_counter() - started
     scores, oriented = orient_by_score(scores, pairs)
     scores_path, oriented_path = paths.table("pair_scores"), paths.asset_dir("pair_scores") / "oriented_pairs.parquet"

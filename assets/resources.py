@@ -1,97 +1,123 @@
-"""The settings resource every asset reads: the active profile plus the knobs people change.
+"""The two resources every asset reads, generated from the active profile (idglow/profiles.py).
 
-Each field shows in the Dagster UI's resource view and can be overridden in a run's config;
-``pipelines/resources.py`` fills the defaults from the profile.
+``settings`` has one field per profile setting, its default the profile's value; a setting an
+environment variable sets (``idglow.profiles.ENVIRONMENT_FIELDS``) defaults to that variable
+through ``dg.EnvVar``, read where the run executes. Each field shows in the Dagster UI's resource
+view and a run's config can override it; nothing is copied by hand, so a field added to the
+profile shows up here. ``models`` loads the components the settings name (docs/models.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+import types
+import typing
+from dataclasses import fields, replace
 from pathlib import Path
 
 import dagster as dg
 
 from idglow.models.hub import ModelHub
 from idglow.paths import ArtifactPaths, TableRoots
-from idglow.profiles import Profile, load_profile
+from idglow.profiles import ENVIRONMENT_FIELDS, Profile, defaults, field_from_text
 
-_PATH_FIELDS = ("storage_root", "celebahq_root", "group_photos_manifest")
-_VALUE_FIELDS = (
-    "seed",
-    "image_size",
-    "ingest_workers",
-    "benchmark_groups_of_two",
-    "benchmark_groups_of_three",
-    "training_groups_of_two",
-    "training_groups_of_three",
-    "candidates_per_job",
-    "generation_model_version",
-    "prompt_model_version",
-    "review_mode",
-    "review_overlap",
-    "acceptance_rate_min",
-    "acceptance_rate_max",
-)
+# Not settings: the profile's name is the resource's ``profile`` field, and the demo's dataset
+# recipe is part of the profile itself.
+_NOT_SETTINGS = ("name", "demo_dataset")
+_HINTS = typing.get_type_hints(Profile)
+# What ``dg.EnvVar`` and ``dg.EnvVar.int`` return (the latter, dagster's IntEnvVar, is no EnvVar).
+_ENVIRONMENT_VALUES = (dg.EnvVar, type(dg.EnvVar.int("IDGLOW_TRAINING_GPUS")))
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Profile) if f.name not in _NOT_SETTINGS]
+
+
+def _config_type(hint):
+    """The Dagster config type of a profile field: paths are text, tuples lists, and a
+    count-or-"auto" field text (Dagster config has no unions but Optional)."""
+    if hint == int | str:
+        return str
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    inner = next(arg for arg in typing.get_args(hint) if arg is not type(None)) if optional else hint
+    if inner is Path:
+        inner = str
+    elif typing.get_origin(inner) is tuple:
+        inner = list[str]
+    return inner | None if optional else inner
+
+
+def _config_value(hint, value):
+    if hint == int | str or isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _profile_value(name: str, value):
+    """A resource field's value as the profile's field has it."""
+    hint = _HINTS[name]
+    if value is None:
+        return None
+    if isinstance(value, str) and hint is not str:
+        return value if hint == int | str and not value.lstrip("-").isdigit() else field_from_text(name, value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
 
 
 class IdglowSettings(dg.ConfigurableResource):
-    """The active profile and its overridable settings (see docs/configuration.md)."""
+    """The active profile's settings (see docs/configuration.md); build it with ``from_profile``."""
 
     profile: str = "demo"
-    storage_root: str
-    celebahq_root: str | None = None
-    group_photos_manifest: str | None = None
-    seed: int = 0
-    image_size: int = 1024
-    ingest_workers: int = 1
-    benchmark_groups_of_two: int = 50
-    benchmark_groups_of_three: int = 50
-    training_groups_of_two: int = 3000
-    training_groups_of_three: int = 3000
-    candidates_per_job: int = 4
-    generation_model_version: str = "base"
-    prompt_model_version: str = "base"
-    review_mode: str = "human"
-    review_overlap: int = 1
-    acceptance_rate_min: float = 0.2
-    acceptance_rate_max: float = 0.95
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> IdglowSettings:
-        paths = {name: str(getattr(profile, name)) if getattr(profile, name) else None for name in _PATH_FIELDS}
-        return cls(profile=profile.name, **paths, **{name: getattr(profile, name) for name in _VALUE_FIELDS})
+    def from_profile(cls, profile: Profile, env: typing.Mapping[str, str] | None = None) -> IdglowSettings:
+        """The settings of ``profile``: a resource class with a field per setting, defaulting to
+        the profile's value, or to its environment variable where ``env`` (default the process's)
+        sets one."""
+        env = os.environ if env is None else env
+        annotations, values = {"profile": str}, {"profile": profile.name}
+        for name in setting_names():
+            annotations[name] = _config_type(_HINTS[name])
+            variable = ENVIRONMENT_FIELDS.get(name)
+            if variable and env.get(variable):
+                values[name] = dg.EnvVar.int(variable) if annotations[name] is int else dg.EnvVar(variable)
+            else:
+                values[name] = _config_value(_HINTS[name], getattr(profile, name))
+        namespace = {"__annotations__": annotations, "__module__": __name__, "__doc__": cls.__doc__, **values}
+        return type(cls.__name__, (cls,), namespace)()
 
     def resolved(self) -> Profile:
-        """The profile (with its environment) and this resource's values applied on top."""
-        paths = {name: Path(getattr(self, name)) if getattr(self, name) else None for name in _PATH_FIELDS}
-        return replace(load_profile(self.profile), **paths, **{name: getattr(self, name) for name in _VALUE_FIELDS})
+        """The profile these settings describe: the profile's plain defaults with every field's
+        value here (nothing read from the environment at run time)."""
+        values = {name: _profile_value(name, self._value(name)) for name in setting_names()}
+        return replace(defaults(self.profile, values["storage_root"]), **values)
+
+    def _value(self, name: str):
+        """A field's value; an ``EnvVar`` default is read here when the resource is used outside a
+        run (a script, a test), where Dagster has not resolved it."""
+        value = getattr(self, name)
+        return value.get_value() if isinstance(value, _ENVIRONMENT_VALUES) else value
 
     @property
     def paths(self) -> ArtifactPaths:
-        return ArtifactPaths(Path(self.storage_root))
+        return ArtifactPaths(Path(self._value("storage_root")))
 
     @property
     def roots(self) -> TableRoots:
         """What the paths in tables are stored relative to, and resolved against, in this run."""
-        return TableRoots(Path(self.storage_root).absolute(), self.resolved().celebahq_source.absolute())
+        profile = self.resolved()
+        return TableRoots(profile.storage_root, profile.celebahq_source.absolute())
 
 
 class ModelHubResource(dg.ConfigurableResource):
-    """Every model component for the active profile, loaded once per process (docs/models.md)."""
+    """Every model component the settings name, loaded once per process (docs/models.md). Where
+    the models are and which CLIP file is trusted are settings (``models_dir``, ``clip_sha256``);
+    the device is this resource's own."""
 
-    profile: str = "demo"
-    models_dir: str
     device: str | None = None  # "cuda", "cpu", or unset for CUDA when available
-    seed: int = 0
-    clip_sha256: str | None = None  # a TorchScript CLIP's expected hash; unset: OpenAI's release
 
-    @classmethod
-    def from_profile(cls, profile: Profile) -> ModelHubResource:
-        return cls(
-            profile=profile.name, models_dir=str(profile.models_dir), seed=profile.seed, clip_sha256=profile.clip_sha256
-        )
-
-    def hub(self) -> ModelHub:
-        return ModelHub(
-            self.profile, Path(self.models_dir), device=self.device, seed=self.seed, clip_sha256=self.clip_sha256
-        )
+    def hub(self, settings: IdglowSettings) -> ModelHub:
+        return ModelHub.of_profile(settings.resolved(), device=self.device)

@@ -302,7 +302,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
     ) -> dg.MaterializeResult:
         """Stage 1: LoRA SFT of the generator with the task-adaptive identity loss (annealing for
         Task 1, temporal gate for Task 2); safetensors checkpoint with its manifest."""
-        profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+        profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
         training = generator_config(
             SFTConfig, profile, config.model_dump(), paths, hub, "sft_shards", "sft_checkpoint", SFT_MODELS
         )
@@ -325,7 +325,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
     ) -> dg.MaterializeResult:
         """Stage 2: weighted-margin DPO (Eq. 7) with a fresh adapter on the merged SFT model; exported
         as one LoRA against the base model (SFT and DPO factors concatenated along the rank)."""
-        profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+        profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
         event = context.instance.get_latest_materialization_event(sft_checkpoint.key)
         sft = checkpoint_of(event.asset_materialization.metadata, paths.root)
         training = generator_config(
@@ -366,7 +366,7 @@ def build_training_assets(gpus: int, profile: Profile | None = None) -> list[dg.
         attribute-bound prompts over barren ones). The aligned model is a complete folder; set
         ``prompt_model_version`` to its ``checkpoint_uri`` and the prompts asset writes with it
         (and names it ``aligned:<sha>`` on every prompt)."""
-        profile, paths, hub = settings.resolved(), settings.paths, models.hub()
+        profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
         preferences = paths.asset_dir("prompts") / "prompt_preferences.parquet"
         training = PromptDPOConfig(
             **model_fields(hub, {"model_dir": PROMPT_MODEL}),

@@ -195,7 +195,7 @@ def eval_external_command(
     rows = rows.assign(image=[str(copy_in(image, imported)) for image in rows["image"]]) if len(rows) else rows
     roots = TableRoots(paths.root, replace(profile, storage_root=paths.root).celebahq_source.absolute())
     scores, unknown = score_external(
-        ImageScorer(ModelHub(profile.name, profile.models_dir)),
+        ImageScorer(ModelHub.of_profile(profile)),
         rows,
         roots.resolve_frame(pd.read_parquet(paths.table("prompts"))),
         f"external-{name}",

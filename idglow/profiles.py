@@ -181,27 +181,55 @@ def _real(storage_root: Path) -> Profile:
 PROFILES = {"demo": _demo, "real": _real}
 
 
-def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) -> Profile:
-    """The named profile (or ``IDGLOW_PROFILE``, default ``demo``) with environment overrides."""
-    env = os.environ if env is None else env
-    name = name or env.get("IDGLOW_PROFILE", "demo")
+# The profile fields an environment variable sets (docs/configuration.md): ``load_profile`` reads
+# them for the command line and the training processes, and the Dagster resources read the same
+# variables through ``dg.EnvVar`` (assets/resources.py), so each has this one table.
+ENVIRONMENT_FIELDS = {
+    "storage_root": "IDGLOW_STORAGE_ROOT",
+    "models_dir": "IDGLOW_MODELS_DIR",
+    "celebahq_root": "IDGLOW_CELEBAHQ_ROOT",
+    "group_photos_manifest": "IDGLOW_GROUP_PHOTOS_MANIFEST",
+    "clip_sha256": "IDGLOW_CLIP_SHA256",
+    "training_gpus": "IDGLOW_TRAINING_GPUS",
+}
+
+
+def field_from_text(name: str, text: str):
+    """Field ``name``'s value written as text (an environment variable, a resource's string):
+    a location becomes an absolute path, a hash lower case, a count an int."""
+    hint = typing.get_type_hints(Profile)[name]
+    accepted = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if Path in accepted:
+        return Path(text).absolute()
+    if name == "clip_sha256":
+        return text.strip().lower()
+    if int in accepted:
+        return int(text)
+    return text
+
+
+def defaults(name: str, storage_root: Path) -> Profile:
+    """Profile ``name``'s plain defaults, with nothing from the environment."""
     if name not in PROFILES:
         raise ProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name](storage_root)
+
+
+def load_profile(name: str | None = None, env: Mapping[str, str] | None = None) -> Profile:
+    """The named profile (or ``IDGLOW_PROFILE``, default ``demo``) with the overrides file and the
+    environment variables of ``ENVIRONMENT_FIELDS`` applied."""
+    env = os.environ if env is None else env
+    name = name or env.get("IDGLOW_PROFILE", "demo")
     storage_root = Path(env.get("IDGLOW_STORAGE_ROOT") or Path.cwd() / "var" / "storage" / name).absolute()
-    profile = PROFILES[name](storage_root)
+    profile = defaults(name, storage_root)
     if env.get("IDGLOW_PROFILE_OVERRIDES"):
         profile = apply_overrides(profile, Path(env["IDGLOW_PROFILE_OVERRIDES"]))
-    if env.get("IDGLOW_MODELS_DIR"):
-        profile = replace(profile, models_dir=Path(env["IDGLOW_MODELS_DIR"]).absolute())
-    if env.get("IDGLOW_GROUP_PHOTOS_MANIFEST"):
-        profile = replace(profile, group_photos_manifest=Path(env["IDGLOW_GROUP_PHOTOS_MANIFEST"]).absolute())
-    if env.get("IDGLOW_CELEBAHQ_ROOT"):
-        profile = replace(profile, celebahq_root=Path(env["IDGLOW_CELEBAHQ_ROOT"]).absolute())
-    if env.get("IDGLOW_CLIP_SHA256"):
-        profile = replace(profile, clip_sha256=env["IDGLOW_CLIP_SHA256"].strip().lower())
-    if env.get("IDGLOW_TRAINING_GPUS"):
-        profile = replace(profile, training_gpus=int(env["IDGLOW_TRAINING_GPUS"]))
-    return profile
+    from_environment = {
+        field: field_from_text(field, env[variable])
+        for field, variable in ENVIRONMENT_FIELDS.items()
+        if field != "storage_root" and env.get(variable)
+    }
+    return replace(profile, **from_environment)
 
 
 # Fields an overrides file may not set: the profile's identity and its locations, which the

@@ -14,7 +14,7 @@ from idglow.profiles import Profile
 def resources_for(profile: Profile) -> dict[str, Any]:
     return {
         "settings": IdglowSettings.from_profile(profile),
-        "models": ModelHubResource.from_profile(profile),
+        "models": ModelHubResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),  # training runs (assets/training.py)
         "ray_cluster": IdglowRay.from_environment(),  # batch inference: embedded, or IDGLOW_RAY_ADDRESS's cluster
     }

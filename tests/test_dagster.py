@@ -358,12 +358,7 @@ def test_the_aligned_prompt_model_is_a_version_the_prompts_asset_can_name(everyt
     alignment = everything.materialized["prompt_model_alignment"].metadata
     assert alignment["prompt_model_version"].value.startswith("aligned:") and alignment["step"].value == 8
     base_settings = IdglowSettings.from_profile(load_profile())
-    aligned_settings = IdglowSettings(
-        **{
-            **{name: getattr(base_settings, name) for name in IdglowSettings.model_fields},
-            "prompt_model_version": alignment["checkpoint_uri"].value,
-        }
-    )
+    aligned_settings = type(base_settings)(prompt_model_version=alignment["checkpoint_uri"].value)
     renamed = dg.materialize(
         [prompts_asset],
         instance=everything.instance,

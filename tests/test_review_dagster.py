@@ -21,8 +21,7 @@ pytestmark = pytest.mark.slow  # materialises the review assets
 
 
 def settings_with(**overrides) -> IdglowSettings:
-    base = IdglowSettings.from_profile(load_profile())
-    return IdglowSettings(**{**{name: getattr(base, name) for name in IdglowSettings.model_fields}, **overrides})
+    return type(IdglowSettings.from_profile(load_profile()))(**overrides)
 
 
 @pytest.fixture

@@ -127,6 +127,11 @@ class ModelHub:
         self.models_dir = Path(self.models_dir)
         self.device = resolve_device(self.device)
 
+    @classmethod
+    def of_profile(cls, profile, device: str | torch.device | None = None) -> ModelHub:
+        """The hub of a profile (``idglow.profiles.Profile``): its models folder and trusted CLIP hash."""
+        return cls(profile.name, profile.models_dir, device=device, clip_sha256=profile.clip_sha256)
+
     # ------------------------------------------------------------------ helpers
 
     @property
