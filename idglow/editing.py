@@ -158,15 +158,11 @@ def true_cfg(conditional: torch.Tensor, unconditional: torch.Tensor, scale: floa
     return combined * (torch.norm(conditional, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
 
-def text_batch(conditioning: EditConditioning, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The prompt's embeddings for ``count`` candidates, then the negative prompt's under true CFG,
-    in one batch: the shorter prompt is zero-padded at its end and masked out. Padding at the end
-    keeps every real token's text RoPE position, and the transformer's joint attention never reads
-    a masked key, so each candidate's image tokens see what an unpadded call shows them. The mask
-    is None when nothing is padded, as ``encode_prompt`` returns it for a full prompt."""
-    parts = [(conditioning.prompt_embeds, conditioning.prompt_mask)]
-    if conditioning.negative_embeds is not None:
-        parts.append((conditioning.negative_embeds, conditioning.negative_mask))
+TextRows = tuple[torch.Tensor, torch.Tensor | None]  # prompt embeddings (rows, L, D) and their mask
+
+
+def _padded(parts: Sequence[TextRows], count: int) -> TextRows:
+    """``count`` rows of each (1, L, D) part, the shorter ones zero-padded at their end and masked."""
     length = max(embeds.size(1) for embeds, _ in parts)
     batch_embeds, batch_masks = [], []
     for embeds, mask in parts:
@@ -179,6 +175,31 @@ def text_batch(conditioning: EditConditioning, count: int) -> tuple[torch.Tensor
     return torch.cat(batch_embeds), None if mask.all() else mask
 
 
+def text_batch(conditioning: EditConditioning, count: int) -> TextRows:
+    """The prompt's embeddings for ``count`` candidates, then the negative prompt's under true CFG,
+    in one batch: the shorter prompt is zero-padded at its end and masked out. Padding at the end
+    keeps every real token's text RoPE position, and the transformer's joint attention never reads
+    a masked key, so each candidate's image tokens see what an unpadded call shows them. The mask
+    is None when nothing is padded, as ``encode_prompt`` returns it for a full prompt."""
+    parts = [(conditioning.prompt_embeds, conditioning.prompt_mask)]
+    if conditioning.negative_embeds is not None:
+        parts.append((conditioning.negative_embeds, conditioning.negative_mask))
+    return _padded(parts, count)
+
+
+def text_batches(conditioning: EditConditioning, count: int, cfg_in_one_call: bool = True) -> list[TextRows]:
+    """The text rows of each transformer call of one step: one call (``text_batch``), or under
+    true CFG with ``cfg_in_one_call`` off, the prompt's rows and the negative prompt's rows in two
+    calls, each unpadded. Two calls need no padding mask, and on CUDA a mask keeps SDPA off its
+    flash kernel; which of the two is faster is the GPU benchmark's question."""
+    if cfg_in_one_call or conditioning.negative_embeds is None:
+        return [text_batch(conditioning, count)]
+    return [
+        _padded([(conditioning.prompt_embeds, conditioning.prompt_mask)], count),
+        _padded([(conditioning.negative_embeds, conditioning.negative_mask)], count),
+    ]
+
+
 def _velocity(
     pipeline,
     latents: torch.Tensor,
@@ -187,14 +208,14 @@ def _velocity(
     mask: torch.Tensor | None,
     timestep: torch.Tensor,
     img_shapes: list[TokenShape],
+    cache_context: str,
 ) -> torch.Tensor:
-    """The transformer's prediction for the target tokens of every row of ``embeds`` (the
-    candidates' prompt rows, then their negative rows under true CFG), in one call; each row's
-    references are appended after its target tokens, as in the pipeline."""
+    """The transformer's prediction for the target tokens of every row of ``embeds`` (candidates'
+    prompt rows and, under true CFG, their negative rows), in one call; each row's references
+    are appended after its target tokens, as in the pipeline."""
     rows = embeds.size(0)
     latents = latents.repeat(rows // latents.size(0), 1, 1)
     references = conditioning.reference_latents.expand(rows, -1, -1)
-    cache_context = "cond" if conditioning.negative_embeds is None else "cond_uncond"
     with pipeline.transformer.cache_context(cache_context):
         out = pipeline.transformer(
             hidden_states=torch.cat([latents, references], dim=1),
@@ -242,22 +263,31 @@ def denoise(
     width: int,
     num_inference_steps: int,
     true_cfg_scale: float,
+    cfg_in_one_call: bool = True,
 ) -> torch.Tensor:
     """The sampling loop for a batch of candidates from their packed ``noise`` (n, T, 4C): one
     transformer call per step for all of them, their conditional and unconditional passes
-    together under true CFG, then the scheduler's step on the whole batch."""
+    together under true CFG (or in two calls: ``text_batches``), then the scheduler's step on the
+    whole batch."""
     if pipeline.transformer.config.guidance_embeds:
         raise NotImplementedError("guidance-distilled transformers (guidance_embeds) are not supported")
     latents = noise
-    count = latents.size(0)
-    embeds, mask = text_batch(conditioning, count)
+    calls = text_batches(conditioning, latents.size(0), cfg_in_one_call)
+    # diffusers' cache hooks key their state by context: one name per kind of call
+    one_call = "cond" if conditioning.negative_embeds is None else "cond_uncond"
+    contexts = [one_call] if len(calls) == 1 else ["cond", "uncond"]
     step = pipeline.vae_scale_factor * 2
     img_shapes = [(1, height // step, width // step), *conditioning.reference_shapes]
     timesteps = timesteps_for(pipeline, num_inference_steps, latents.shape[1], latents.device)
     pipeline.scheduler.set_begin_index(0)
     for t in timesteps:
         timestep = t.expand(1).to(latents.dtype)
-        velocity = _velocity(pipeline, latents, conditioning, embeds, mask, timestep, img_shapes)
+        velocity = torch.cat(
+            [
+                _velocity(pipeline, latents, conditioning, embeds, mask, timestep, img_shapes, context)
+                for (embeds, mask), context in zip(calls, contexts, strict=True)
+            ]
+        )
         if conditioning.negative_embeds is not None:
             conditional, unconditional = velocity.chunk(2)
             velocity = true_cfg(conditional, unconditional, true_cfg_scale)
@@ -292,15 +322,17 @@ def edit_candidates(
     negative_prompt: str | None = None,
     max_sequence_length: int = 512,
     candidates_batch: int = 4,
+    cfg_in_one_call: bool = True,
 ) -> list[Image.Image]:
     """One image per generator for one job: the prompt and references are encoded once and
     reused for every candidate (encoding draws no random numbers), and up to
     ``candidates_batch`` candidates are denoised together, each from its own generator's noise,
     with true CFG's two passes in the same transformer call (a batch of 2 x ``candidates_batch``
-    rows then: the knob bounds the activations' memory). Each image matches the pipeline's call
-    with its own generator to float rounding (batched matrix products may sum in another order).
-    ``height`` and ``width`` are rounded down to whole packed latent tokens (multiples of 16) as
-    the pipeline rounds them."""
+    rows then: the knob bounds the activations' memory; ``cfg_in_one_call=False`` makes the two
+    passes two calls of ``candidates_batch`` rows each, see ``text_batches``). Each image matches
+    the pipeline's call with its own generator to float rounding (batched matrix products and
+    masked attention may sum in another order). ``height`` and ``width`` are rounded down to
+    whole packed latent tokens (multiples of 16) as the pipeline rounds them."""
     if candidates_batch < 1:
         raise ValueError(f"candidates_batch must be at least 1, not {candidates_batch}")
     step = pipeline.vae_scale_factor * 2
@@ -325,6 +357,7 @@ def edit_candidates(
             width=width,
             num_inference_steps=num_inference_steps,
             true_cfg_scale=true_cfg_scale,
+            cfg_in_one_call=cfg_in_one_call,
         )
         # one image at a time through the VAE: its 1 MP activations are the largest of the step
         images.extend(decode(pipeline, row, height, width)[0] for row in latents.split(1))

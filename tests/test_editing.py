@@ -121,8 +121,9 @@ def test_batched_candidates_match_the_pipelines_call_per_image(pipeline):
 
 @pytest.mark.parametrize("negative_prompt", [" ", LONG_NEGATIVE], ids=["prompt-longer", "negative-longer"])
 def test_a_batch_of_k_candidates_equals_k_batches_of_one(pipeline, negative_prompt):
-    """Batches of 1, of 2 then 1, and of 3 give the same three images to one 8-bit level (the
-    batched matrix products' rounding), whichever of the two prompts is padded."""
+    """Batches of 1, of 2 then 1, and of 3 (and of 3 with the two CFG passes in two calls) give
+    the same three images to one 8-bit level (the batched matrix products' rounding), whichever
+    of the two prompts is padded."""
     from idglow.editing import edit_candidates
 
     settings = {"budget": SMALL_BUDGET, "height": 64, "width": 64, "num_inference_steps": 3, "true_cfg_scale": 4.0}
@@ -138,7 +139,17 @@ def test_a_batch_of_k_candidates_equals_k_batches_of_one(pipeline, negative_prom
         )
         for size in (1, 2, 3)
     }
-    for size in (2, 3):
+    by_batch["two calls"] = edit_candidates(
+        pipeline,
+        TWO_PORTRAITS,
+        "Two friends.",
+        generators=seeded(3, 4, 5),
+        negative_prompt=negative_prompt,
+        candidates_batch=3,
+        cfg_in_one_call=False,
+        **settings,
+    )
+    for size in (2, 3, "two calls"):
         assert [max_difference(a, b) <= 1 for a, b in zip(by_batch[size], by_batch[1], strict=True)] == [True] * 3
         assert min(psnr(a, b) for a, b in zip(by_batch[size], by_batch[1], strict=True)) >= 40
     assert max_difference(by_batch[3][0], by_batch[3][1]) > 10
@@ -154,7 +165,7 @@ def test_one_candidate_without_cfg_is_the_single_edit(pipeline):
 
 
 def test_text_batch_pads_the_shorter_prompt_and_masks_its_padding(pipeline):
-    from idglow.editing import text_batch
+    from idglow.editing import text_batch, text_batches
 
     conditioning = encode_job(
         pipeline, TWO_PORTRAITS, "Two friends.", budget=SMALL_BUDGET, negative_prompt=LONG_NEGATIVE, true_cfg_scale=4.0
@@ -167,6 +178,10 @@ def test_text_batch_pads_the_shorter_prompt_and_masks_its_padding(pipeline):
     assert torch.equal(embeds[0, :prompt_length], conditioning.prompt_embeds[0])
     assert torch.count_nonzero(embeds[:3, prompt_length:]) == 0  # padding: zeros, masked out
     assert torch.equal(embeds[5], conditioning.negative_embeds[0])
+    (prompt_rows, prompt_mask), (negative_rows, negative_mask) = text_batches(conditioning, 3, cfg_in_one_call=False)
+    assert prompt_rows.shape[:2] == (3, prompt_length) and negative_rows.shape[:2] == (3, negative_length)
+    assert prompt_mask is None and negative_mask is None  # two calls: nothing padded
+    assert len(text_batches(conditioning, 3)) == 1
     without_cfg = encode_job(pipeline, TWO_PORTRAITS, "Two friends.", budget=SMALL_BUDGET)
     embeds, mask = text_batch(without_cfg, 2)
     assert embeds.shape[0] == 2 and mask is None  # nothing padded: no mask, as encode_prompt gives
