@@ -25,12 +25,14 @@ from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import JOB_COLUMNS, GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
 from idglow.inference.engine import run_stage
-from idglow.models.registry import PROMPT_MODEL, component_fingerprint
+from idglow.inference.prompts import PromptReplicaFactory, prompt_items, raw_outputs
+from idglow.inference.scores import ScoreReplicaFactory, pair_items, scores_frame
+from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, PROMPT_MODEL, component_fingerprint
 from idglow.pairs import SOURCES, build_pairs
 from idglow.plots import delta_histograms, markdown_image
 from idglow.prompt_synthesis import build_prompt_preferences, build_prompts
 from idglow.sample_sets import dpo_samples, select_sft_examples, sft_samples
-from idglow.scoring import METRICS, ImageScorer, orient_by_score, score_pairs
+from idglow.scoring import METRICS, orient_by_score
 from idglow.shards import write_shard_sets
 from idglow.storage import tensors_sha256, write_parquet_atomic
 
@@ -42,7 +44,7 @@ GROUP = "preference_data"
     group_name=GROUP, code_version="2", deps=["benchmark_groups", "training_groups", "model_weights"], kinds={"parquet"}
 )
 def prompts(
-    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
 ) -> dg.MaterializeResult:
     """Static and dynamic prompts for every benchmark and training group and both tasks, and the
     prompt preference set (barren vs descriptive) for aligning the prompt model (section 3.2).
@@ -66,16 +68,41 @@ def prompts(
                 "prompt model folder (the checkpoint_uri of prompt_model_alignment)"
             )
         version = f"aligned:{json.loads((aligned / 'manifest.json').read_text())['lora_sha256'][:12]}"
+    written, progress = None, {}
+    if profile.dynamic_prompts:  # the prompt model writes on Ray (idglow.inference.prompts), one replica per actor
+        stage_settings = {
+            "prompt_model_version": version,
+            "portrait_pixels": profile.prompt_portrait_pixels,
+            "max_new_tokens": profile.prompt_max_new_tokens,
+        }
+        replicas = PromptReplicaFactory(
+            HubSpec.of(hub, models.device),
+            str(profile.celebahq_source.absolute()),
+            profile.prompt_portrait_pixels,
+            profile.prompt_max_new_tokens,
+            str(aligned.absolute()) if aligned else None,
+        )
+        result = run_stage(
+            prompt_items(groups, stage_settings),
+            replicas,
+            roots.storage,
+            stage="prompts",
+            options=ray_options(ray_cluster),
+            batch_size=4,
+            logger=context.log,
+        )
+        written, progress = raw_outputs(result), {"progress": dg.MetadataValue.json(result.progress)}
     table = build_prompts(
         groups,
         profile.celebahq_source,
-        hub.prompt_model(aligned) if profile.dynamic_prompts else None,
+        None,
         lambda text: len(tokenizer(text).input_ids),
         profile.prompt_token_budget,
         version,
         profile.prompt_portrait_pixels,
         profile.prompt_max_new_tokens,
         dynamic=profile.dynamic_prompts,
+        written=written,
     )
     preferences = build_prompt_preferences(pd.read_parquet(paths.training_groups), pd.read_parquet(paths.catalog))
     prompt_path, preference_path = paths.table("prompts"), paths.asset_dir("prompts") / "prompt_preferences.parquet"
@@ -94,6 +121,7 @@ def prompts(
             ),
             "badcases": dg.MetadataValue.json(preferences["badcase"].value_counts().to_dict()),
             "preview": preview(table[["prompt_id", "prompt_kind", "fallback", "prompt"]]),
+            **progress,
             "dagster/row_count": dg.MetadataValue.int(len(table)),
         },
         data_version=data_version_of(prompt_path, preference_path),
@@ -225,7 +253,7 @@ def candidate_images(
         logger=context.log,
     )
     generated, seconds = result.generated, float(pc.sum(result.table.column("seconds")).as_py() or 0.0)
-    faces_found = result.table.column("faces_found").to_pylist()
+    faces_found = result.table.column("faces_found").to_pylist() if len(table) else []
     detection_rate = sum(faces_found) / max(1, int(table["n_subjects"].sum()))
     table_path = out_dir / "candidates.parquet"
     write_parquet_atomic(table_path, table)
@@ -276,13 +304,29 @@ def preference_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
 
 
 @dg.asset(group_name=GROUP, code_version="2", deps=[preference_pairs], kinds={"parquet"})
-def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.MaterializeResult:
+def pair_scores(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
+) -> dg.MaterializeResult:
     """Eq. 8: identity, object, semantic, aesthetic and people-count scores of both sides of each
-    pair and their deltas (batched: each image and portrait analysed once)."""
-    paths, roots = settings.paths, settings.roots
-    pairs = roots.resolve_frame(pd.read_parquet(paths.table("preference_pairs")))
+    pair and their deltas (batched: each image and portrait of a batch analysed once), on Ray
+    (idglow.inference.scores: one scorer replica per actor, one JSON row per pair)."""
+    paths, roots, hub = settings.paths, settings.roots, models.hub(settings)
+    stored = pd.read_parquet(paths.table("preference_pairs"))
+    pairs = roots.resolve_frame(stored)
+    scorers = {
+        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
+    }
     started = time.perf_counter()
-    scores = score_pairs(ImageScorer(models.hub(settings)), pairs)
+    result = run_stage(
+        pair_items(stored, {"profile": hub.profile, **scorers}),
+        ScoreReplicaFactory(HubSpec.of(hub, models.device), roots),
+        roots.storage,
+        stage="pair_scores",
+        options=ray_options(ray_cluster),
+        batch_size=64,
+        logger=context.log,
+    )
+    scores = scores_frame(result, stored)
     seconds = time.perf_counter() - started
     scores, oriented = orient_by_score(scores, pairs)
     scores_path, oriented_path = paths.table("pair_scores"), paths.asset_dir("pair_scores") / "oriented_pairs.parquet"
@@ -294,6 +338,7 @@ def pair_scores(settings: IdglowSettings, models: ModelHubResource) -> dg.Materi
             "pairs_per_second": dg.MetadataValue.float(len(pairs) / seconds if seconds else 0.0),
             "swapped_by_score": dg.MetadataValue.int(int(scores["swapped"].sum())),
             "mean_deltas": dg.MetadataValue.json({m: round(float(scores[f"delta_{m}"].mean()), 4) for m in METRICS}),
+            "progress": dg.MetadataValue.json(result.progress),
             "dagster/row_count": dg.MetadataValue.int(len(scores)),
         },
         data_version=data_version_of(scores_path, oriented_path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -72,12 +73,16 @@ def build_prompts(
     max_new_tokens: int = 160,
     dynamic: bool = True,
     progress: bool = True,
+    written: Mapping[tuple[str, str], str] | None = None,
 ) -> pd.DataFrame:
-    """One static and one dynamic prompt per (group, task); a failed dynamic prompt falls back."""
+    """One static and one dynamic prompt per (group, task); a failed dynamic prompt falls back.
+    ``written``: the prompt model's raw outputs by (group_id, task), when they were written
+    elsewhere (the Ray stage, ``idglow.inference.prompts``); the model is not called then."""
     rows = []
     for group in tqdm(list(groups.itertuples()), desc="writing prompts", disable=not progress):
         paths = [str(source_root / p) for p in group.condition_paths]
-        portraits = [prompt_portrait(Image.open(p).convert("RGB"), portrait_pixels) for p in paths] if dynamic else []
+        load = dynamic and written is None
+        portraits = [prompt_portrait(Image.open(p).convert("RGB"), portrait_pixels) for p in paths] if load else []
         for task in TASKS:
             static = static_prompt(task, group.n_subjects)
             base = {
@@ -101,8 +106,11 @@ def build_prompts(
                 }
             )
             if dynamic:
-                model, processor = prompt_model
-                raw = write_dynamic_prompt(model, processor, portraits, task, max_new_tokens)
+                if written is not None:
+                    raw = written[(group.group_id, task)]
+                else:
+                    model, processor = prompt_model
+                    raw = write_dynamic_prompt(model, processor, portraits, task, max_new_tokens)
                 check = validate_dynamic_prompt(raw, task, group.n_subjects, token_counter(raw), token_budget)
             else:
                 raw, check = "", None

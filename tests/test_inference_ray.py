@@ -271,3 +271,81 @@ def test_the_candidate_stage_on_ray_equals_generate_candidates(tmp_path, tiny_mo
         min(count_faces(app, Image.open(plain_roots.resolve(p))), n) for p, n in zip(table["path"], table["n_subjects"])
     ]
     assert result.table.column("faces_found").to_pylist() == expected
+
+
+def test_the_prompt_stage_on_ray_equals_build_prompts(tmp_path, tiny_models_dir, hub):
+    """Dynamic prompts written by the tiny prompt model in Ray actors give build_prompts' table."""
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from idglow.inference.candidates import HubSpec
+    from idglow.inference.prompts import PromptReplicaFactory, prompt_items, raw_outputs
+    from idglow.prompt_synthesis import build_prompts
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name, colour in (("a", "red"), ("b", "blue"), ("c", "green")):
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((16, 12, 48, 52), fill=colour)
+        image.save(source / f"{name}.png")
+    groups = pd.DataFrame(
+        {
+            "group_id": ["g-1", "g-2"],
+            "kind": ["train", "benchmark"],
+            "n_subjects": [2, 3],
+            "identities": [[1, 2], [1, 2, 3]],
+            "condition_paths": [["a.png", "b.png"], ["a.png", "b.png", "c.png"]],
+        }
+    )
+    tokenizer = hub.generator_tokenizer()
+    arguments = (lambda text: len(tokenizer(text).input_ids), 512, "demo:test", 56 * 56, 12)
+    plain = build_prompts(groups, source, hub.prompt_model(), *arguments, progress=False)
+
+    stage_settings = {"prompt_model_version": "demo:test", "portrait_pixels": 56 * 56, "max_new_tokens": 12}
+    items = prompt_items(groups, stage_settings)
+    replicas = PromptReplicaFactory(HubSpec("demo", str(tiny_models_dir), "cpu"), str(source), 56 * 56, 12)
+    result = run_stage(items, replicas, tmp_path / "storage", stage="prompts", options=RayOptions(workers=1))
+    assert result.generated == 4 and items.num_rows == 4
+    written = build_prompts(groups, source, None, *arguments, progress=False, written=raw_outputs(result))
+    pd.testing.assert_frame_equal(written, plain)
+
+
+def test_the_pair_score_stage_on_ray_equals_score_pairs(tmp_path, tiny_models_dir, hub):
+    """Eq. 8 scored by ImageScorers in Ray actors, in batches, matches one score_pairs call."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from idglow.inference.candidates import HubSpec
+    from idglow.inference.scores import ScoreReplicaFactory, pair_items, scores_frame
+    from idglow.paths import TableRoots
+    from idglow.scoring import ImageScorer, score_pairs
+
+    root = tmp_path / "storage"
+    (root / "images").mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue", "green", "orange", "purple", "grey")):
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((8 + i, 10, 50 - i, 54), fill=colour)
+        image.save(root / "images" / f"{i}.png")
+    pairs = pd.DataFrame(
+        {
+            "pair_id": [f"pair-{i}" for i in range(5)],
+            "chosen_path": [f"images/{i}.png" for i in range(5)],
+            "rejected_path": [f"images/{i + 1}.png" for i in range(5)],
+            "condition_paths": [["images/0.png", "images/5.png"]] * 5,
+            "prompt": ["two friends", "two colleagues", "two friends", "a couple", "two people"],
+        }
+    )
+    roots = TableRoots(root, root)
+    plain = score_pairs(ImageScorer(hub, progress=False), roots.resolve_frame(pairs))
+
+    settings = {"profile": "demo", "scorers": "test"}
+    replicas = ScoreReplicaFactory(HubSpec("demo", str(tiny_models_dir), "cpu"), roots)
+    result = run_stage(pair_items(pairs, settings), replicas, root, stage="pair_scores", batch_size=2)
+    scores = scores_frame(result, pairs)
+    assert list(scores.columns) == list(plain.columns) and scores["pair_id"].tolist() == plain["pair_id"].tolist()
+    numbers = plain.columns.drop("pair_id")
+    np.testing.assert_allclose(scores[numbers].to_numpy(float), plain[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
+    # no pairs: the empty table score_pairs gives, without starting Ray
+    empty = run_stage(pair_items(pairs.iloc[:0], settings), replicas, root, stage="pair_scores")
+    assert scores_frame(empty, pairs.iloc[:0]).columns.tolist() == plain.columns.tolist()
