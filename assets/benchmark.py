@@ -13,11 +13,13 @@ one's confidence interval. ``benchmark_report`` writes the tables and plots.
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import pandas as pd
+from dagster_ray import RayResource
 
+from assets.inference import ray_options
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.partitions import add_partitions
 from assets.resources import IdglowSettings, ModelHubResource
@@ -32,11 +34,13 @@ from assets.training import (
     stored_path,
 )
 from evaluation.benchmark import aggregate, bootstrap_ci
-from evaluation.protocol import benchmark_jobs, evaluate_model
+from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, evaluate_model
 from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
 from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
+from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
+from idglow.inference.engine import run_stage
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
 from idglow.plots import markdown_image
 from idglow.profiles import Profile
@@ -150,10 +154,12 @@ def model_registry(context: dg.AssetExecutionContext, settings: IdglowSettings) 
     pool="gpu",
 )
 def benchmark_results(
-    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
 ) -> dg.MaterializeResult:
     """The evaluation protocol for one model version: benchmark groups x both tasks x static and
-    dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet)."""
+    dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet). The
+    images are generated on Ray (idglow.inference: one generator replica per actor), at the paths
+    and with the seeds the protocol uses; the protocol then finds them written and scores them."""
     profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
     version = context.partition_key
     entry = read_registry(settings).set_index("version").loc[version]
@@ -171,23 +177,25 @@ def benchmark_results(
         ),
         "code_version": code_version(),
     }
-    inference = benchmark_generation(profile)
-    pipeline = hub.generator()
-    if entry["lora_dir"]:
-        pipeline.load_lora_weights(resolve_under(paths.root, entry["lora_dir"]))
-    try:
-        frame = evaluate_model(
-            pipeline,
-            ImageScorer(hub),
-            benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(prompts_path))),
-            inference,
-            paths.asset_dir("benchmark_results") / "images" / version,
-            version,
-            lineage,
-        )
-    finally:
-        if entry["lora_dir"]:
-            pipeline.unload_lora_weights()
+    inference, roots = benchmark_generation(profile), settings.roots
+    jobs = benchmark_jobs(pd.read_parquet(prompts_path))  # stored paths
+    out_dir = paths.asset_dir("benchmark_results") / "images" / version
+    one = replace(inference, candidates_per_job=1)  # as evaluate_model generates
+    images = candidate_table(jobs, one, roots.store(out_dir), BENCHMARK_ROUND, version)
+    lora_dir = str(resolve_under(paths.root, entry["lora_dir"])) if entry["lora_dir"] else None
+    replicas = CandidateReplicaFactory(HubSpec.of(hub, models.device), one, roots, lora_dir, count_faces=False)
+    result = run_stage(
+        candidate_items(images),
+        replicas,
+        roots.storage,
+        stage=f"benchmark_results {version}",
+        options=ray_options(ray_cluster),
+        batch_size=4,
+        logger=context.log,
+    )
+    # Every image is written now: evaluate_model's generation keeps complete files and never
+    # calls the pipeline (None here), so it only scores them.
+    frame = evaluate_model(None, ImageScorer(hub), roots.resolve_frame(jobs), inference, out_dir, version, lineage)
     path = write_parquet_atomic(
         paths.asset_dir("benchmark_results") / f"{version}.parquet", settings.roots.store_frame(frame)
     )
@@ -203,6 +211,7 @@ def benchmark_results(
             "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
             "lineage": dg.MetadataValue.json(lineage),
             "inference": dg.MetadataValue.json(asdict(inference)),
+            "progress": dg.MetadataValue.json(result.progress),
         },
         data_version=dg.DataVersion(data_version),
     )
