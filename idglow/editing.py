@@ -361,7 +361,9 @@ def edit_candidates(
         )
         # one image at a time through the VAE: its 1 MP activations are the largest of the step
         images.extend(decode(pipeline, row, height, width)[0] for row in latents.split(1))
-    pipeline.maybe_free_model_hooks()
+        # what the pipeline does after each call; it also resets a step cache's state, which
+        # must not carry one batch's residuals into the next
+        pipeline.maybe_free_model_hooks()
     return images
 
 
@@ -370,6 +372,17 @@ def compile_repeated_blocks(pipeline, **compile_options) -> None:
     block class compiled once, reused by all 60), leaving the rest eager. Opt-in: the first call
     at each new shape pays the compilation."""
     pipeline.transformer.compile_repeated_blocks(**compile_options)
+
+
+def enable_first_block_cache(pipeline, threshold: float = 0.05) -> None:
+    """Lossy, off unless called: diffusers' First Block Cache on the transformer. Every step runs
+    the first block; when its residual moved by less than ``threshold`` (mean absolute change
+    over mean absolute value) since the last full step, the other blocks' residual from that step
+    is reused instead of running them. One decision per transformer call, so per batch of
+    candidates. ``pipeline.transformer.disable_cache()`` turns it off."""
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    pipeline.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
 def edit(
