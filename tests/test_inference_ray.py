@@ -3,6 +3,7 @@ worker killed mid-stage. The replica is the toy one (idglow/inference/toy.py): c
 deterministic, so every output can be checked byte for byte against an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,6 +148,7 @@ def ray_head():
         log.close()
         _, alive = psutil.wait_procs(_processes_in_group(head.pid), timeout=30)
         assert alive == [], f"ray processes left running: {[p.pid for p in alive]}"
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_stage_on_a_cluster_by_address_equals_the_embedded_run(tmp_path, ray_head):
@@ -239,7 +241,7 @@ def test_the_candidate_stage_on_ray_equals_generate_candidates(tmp_path, tiny_mo
             "photo_id": [None, "photo-2"],
         }
     )
-    settings = GenerationSettings(64, 64, 2, 1.0, 2, 0, ReferenceBudget(64 * 64, 56 * 56))
+    settings = GenerationSettings(64, 64, 2, 1.0, 3, 0, ReferenceBudget(64 * 64, 56 * 56))  # K=3, batches of 2
     plain_roots, ray_roots = TableRoots(tmp_path / "plain", dataset), TableRoots(tmp_path / "ray", dataset)
     plain, generated = generate_candidates(
         hub.generator(),
@@ -249,23 +251,37 @@ def test_the_candidate_stage_on_ray_equals_generate_candidates(tmp_path, tiny_mo
         "round-000",
         "base",
         progress=False,
+        candidates_batch=2,
     )
     table = candidate_table(jobs, settings, "candidate_images/round-000", "round-000", "base")
     assert table.equals(plain_roots.store_frame(plain))  # the asset's table, as it was
 
-    replicas = CandidateReplicaFactory(HubSpec("demo", str(tiny_models_dir), "cpu"), settings, ray_roots)
-    result = run_stage(
-        candidate_items(table),
-        replicas,
-        ray_roots.storage,
-        stage="candidate_images",
-        options=RayOptions(workers=1),
-        batch_size=2,
-        group_column="job_id",
-    )
-    assert result.generated == generated == 4
+    hub_spec = HubSpec("demo", str(tiny_models_dir), "cpu")
+    replicas = CandidateReplicaFactory(hub_spec, settings, ray_roots, candidates_batch=2)
+
+    def stage():
+        return run_stage(
+            candidate_items(table),
+            replicas,
+            ray_roots.storage,
+            stage="candidate_images",
+            options=RayOptions(workers=1),
+            batch_size=3,
+            group_column="job_id",
+        )
+
+    result = stage()
+    assert result.generated == generated == 6
     for stored in table["path"]:
         assert ray_roots.resolve(stored).read_bytes() == plain_roots.resolve(stored).read_bytes()
+    # one candidate lost: its group of two is redone, only it is written, and it is as it was
+    lost = ray_roots.resolve(table["path"][3])  # job-2's k0, batched with k1
+    kept = ray_roots.resolve(table["path"][4])
+    kept_time = kept.stat().st_mtime_ns
+    lost.unlink()
+    again = stage()
+    assert again.generated == 1 and kept.stat().st_mtime_ns == kept_time
+    assert lost.read_bytes() == plain_roots.resolve(table["path"][3]).read_bytes()
     app = hub.face_analysis()
     expected = [
         min(count_faces(app, Image.open(plain_roots.resolve(p))), n) for p, n in zip(table["path"], table["n_subjects"])

@@ -58,9 +58,12 @@ def candidate_table(
 
 def candidate_items(table: pd.DataFrame) -> pa.Table:
     """The engine's work items for a candidate table: what the replica reads, by candidate."""
-    columns = ["job_id", "seed", "prompt", "condition_paths", "n_subjects"]
-    items = table[columns].assign(**{ITEM_ID: table["candidate_id"], OUTPUT_PATH: table["path"]})
-    return pa.Table.from_pandas(items[[ITEM_ID, OUTPUT_PATH, *columns]], preserve_index=False)
+    columns = ["job_id", "k", "seed", "prompt", "condition_paths", "n_subjects"]
+    job_seeds = table.groupby("job_id", sort=False)["seed"].apply(list)  # by k: a redone group's seeds
+    items = table[columns].assign(
+        **{ITEM_ID: table["candidate_id"], OUTPUT_PATH: table["path"], "job_seeds": table["job_id"].map(job_seeds)}
+    )
+    return pa.Table.from_pandas(items[[ITEM_ID, OUTPUT_PATH, *columns, "job_seeds"]], preserve_index=False)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class CandidateReplicaFactory:
     roots: TableRoots  # the condition portraits' roots (storage and dataset), mounted alike on every node
     lora_dir: str | None = None  # a LoRA folder to load on the generator, or the base model
     count_faces: bool = True
+    candidates_batch: int = 4  # generate_candidates' fixed groups by k, denoised together
 
     def __call__(self) -> CandidateReplica:
         return CandidateReplica(self)
@@ -106,12 +110,17 @@ class CandidateReplica(Replica):
         self.faces = hub.face_analysis() if factory.count_faces else None
 
     def run(self, items: list[dict[str, Any]]) -> list[Image.Image]:
-        settings, images = self.factory.settings, []
+        """As ``generate_candidates``: a job's candidates are denoised in fixed groups by k, and a
+        group holding a missing one is redone whole (a row may round differently in another
+        batch), so a regenerated candidate is byte for byte what an uninterrupted run wrote."""
+        settings, batch, images = self.factory.settings, self.factory.candidates_batch, []
         for _, group in itertools.groupby(items, key=lambda item: item["job_id"]):
             group = list(group)  # one job's missing candidates: its encoding is shared
-            first = group[0]
+            first, missing = group[0], [int(item["k"]) for item in group]
+            seeds, redone = first["job_seeds"], {k // batch for k in missing}
+            redo = [k for k in range(len(seeds)) if k // batch in redone]
             references = [Image.open(self.factory.roots.resolve(p)).convert("RGB") for p in first["condition_paths"]]
-            images += edit_candidates(
+            made = edit_candidates(
                 self.pipeline,
                 references,
                 first["prompt"],
@@ -121,8 +130,11 @@ class CandidateReplica(Replica):
                 num_inference_steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale,
                 negative_prompt=" " if settings.true_cfg_scale > 1 else None,
-                generators=[torch.Generator(device="cpu").manual_seed(item["seed"]) for item in group],
+                generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in redo],
+                candidates_batch=batch,
             )
+            by_k = dict(zip(redo, made, strict=True))
+            images += [by_k[k] for k in missing]  # only the missing ones are written
         return images
 
     def write(self, output: Image.Image, path: Path) -> None:
