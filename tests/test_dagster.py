@@ -40,7 +40,9 @@ def test_definitions_load_and_validate(storage_env):
     check_keys = defs.resolve_asset_graph().asset_check_keys
     assert dg.AssetCheckKey(dg.AssetKey("identity_splits"), "identity_splits_are_disjoint") in check_keys
     assert defs.resolve_job_def("materialize_everything") is not None
-    assert defs.resources["settings"].storage_root == str(storage_env)
+    # the storage root comes from IDGLOW_STORAGE_ROOT, read through dg.EnvVar where the run executes
+    assert defs.resources["settings"].storage_root == dg.EnvVar("IDGLOW_STORAGE_ROOT")
+    assert str(defs.resources["settings"].paths.root) == str(storage_env)
 
 
 def test_workspace_module_builds_the_demo_profile():
