@@ -5,7 +5,9 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from dagster_ray import RayResource
 
+from assets.inference import IdglowRay
 from assets.training import GENERATOR_FILLED, PROMPT_DPO_FILLED
 from idglow.filtering import DEFAULT_THRESHOLDS
 from idglow.profiles import ENVIRONMENT_FIELDS, Profile
@@ -46,6 +48,11 @@ def test_every_method_constant_is_documented(name):
 )
 def test_every_training_run_config_field_is_documented(config, name):
     assert f"`{name}`" in TRAINING_DOC, f"{config}.{name}"
+
+
+@pytest.mark.parametrize("name", sorted(set(IdglowRay.model_fields) - set(RayResource.model_fields) | {"lifecycle"}))
+def test_every_ray_setting_is_documented(name):
+    assert f"`{name}`" in DOC
 
 
 @pytest.mark.parametrize(("metric", "threshold"), sorted(DEFAULT_THRESHOLDS.items()))
