@@ -5,12 +5,14 @@ same for every model), scored per image, each row carrying its lineage."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from evaluation.benchmark import image_scores
+from evaluation.benchmark import ImageScores, image_scores
 from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
 from idglow.scoring import ImageScorer
 
@@ -60,11 +62,17 @@ def evaluate_model(
 
 
 def score_external(
-    scorer: ImageScorer, manifest: pd.DataFrame, prompts: pd.DataFrame, method: str
+    scorer: ImageScorer | None,
+    manifest: pd.DataFrame,
+    prompts: pd.DataFrame,
+    method: str,
+    score: Callable[[list[str], list[list[str]], list[str]], list[ImageScores]] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Score images made elsewhere with the same metrics: each manifest row names a benchmark
     group, task and prompt kind, whose portraits and prompt come from the prompts table. Rows
-    naming no benchmark prompt are returned as problems."""
+    naming no benchmark prompt are returned as problems. ``score`` (images, their portraits, their
+    prompts) computes the metrics, by default ``image_scores`` with ``scorer`` in this process;
+    ``idglow eval external`` passes the engine's stage (``idglow.inference.scores.image_scores_on_ray``)."""
     bench = prompts[prompts["group_kind"] == "bench"].set_index(["group_id", "task", "prompt_kind"])
     known, problems = [], []
     for row in manifest.itertuples():
@@ -73,8 +81,9 @@ def score_external(
             problems.append(f"{row.image}: no benchmark prompt for group {row.group_id}, {row.task}, {row.prompt_kind}")
             continue
         known.append((row, bench.loc[key]))
-    scored = image_scores(
-        scorer,
+    if score is None:
+        score = partial(image_scores, scorer)
+    scored = score(
         [row.image for row, _ in known],
         [list(prompt["condition_paths"]) for _, prompt in known],
         [prompt["prompt"] for _, prompt in known],

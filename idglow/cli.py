@@ -7,6 +7,7 @@ callback settles the process environment (``idglow.environment.settle``) before 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -172,17 +173,22 @@ def eval_external_command(
     """Score images made elsewhere on the benchmark groups with the same metrics; the next
     benchmark_report includes them. Missing, unreadable or unknown images are listed, never skipped silently."""
     from dataclasses import replace
+    from functools import partial
 
     import pandas as pd
 
     from evaluation.benchmark import read_external_manifest
     from evaluation.protocol import score_external
+    from idglow.inference.engine import RayOptions
+    from idglow.inference.scores import image_scores_on_ray
     from idglow.models.hub import ModelHub
     from idglow.paths import ArtifactPaths, TableRoots
     from idglow.profiles import load_profile
-    from idglow.scoring import ImageScorer
     from idglow.storage import copy_in, write_parquet_atomic
 
+    # Scored on the engine (one ImageScorer per Ray actor): an embedded Ray for the command, or
+    # the cluster at IDGLOW_RAY_ADDRESS, read here once and passed down.
+    ray_options = RayOptions(address=os.environ.get("IDGLOW_RAY_ADDRESS") or None)
     profile = load_profile()
     paths = ArtifactPaths((storage_root or profile.storage_root).absolute())
     if not paths.table("prompts").exists():
@@ -194,11 +200,13 @@ def eval_external_command(
     imported = paths.asset_dir("benchmark_results") / "images" / f"external-{name}"
     rows = rows.assign(image=[str(copy_in(image, imported)) for image in rows["image"]]) if len(rows) else rows
     roots = TableRoots(paths.root, replace(profile, storage_root=paths.root).celebahq_source.absolute())
+    hub = ModelHub.of_profile(profile)
     scores, unknown = score_external(
-        ImageScorer(ModelHub.of_profile(profile)),
+        None,
         rows,
         roots.resolve_frame(pd.read_parquet(paths.table("prompts"))),
         f"external-{name}",
+        score=partial(image_scores_on_ray, hub, roots, options=ray_options),  # each actor its own device
     )
     out = write_parquet_atomic(
         paths.asset_dir("benchmark_results") / f"external-{name}.parquet", roots.store_frame(scores)

@@ -365,3 +365,37 @@ def test_the_pair_score_stage_on_ray_equals_score_pairs(tmp_path, tiny_models_di
     # no pairs: the empty table score_pairs gives, without starting Ray
     empty = run_stage(pair_items(pairs.iloc[:0], settings), replicas, root, stage="pair_scores")
     assert scores_frame(empty, pairs.iloc[:0]).columns.tolist() == plain.columns.tolist()
+
+
+def test_the_image_score_stage_on_ray_equals_image_scores(tmp_path, tiny_models_dir, hub):
+    """idglow eval external's scoring: image_scores by ImageScorers in Ray actors, in batches,
+    matches the plain call; an image given twice is scored once."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from evaluation.benchmark import image_scores
+    from idglow.inference.scores import image_items, image_scores_on_ray
+    from idglow.paths import TableRoots
+    from idglow.scoring import ImageScorer
+
+    root = tmp_path / "storage"
+    (root / "images").mkdir(parents=True)
+    for i, colour in enumerate(("red", "blue", "green", "orange", "purple")):
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((8 + i, 10, 50 - i, 54), fill=colour)
+        image.save(root / "images" / f"{i}.png")
+    roots = TableRoots(root, root)
+    images = [str(root / "images" / f"{i}.png") for i in (0, 1, 2, 3, 0)]  # the last as the first
+    conditions = [[str(root / "images" / "4.png"), str(root / "images" / "1.png")]] * 5
+    prompts = ["two friends", "two colleagues", "two friends", "a couple", "two friends"]
+    plain = image_scores(ImageScorer(hub, progress=False), images, conditions, prompts)
+
+    stored = [roots.store(p) for p in images]
+    assert image_items(stored, [[roots.store(p) for p in c] for c in conditions], prompts, {}, roots).num_rows == 4
+    scored = image_scores_on_ray(hub, roots, images, conditions, prompts, batch_size=2, device="cpu")
+    assert [type(s) for s in scored] == [type(s) for s in plain]
+    assert [(s.faces_found, s.missing_faces) for s in scored] == [(s.faces_found, s.missing_faces) for s in plain]
+    np.testing.assert_allclose(
+        [list(s.__dict__.values()) for s in scored], [list(s.__dict__.values()) for s in plain], rtol=1e-5, atol=1e-6
+    )
+    assert image_scores_on_ray(hub, roots, [], [], []) == []

@@ -7,9 +7,10 @@ run the same images in other batch compositions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ import pandas as pd
 import pyarrow as pa
 
 from idglow.inference.candidates import HubSpec
-from idglow.inference.engine import ITEM_ID, OUTPUT_PATH, RESULT_COLUMNS, Replica, StageResult, output_path
+from idglow.inference.engine import (
+    ITEM_ID,
+    OUTPUT_PATH,
+    RESULT_COLUMNS,
+    RayOptions,
+    Replica,
+    StageResult,
+    output_path,
+    run_stage,
+)
+from idglow.models.hub import ModelHub
 from idglow.paths import TableRoots
 from idglow.scoring import ImageScorer, score_pairs
 
@@ -84,3 +95,108 @@ def _plain(value):
     if hasattr(value, "item"):
         value = value.item()
     return float("nan") if isinstance(value, float) and math.isnan(value) else value
+
+
+# ------------------------------------------------------------------ image scores (eval external)
+
+IMAGE_STAGE = "image_scores"
+
+
+def image_id(roots: TableRoots, image: str, condition_paths: list[str], prompt: str) -> str:
+    """An image item's id: the stored image's content hash with its portraits and prompt, so an
+    output is never reused for another image stored under the same name."""
+    from idglow.storage import sha256_file
+
+    key = [sha256_file(roots.resolve(image)), list(condition_paths), prompt]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+
+
+def image_items(
+    images: list[str], condition_paths: list[list[str]], prompts: list[str], settings, roots: TableRoots
+) -> pa.Table:
+    """One item per image to score against its portraits and prompt (paths stored under
+    ``roots``; the same image, portraits and prompt given twice are one item); its output also
+    depends on ``settings`` (the scorers' fingerprints)."""
+    ids = [image_id(roots, *key) for key in zip(images, condition_paths, prompts, strict=True)]
+    first = sorted({item: i for i, item in reversed(list(enumerate(ids)))}.values())
+    return pa.table(
+        {
+            ITEM_ID: [ids[i] for i in first],
+            OUTPUT_PATH: [output_path(IMAGE_STAGE, ids[i], settings, ".json") for i in first],
+            "image": [images[i] for i in first],
+            "condition_paths": pa.array([list(condition_paths[i]) for i in first], pa.list_(pa.string())),
+            "prompt": [prompts[i] for i in first],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ImageScoreReplicaFactory:
+    """``evaluation.benchmark.image_scores`` in each actor: one ImageScorer, a batch's images
+    scored together (each portrait analysed once), one JSON row per image."""
+
+    hub: HubSpec
+    roots: TableRoots  # what the stored paths resolve against, mounted alike on every node
+    batch_size: int = 64
+
+    def __call__(self) -> ImageScoreReplica:
+        return ImageScoreReplica(self)
+
+
+class ImageScoreReplica(ScoreReplica):
+    def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from evaluation.benchmark import image_scores
+
+        frame = self.factory.roots.resolve_frame(pd.DataFrame(items), ("image", "condition_paths"))
+        scored = image_scores(self.scorer, list(frame["image"]), list(frame["condition_paths"]), list(frame["prompt"]))
+        return [{ITEM_ID: item[ITEM_ID], **asdict(scores)} for item, scores in zip(items, scored, strict=True)]
+
+    def is_complete(self, path: Path) -> bool:
+        try:
+            return ITEM_ID in json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+
+    def describe(self, item: dict[str, Any], path: Path) -> dict[str, Any]:
+        return {k: v for k, v in json.loads(path.read_text()).items() if k != ITEM_ID}
+
+
+def image_scores_on_ray(
+    hub: ModelHub,
+    roots: TableRoots,
+    images: list[str],
+    condition_paths: list[list[str]],
+    prompts: list[str],
+    *,
+    options: RayOptions = RayOptions(),
+    device: str | None = None,
+    batch_size: int = 64,
+    logger: Any = None,
+) -> list:
+    """``evaluation.benchmark.image_scores`` of these images (files under ``roots``, absolute or
+    stored) as a stage on the engine: ``ImageScores`` in their order, equal to the plain call up
+    to float rounding (CLIP and the face pack see other batch compositions)."""
+    from evaluation.benchmark import ImageScores
+    from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
+
+    fingerprints = {
+        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
+    }
+    settings = {"profile": hub.profile, **fingerprints}
+    stored = [roots.store(image) for image in images]
+    conditions = [[roots.store(p) for p in paths] for paths in condition_paths]
+    result = run_stage(
+        image_items(stored, conditions, prompts, settings, roots),
+        ImageScoreReplicaFactory(HubSpec.of(hub, device), roots, batch_size),
+        roots.storage,
+        stage=IMAGE_STAGE,
+        options=options,
+        batch_size=batch_size,
+        logger=logger,
+    )
+    if not result.table.num_rows:
+        return []
+    columns = [f.name for f in fields(ImageScores)]
+    by_id = {row[ITEM_ID]: row for row in result.table.select([ITEM_ID, *columns]).to_pylist()}
+    ids = [image_id(roots, *key) for key in zip(stored, conditions, prompts, strict=True)]
+    return [ImageScores(**{c: by_id[i][c] for c in columns}) for i in ids]
