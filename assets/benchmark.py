@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 from dagster_ray import RayResource
 
-from assets.inference import ray_options
+from assets.inference import run_on_ray
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.partitions import add_partitions
 from assets.resources import IdglowSettings, ModelHubResource
@@ -40,7 +40,6 @@ from idglow import code_version
 from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
-from idglow.inference.engine import run_stage
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
 from idglow.plots import markdown_image
 from idglow.profiles import Profile
@@ -184,14 +183,14 @@ def benchmark_results(
     images = candidate_table(jobs, one, roots.store(out_dir), BENCHMARK_ROUND, version)
     lora_dir = str(resolve_under(paths.root, entry["lora_dir"])) if entry["lora_dir"] else None
     replicas = CandidateReplicaFactory(HubSpec.of(hub, models.device), one, roots, lora_dir, count_faces=False)
-    result = run_stage(
+    result = run_on_ray(
+        context,
+        ray_cluster,
         candidate_items(images),
         replicas,
         roots.storage,
         stage=f"benchmark_results {version}",
-        options=ray_options(ray_cluster),
         batch_size=4,
-        logger=context.log,
     )
     # Every image is written now: evaluate_model's generation keeps complete files and never
     # calls the pipeline (None here), so it only scores them.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import dagster as dg
-from dagster_ray import Lifecycle, RayResource
+import pyarrow as pa
+from dagster_ray import Lifecycle, PipesRayJobClient, RayResource
 from pydantic import Field
 
-from idglow.inference.engine import RayOptions, init_ray
+from idglow.inference.engine import RayOptions, Replica, StageResult, init_ray, run_stage
+from idglow.inference.jobs import StageRequest, submit_stage
 
 
 class IdglowRay(RayResource):
@@ -21,6 +24,12 @@ class IdglowRay(RayResource):
     same key: the stages use the Ray it connected."""
 
     address: str | None = Field(default=None, description="A Ray cluster to join; unset: a local Ray per stage.")
+    job_address: str | None = Field(
+        default=None,
+        description="A Ray cluster's dashboard (http://head:8265) to submit each stage to as a Ray job, through "
+        "dagster-ray's Pipes client; unset: stages run in the step (on address's cluster or a local Ray).",
+    )
+    job_python: str = Field(default="python", description="The interpreter a submitted job runs on the cluster.")
     workers: int | None = Field(default=None, description="Model replicas per stage; unset: one per GPU, else one.")
     num_cpus: int | None = Field(default=None, description="The local Ray's CPUs; unset: the machine's.")
     object_store_mb: int = Field(default=256, description="The local Ray's object store (items and results only).")
@@ -31,7 +40,8 @@ class IdglowRay(RayResource):
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> IdglowRay:
         env = os.environ if env is None else env
-        return cls(address=dg.EnvVar("IDGLOW_RAY_ADDRESS")) if env.get("IDGLOW_RAY_ADDRESS") else cls()
+        variables = {"address": "IDGLOW_RAY_ADDRESS", "job_address": "IDGLOW_RAY_JOB_ADDRESS"}
+        return cls(**{field: dg.EnvVar(variable) for field, variable in variables.items() if env.get(variable)})
 
     @property
     def host(self) -> str:
@@ -66,3 +76,33 @@ def ray_options(ray_cluster: RayResource) -> RayOptions:
     """Where a stage runs for a dagster-ray resource: an ``IdglowRay``'s options, else the Ray
     that resource connected (its address if it left Ray unconnected)."""
     return ray_cluster.options() if isinstance(ray_cluster, IdglowRay) else RayOptions(ray_cluster.ray_address)
+
+
+def run_on_ray(
+    context: dg.AssetExecutionContext,
+    ray_cluster: RayResource,
+    items: pa.Table,
+    replica_factory: Callable[[], Replica],
+    storage_root: Path,
+    *,
+    stage: str,
+    batch_size: int,
+    group_column: str | None = None,
+) -> StageResult:
+    """Run a stage where the resource says: submitted as a Ray job (``job_address``: dagster-ray's
+    ``PipesRayJobClient``, the job's progress streamed into this run), or in this step on the Ray
+    ``ray_options`` names. Either way ``run_stage`` does the work, so the outputs are the same."""
+    if isinstance(ray_cluster, IdglowRay) and ray_cluster.job_address:
+        request = StageRequest(stage, items, replica_factory, batch_size, group_column, ray_cluster.workers)
+        client = PipesRayJobClient(address=ray_cluster.job_address, poll_interval=1.0)
+        return submit_stage(context, client, request, storage_root, python=ray_cluster.job_python)
+    return run_stage(
+        items,
+        replica_factory,
+        storage_root,
+        stage=stage,
+        options=ray_options(ray_cluster),
+        batch_size=batch_size,
+        group_column=group_column,
+        logger=context.log,
+    )

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.compute as pc
 from dagster_ray import RayResource
 
-from assets.inference import ray_options
+from assets.inference import run_on_ray
 from assets.metadata import data_version_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
 from idglow.data.group_photos import (
@@ -24,7 +24,6 @@ from idglow.editing import ReferenceBudget
 from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import JOB_COLUMNS, GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
-from idglow.inference.engine import run_stage
 from idglow.inference.prompts import PromptReplicaFactory, prompt_items, raw_outputs
 from idglow.inference.scores import ScoreReplicaFactory, pair_items, scores_frame
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, PROMPT_MODEL, component_fingerprint
@@ -82,14 +81,14 @@ def prompts(
             profile.prompt_max_new_tokens,
             str(aligned.absolute()) if aligned else None,
         )
-        result = run_stage(
+        result = run_on_ray(
+            context,
+            ray_cluster,
             prompt_items(groups, stage_settings),
             replicas,
             roots.storage,
             stage="prompts",
-            options=ray_options(ray_cluster),
             batch_size=4,
-            logger=context.log,
         )
         written, progress = raw_outputs(result), {"progress": dg.MetadataValue.json(result.progress)}
     table = build_prompts(
@@ -242,15 +241,15 @@ def candidate_images(
     out_dir = paths.asset_dir("candidate_images") / round_name
     table = candidate_table(jobs, settings_used, roots.store(out_dir), round_name, version)
     replicas = CandidateReplicaFactory(HubSpec.of(hub, models.device), settings_used, roots, lora_dir)
-    result = run_stage(
+    result = run_on_ray(
+        context,
+        ray_cluster,
         candidate_items(table),
         replicas,
         roots.storage,
         stage=f"candidate_images {round_name}",
-        options=ray_options(ray_cluster),
         batch_size=settings_used.candidates_per_job,  # one job per batch: its encoding is shared
         group_column="job_id",
-        logger=context.log,
     )
     generated, seconds = result.generated, float(pc.sum(result.table.column("seconds")).as_py() or 0.0)
     faces_found = result.table.column("faces_found").to_pylist() if len(table) else []
@@ -317,14 +316,14 @@ def pair_scores(
         role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
     }
     started = time.perf_counter()
-    result = run_stage(
+    result = run_on_ray(
+        context,
+        ray_cluster,
         pair_items(stored, {"profile": hub.profile, **scorers}),
         ScoreReplicaFactory(HubSpec.of(hub, models.device), roots),
         roots.storage,
         stage="pair_scores",
-        options=ray_options(ray_cluster),
         batch_size=64,
-        logger=context.log,
     )
     scores = scores_frame(result, stored)
     seconds = time.perf_counter() - started

@@ -2,6 +2,7 @@
 worker killed mid-stage. The replica is the toy one (idglow/inference/toy.py): cheap and
 deterministic, so every output can be checked byte for byte against an uninterrupted run."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -107,10 +108,11 @@ def _processes_in_group(group: int) -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture
-def ray_head():
-    """A Ray head on 127.0.0.1 started with ``ray start --head --block`` in its own session, its
-    address yielded; stopped afterwards by its process group, and checked to leave no process."""
+@contextlib.contextmanager
+def _running_head(dashboard_port: int | None = None):
+    """A Ray head on 127.0.0.1 started with ``ray start --head --block`` in its own session (with
+    its dashboard, which serves the job API, on ``dashboard_port`` if given), its address yielded;
+    stopped afterwards by its process group, and checked to leave no process."""
     temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = _free_port()
     ray = str(Path(sys.executable).with_name("ray"))
@@ -122,14 +124,20 @@ def ray_head():
         "--node-ip-address=127.0.0.1",
         f"--port={port}",
         "--num-cpus=2",
-        "--include-dashboard=false",
+        *(
+            [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+            if dashboard_port
+            else ["--include-dashboard=false"]
+        ),
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
         f"--ray-client-server-port={_free_port()}",
         f"--dashboard-agent-listen-port={_free_port()}",
     ]
     log = open(Path(temp_dir) / "ray-start.log", "wb")
-    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # A submitted job's entrypoint finds this environment's python on the head's PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while not (Path(temp_dir) / "ray_current_cluster").exists():
@@ -149,6 +157,20 @@ def ray_head():
         _, alive = psutil.wait_procs(_processes_in_group(head.pid), timeout=30)
         assert alive == [], f"ray processes left running: {[p.pid for p in alive]}"
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head():
+    with _running_head() as address:
+        yield address
+
+
+@pytest.fixture
+def ray_head_with_jobs():
+    """A head with its dashboard: (its address, the dashboard's job API address)."""
+    port = _free_port()
+    with _running_head(dashboard_port=port) as address:
+        yield address, f"http://127.0.0.1:{port}"
 
 
 def test_a_stage_on_a_cluster_by_address_equals_the_embedded_run(tmp_path, ray_head):
@@ -365,6 +387,36 @@ def test_the_pair_score_stage_on_ray_equals_score_pairs(tmp_path, tiny_models_di
     # no pairs: the empty table score_pairs gives, without starting Ray
     empty = run_stage(pair_items(pairs.iloc[:0], settings), replicas, root, stage="pair_scores")
     assert scores_frame(empty, pairs.iloc[:0]).columns.tolist() == plain.columns.tolist()
+
+
+def test_a_stage_submitted_as_a_ray_job_streams_its_progress_and_equals_the_embedded_run(tmp_path, ray_head_with_jobs):
+    """dagster-ray's Pipes client submits the stage to the head's job API; the job runs the same
+    run_stage there, its progress lines reach the Dagster run's log, and the outputs equal an
+    embedded run's."""
+    import dagster as dg
+    from dagster_ray import RayResource
+
+    from assets.inference import IdglowRay, run_on_ray
+
+    _, job_address = ray_head_with_jobs
+    items, root = _items(6), tmp_path / "storage"
+    embedded = run_stage(items, ToyReplicaFactory(**SETTINGS), tmp_path / "embedded", stage=STAGE)
+
+    @dg.asset
+    def toy_stage(context: dg.AssetExecutionContext, ray_cluster: RayResource) -> dg.MaterializeResult:
+        result = run_on_ray(context, ray_cluster, items, ToyReplicaFactory(**SETTINGS), root, stage=STAGE, batch_size=2)
+        rows = {"rows": _comparable(result.table), "done": result.progress["items_done"]}
+        return dg.MaterializeResult(metadata={"result": dg.MetadataValue.json(rows)})
+
+    instance = dg.DagsterInstance.ephemeral()
+    ray_cluster = IdglowRay(job_address=job_address, workers=2)
+    run = dg.materialize([toy_stage], resources={"ray_cluster": ray_cluster}, instance=instance)
+    metadata = run.asset_materializations_for_node("toy_stage")[0].metadata
+    assert metadata["result"].data == {"rows": _comparable(embedded.table), "done": 6}
+    assert _outputs(root, embedded.table) == _outputs(tmp_path / "embedded", embedded.table)
+    messages = [entry.user_message for entry in instance.all_logs(run.run_id)]
+    assert any(f"{STAGE}: 6/6 items" in message for message in messages), messages
+    assert _partials(root) == []
 
 
 def test_the_image_score_stage_on_ray_equals_image_scores(tmp_path, tiny_models_dir, hub):
