@@ -1,0 +1,366 @@
+"""A tiny Qwen2.5-VL trained to describe the demo world (a study; not wired in).
+
+The demo's prompt model (``idglow.models.tiny_qwen_vl.write_tiny_vl``) has random weights: its
+dynamic prompts never pass ``validate_dynamic_prompt`` and every one falls back to the static
+template. This module fine-tunes the same classes (``Qwen2_5_VLForConditionalGeneration`` with a
+``Qwen2VLProcessor``) by teacher forcing, cross-entropy on the response tokens only, on examples
+drawn from the world itself: one to three people (mostly two and three), each portrait drawn the
+way ``idglow.data.demo_celebahq`` draws one (``identity_style``, ``render_portrait`` at 256², a
+JPEG round trip, ``_attributes``) and resized by ``prompt_portrait`` to the profile's 56²; the
+input is exactly the chat that ``write_dynamic_prompt`` builds (``dynamic_instruction``), the
+target the attribute-bound ``descriptive_prompt`` of those people's CelebA attributes, for both
+tasks. Identities are split by number: a held-out set (``heldout_identities``) that training
+never draws, for evaluation.
+
+The tokenizer is a byte-level BPE with Qwen's special tokens, as the tiny twin's, trained on a
+corpus that adds the instructions and descriptive prompts to the twin's corpus, so the words of
+a description are a token or two each.
+
+Everything is seeded and runs on one thread, so a recipe gives the same weights on a machine.
+``build_world_prompt_model`` saves model, processor and tokenizer with ``save_pretrained`` (they
+load back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained``, as the hub
+loads the prompt model) and a stamp of the recipe (``idglow.models.tiny.build_atomically``).
+``benchmarks/world_prompt_model.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
+
+from idglow.data import celebahq as layout
+from idglow.data.demo_celebahq import _attributes, identity_style
+from idglow.data.faces import render_portrait
+from idglow.data.groups import TASKS
+from idglow.models import tiny_qwen_vl
+from idglow.models.tiny import build_atomically
+from idglow.prompt_synthesis import prompt_portrait
+from idglow.prompts import describe_person, descriptive_prompt, dynamic_instruction
+
+RECIPE_VERSION = 1
+ROLE = "world_prompt_model"
+TRAINING_FILE = "training.json"
+IDENTITY_NUMBERS = range(1, 10178)  # CelebA's identity numbers, as demo_celebahq draws them
+PORTRAIT_SIZE = 256  # the demo dataset's image side (DemoDatasetSpec.size)
+ATTRIBUTE_NAMES = tuple(layout.CELEBA_ATTRIBUTES)
+
+
+@dataclass(frozen=True)
+class WorldPromptConfig:
+    """Everything that decides the trained weights."""
+
+    seed: int = 0
+    steps: int = 360
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    hidden_size: int = 96
+    intermediate_size: int = 192
+    num_hidden_layers: int = 3
+    head_dim: int = 16
+    num_key_value_heads: int = 2
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_depth: int = 1
+    vocab_size: int = 1024
+    portrait_pixels: int = 56 * 56  # the demo profile's prompt_portrait_pixels
+    world_seed: int = 0  # the demo dataset's seed: identity_style(identity, world_seed)
+    heldout: int = 400  # identity numbers training never draws
+    group_sizes: tuple[int, ...] = (1, 2, 3)
+    group_weights: tuple[float, ...] = (0.1, 0.45, 0.45)
+    vision_lr_scale: float = 1.0  # the vision tower's learning rate, relative to learning_rate
+    # an auxiliary linear probe (discarded after training) on each portrait's merged vision tokens,
+    # predicting the drawn attributes (hair phrase, glasses, beard, smile); 0 turns it off
+    probe_weight: float = 1.0
+
+
+def heldout_identities(config: WorldPromptConfig) -> np.ndarray:
+    """The identity numbers kept for evaluation (seeded by the world seed, not the training seed)."""
+    rng = np.random.default_rng([config.world_seed, 1414])
+    return np.sort(rng.choice(np.asarray(IDENTITY_NUMBERS), size=config.heldout, replace=False))
+
+
+def training_identities(config: WorldPromptConfig) -> np.ndarray:
+    return np.setdiff1d(np.asarray(IDENTITY_NUMBERS), heldout_identities(config))
+
+
+@dataclass
+class WorldPerson:
+    identity: int
+    portrait: Image.Image  # at the prompt model's pixels, as prompt_portrait gives it
+    attributes: dict[str, bool]
+
+
+def draw_person(identity: int, image_key: int, world_seed: int, young: bool, pixels: int) -> WorldPerson:
+    """One portrait of ``identity`` and its CelebA attributes, as demo_celebahq draws an image
+    (``image_key`` plays the hq_idx), through a JPEG round trip and ``prompt_portrait``."""
+    style = identity_style(identity, world_seed)
+    image_rng = np.random.default_rng([world_seed, image_key, 7])
+    smile = float(image_rng.uniform(-0.3, 1.0))
+    image, _ = render_portrait(style, PORTRAIT_SIZE, image_rng, smile=smile)
+    attributes = dict(zip(ATTRIBUTE_NAMES, _attributes(style, young, smile, image_rng), strict=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return WorldPerson(identity, prompt_portrait(image, pixels), attributes)
+
+
+def draw_group(rng: np.random.Generator, identities: np.ndarray, config: WorldPromptConfig) -> list[WorldPerson]:
+    n = int(rng.choice(config.group_sizes, p=np.asarray(config.group_weights) / sum(config.group_weights)))
+    chosen = rng.choice(identities, size=n, replace=False)
+    return [
+        draw_person(
+            int(i), int(rng.integers(1 << 30)), config.world_seed, bool(rng.random() < 0.7), config.portrait_pixels
+        )
+        for i in chosen
+    ]
+
+
+def heldout_groups(config: WorldPromptConfig, count: int, seed: int = 2024) -> list[list[WorldPerson]]:
+    """``count`` groups of held-out identities, the same for every training seed."""
+    rng = np.random.default_rng([config.world_seed, seed])
+    return [draw_group(rng, heldout_identities(config), config) for _ in range(count)]
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+def _corpus() -> list[str]:
+    """The tiny twin's corpus, every instruction, and descriptive prompts over attribute combinations."""
+    texts = list(tiny_qwen_vl._CORPUS)
+    texts += [dynamic_instruction(task, n) for task in TASKS for n in range(1, 6)]
+    hair = ("Bald", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", None)
+    extras = ("Eyeglasses", "Goatee", "Mustache", "Wearing_Hat", "Wearing_Earrings", "Wearing_Necktie", "Smiling")
+    people = []
+    for male, h, extra in itertools.product((False, True), hair, (None, *extras)):
+        person = {"Male": male}
+        if h:
+            person[h] = True
+        if extra:
+            person[extra] = True
+        people.append(person)
+    for task in TASKS:
+        for n in (1, 2, 3):
+            for k in range(0, len(people), n):
+                texts.append(descriptive_prompt(task, [people[(k + j) % len(people)] for j in range(n)]))
+    return texts
+
+
+def build_world_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
+    """A byte-level BPE on ``_corpus()`` with Qwen's special tokens and the twin's chat template."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(_corpus(), trainer)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        bpe.model.save(folder)
+        vocab = json.loads((Path(folder) / "vocab.json").read_text())
+        merges = [
+            tuple(line.split())
+            for line in (Path(folder) / "merges.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tiny_qwen_vl.SPECIAL_TOKENS[1:])})
+    tokenizer.chat_template = tiny_qwen_vl.CHAT_TEMPLATE
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------ model/data
+
+
+def build_untrained(config: WorldPromptConfig) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor]:
+    tokenizer = build_world_tokenizer(config.vocab_size)
+    processor = tiny_qwen_vl.build_processor(tokenizer)
+    sizes = tiny_qwen_vl.VLSizes(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        head_dim=config.head_dim,
+        num_key_value_heads=config.num_key_value_heads,
+        vision_depth=config.vision_depth,
+        vision_hidden_size=config.vision_hidden_size,
+        vision_intermediate_size=config.vision_intermediate_size,
+        vision_num_heads=config.vision_hidden_size // 16,
+        vision_out_hidden_size=config.hidden_size,
+    )
+    return tiny_qwen_vl.build_model(tokenizer, config.seed, sizes), processor
+
+
+def chat_prompt(processor, n_portraits: int, task: str) -> str:
+    """The chat text ``write_dynamic_prompt`` gives the model."""
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                *({"type": "image"} for _ in range(n_portraits)),
+                {"type": "text", "text": dynamic_instruction(task, n_portraits)},
+            ],
+        }
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def target_prompt(task: str, group: list[WorldPerson]) -> str:
+    return descriptive_prompt(task, [p.attributes for p in group])
+
+
+def batch_inputs(processor, examples: list[tuple[list[WorldPerson], str]]) -> dict[str, torch.Tensor]:
+    """Right-padded inputs with labels on the response tokens (and the closing ``<|im_end|>``) only."""
+    end = processor.tokenizer.eos_token
+    texts, images, prompt_lengths = [], [], []
+    for group, task in examples:
+        prompt = chat_prompt(processor, len(group), task)
+        portraits = [p.portrait for p in group]
+        prompt_lengths.append(processor(text=[prompt], images=portraits, return_tensors="pt")["input_ids"].shape[1])
+        texts.append(prompt + target_prompt(task, group) + end)
+        images.extend(portraits)
+    processor.tokenizer.padding_side = "right"
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    labels = inputs["input_ids"].clone()
+    for row, start in enumerate(prompt_lengths):
+        labels[row, :start] = -100
+    labels[inputs["attention_mask"] == 0] = -100
+    inputs["labels"] = labels
+    return dict(inputs)
+
+
+def response_loss(model, processor, examples: list[tuple[list[WorldPerson], str]], batch_size: int = 8) -> float:
+    """Mean cross-entropy per response token of ``examples`` (teacher forcing)."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            inputs = batch_inputs(processor, examples[start : start + batch_size])
+            count = int((inputs["labels"][:, 1:] != -100).sum())
+            total += float(model(**inputs).loss) * count
+            tokens += count
+    return total / tokens
+
+
+HAIR_PHRASES = ("a bald head", "black hair", "blond hair", "brown hair", "grey hair", "dark hair")
+_PROBE_FLAGS = ("Eyeglasses", "Goatee", "Smiling")
+
+
+def probe_targets(people: list[WorldPerson]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per portrait: the hair phrase ``describe_person`` writes (a class) and the drawn flags."""
+    hair = [next(i for i, h in enumerate(HAIR_PHRASES) if h in describe_person(p.attributes)) for p in people]
+    flags = [[float(p.attributes.get(k, False)) for k in _PROBE_FLAGS] for p in people]
+    return torch.tensor(hair), torch.tensor(flags)
+
+
+class _VisionCapture:
+    """Keeps the vision tower's merged tokens of the last forward (a forward hook)."""
+
+    def __init__(self, visual) -> None:
+        self.output = None
+        self.handle = visual.register_forward_hook(lambda _m, _a, out: setattr(self, "output", out.pooler_output))
+
+
+def _learning_rate(config: WorldPromptConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_world_prompt_model(
+    seed: int = 0, steps: int | None = None, config: WorldPromptConfig | None = None, progress=None
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor, list[dict]]:
+    """Supervised fine-tuning on freshly drawn world groups; returns model (eval mode), processor
+    and the training log. ``seed``/``steps`` override ``config``'s."""
+    config = config or WorldPromptConfig()
+    config = WorldPromptConfig(**{**asdict(config), "seed": seed, **({"steps": steps} if steps is not None else {})})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, processor = build_untrained(config)
+        model.train()
+        torch.manual_seed(config.seed)
+        visual = model.model.visual
+        vision_ids = {id(p) for p in visual.parameters()}
+        probe = torch.nn.Linear(config.hidden_size, len(HAIR_PHRASES) + len(_PROBE_FLAGS))
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in vision_ids], "scale": 1.0},
+            {"params": list(visual.parameters()) + list(probe.parameters()), "scale": config.vision_lr_scale},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+        capture = _VisionCapture(visual) if config.probe_weight > 0 else None
+        rng = np.random.default_rng([config.seed, 77])
+        identities = training_identities(config)
+        log = []
+        for step in range(config.steps):
+            examples = []
+            for _ in range(config.batch_size):
+                group = draw_group(rng, identities, config)
+                examples.append((group, TASKS[int(rng.integers(len(TASKS)))]))
+            inputs = batch_inputs(processor, examples)
+            for group_ in optimizer.param_groups:
+                group_["lr"] = _learning_rate(config, step) * group_["scale"]
+            loss = response = model(**inputs).loss
+            if capture is not None:
+                per_image = (inputs["image_grid_thw"].prod(-1) // visual.spatial_merge_size**2).tolist()
+                pooled = torch.stack([t.mean(0) for t in torch.split(capture.output, per_image)])
+                hair, flags = probe_targets([p for group, _ in examples for p in group])
+                logits = probe(pooled)
+                probe_loss = F.cross_entropy(logits[:, : len(HAIR_PHRASES)], hair)
+                probe_loss = probe_loss + F.binary_cross_entropy_with_logits(logits[:, len(HAIR_PHRASES) :], flags)
+                loss = loss + config.probe_weight * probe_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            row = {"step": step + 1, "loss": loss.item(), "response_loss": response.item(), "time": time.time()}
+            log.append(row)
+            if progress is not None:
+                progress(row)
+        if capture is not None:
+            capture.handle.remove()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), processor, log
+
+
+def recipe_stamp(config: WorldPromptConfig) -> dict:
+    return {"recipe": RECIPE_VERSION, "role": ROLE, "config": json.loads(json.dumps(asdict(config)))}
+
+
+def build_world_prompt_model(
+    folder: Path, seed: int = 0, config: WorldPromptConfig | None = None, progress=None
+) -> bool:
+    """Train and save to ``folder`` (model, processor, tokenizer; the stamp beside them), atomically;
+    reuses a folder whose stamp records the same recipe. Returns whether it was built."""
+    config = WorldPromptConfig(**{**asdict(config or WorldPromptConfig()), "seed": seed})
+
+    def build(staging: Path) -> None:
+        started = time.time()
+        model, processor, log = train_world_prompt_model(seed, config=config, progress=progress)
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / TRAINING_FILE).write_text(
+            json.dumps(
+                {"seconds": time.time() - started, "final_response_loss": log[-1]["response_loss"] if log else None},
+                indent=2,
+            )
+        )
+
+    return build_atomically(Path(folder), recipe_stamp(config), build)
