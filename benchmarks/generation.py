@@ -7,14 +7,25 @@ CPU (default): the demo's tiny twin (var/models/demo, built if missing), side by
 - ours, one at a time: ``edit_candidates`` with ``candidates_batch=1`` (each job's prompt and
   references encoded once, the conditional and unconditional passes in one transformer call);
 - ours, batched: ``edit_candidates`` with all K candidates of a job in one batch (one worker);
-- the rows ``engine_rows`` adds (the Ray engine with 1 and 2 workers, once it exists).
+- Ray with 1 and 2 workers (``engine_rows``, CPU only; ``--no-ray`` leaves them out): the
+  candidate stage of idglow.inference.candidates through ``run_stage``, each actor one thread
+  (``num_cpus=1``) holding its own pipeline loaded from the models folder, one job per batch with
+  its K candidates in one ``edit_candidates`` batch, on the same jobs, seeds, sizes and steps.
+  Ray is started once for both rows (embedded, ``num_cpus=2``, at the first Ray row) and its
+  start-up is printed apart; so is each row's start-up (actors started, the pipeline loaded, the
+  same two-step warm-up the other rows have): a Ray row's seconds are its steady state, from
+  its first batch's start to its last batch's end, and ``workers speed-up`` is 2 workers' images
+  per second over 1 worker's.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generation.py [--tiny] [--jobs 2] [--k 4] [--size 128] [--steps 8]
 
 References are resized to diffusers' default budgets (about 1 MP for the VAE, 384² for the text
 encoder), the only ones the plain call knows, so that both sides make the same images; on the
 tiny twin that 1 MP VAE encode is most of a plain call's time. ``--tiny`` is the smallest
-workload (64², 4 steps, 2 jobs x K=2, one reference each: about 90 s).
+workload that gives 2 workers something to share (64², 4 steps, 4 jobs x K=2, one reference
+each; the plain call on the first seed of each job, as its seconds per image do not depend on
+the count; no one-at-a-time row): about 3 to 5 minutes, by the machine's load, which the output
+prints at its start and end.
 
 GPU (``--gpu``, where a GPU is lent): the real Qwen-Image-Edit-2511 architecture (60 transformer
 blocks, the rehearsal's Qwen2.5-VL-7B-wide text encoder, the real VAE; random weights, bf16,
@@ -39,16 +50,22 @@ threshold T (``enable_first_block_cache``; off by default), whose PSNR says what
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import torch
 from PIL import Image
 
 from idglow.editing import ReferenceBudget, compile_repeated_blocks, edit_candidates, enable_first_block_cache
+from idglow.generation import GenerationSettings
+from idglow.inference.candidates import CandidateReplica, CandidateReplicaFactory, HubSpec, candidate_items
+from idglow.paths import TableRoots
 
 REPO = Path(__file__).resolve().parent.parent
 DIFFUSERS_DEFAULTS = ReferenceBudget(1024 * 1024, 384 * 384)  # QwenImageEditPlus' VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE
@@ -139,13 +156,169 @@ def ours(
     ]
 
 
-def engine_rows(workload: Workload) -> list[tuple[str, Callable[[], list[Image.Image]]]]:
-    """Rows of other engines on the same workload, each (name, a call that returns the workload's
-    images in job order, each job's candidates in seed order). The Ray engine of idglow.inference
-    adds "ray, 1 worker" and "ray, 2 workers" here: workers that load the pipeline from
-    ``workload.generator_dir`` and run ``edit_candidates`` per job; they are timed and compared
-    with the plain call like the rows above. None yet."""
-    return []
+def engine_rows(engine: RayEngine) -> list[tuple[str, int, Callable[[], list[Image.Image]]]]:
+    """The Ray engine's rows on the same workload, each (name, workers, a call that returns the
+    workload's images in job order, each job's candidates in seed order)."""
+    return [
+        ("ray, 1 worker (batch K, steady state)", 1, lambda: engine.run(1)),
+        ("ray, 2 workers (batch K, steady state)", 2, lambda: engine.run(2)),
+    ]
+
+
+class TimedCandidateReplica(CandidateReplica):
+    """The candidate stage's replica as the stage builds it, on one thread, with the other rows'
+    two-step warm-up call at load (so a row's first batch pays no first-call set-up), and the wall
+    clock at the start and end of each batch (``describe``), for the steady-state window."""
+
+    def __init__(self, factory: CandidateReplicaFactory, warm_up: Job, size: int, true_cfg_scale: float):
+        torch.set_num_threads(1)  # one thread per actor, as the other rows (num_cpus=1 each)
+        super().__init__(factory)
+        edit_candidates(
+            self.pipeline,
+            warm_up.references,
+            warm_up.prompt,
+            budget=ReferenceBudget(128 * 128, 64 * 64),
+            height=size,
+            width=size,
+            num_inference_steps=2,
+            true_cfg_scale=true_cfg_scale,
+            negative_prompt=NEGATIVE_PROMPT,
+            generators=seeded(warm_up.seeds),
+        )
+        self.window = (0.0, 0.0)
+
+    def run(self, items):
+        started = time.time()
+        images = super().run(items)
+        self.window = (started, time.time())
+        return images
+
+    def describe(self, item, path):
+        return {"batch_start": self.window[0], "batch_end": self.window[1]}
+
+
+@dataclass(frozen=True)
+class TimedFactory:
+    factory: CandidateReplicaFactory
+    warm_up: Job
+    size: int
+    true_cfg_scale: float
+
+    def __call__(self) -> TimedCandidateReplica:
+        return TimedCandidateReplica(self.factory, self.warm_up, self.size, self.true_cfg_scale)
+
+
+@dataclass
+class RayTimes:
+    """What a Ray row's time is made of: ``startup`` from run_stage's call to the first batch's
+    start (actors started, each loading the pipeline and running the warm-up), ``steady`` from the
+    first batch's start to the last batch's end (the figure the table's img/s is made of)."""
+
+    ray_init: float = 0.0  # ray.init, once for both rows
+    startup: float = 0.0
+    steady: float = 0.0
+    total: float = 0.0
+    per_worker: dict[str, tuple[int, float, float]] = field(default_factory=dict)  # items, busy s, first batch at
+
+
+class RayEngine:
+    """Ray started once (embedded, ``num_cpus`` 2, lazily at the first Ray row, so the other rows
+    run without its processes) for the rows of 1 and 2 workers: run_stage over the candidate stage
+    (idglow.inference.candidates: candidate_items, CandidateReplicaFactory with the workload's
+    size, steps, true CFG, diffusers' budgets and each job's seeds; one job per batch, all its K
+    candidates in one ``edit_candidates`` batch), references as PNG files (lossless) in a scratch
+    storage root, each run's outputs in a fresh folder, read back in job and seed order."""
+
+    def __init__(self, workload: Workload, warm_up: Job):
+        import tempfile
+
+        if workload.generator_dir is None:
+            raise ValueError("the Ray rows load the pipeline from a folder (the CPU tiny twin)")
+        self.workload, self.warm_up = workload, warm_up
+        self.root = Path(tempfile.mkdtemp(prefix="idglow-generation-bench-"))
+        self.roots = TableRoots(self.root, self.root)
+        self.runs = 0
+        self.ray_init: float | None = None
+        self.times: dict[int, RayTimes] = {}
+        conditions = []
+        for j, job in enumerate(workload.jobs):
+            paths = []
+            for r, reference in enumerate(job.references):
+                (self.root / "references").mkdir(exist_ok=True)
+                reference.save(self.root / "references" / f"job{j}-{r}.png")
+                paths.append(f"references/job{j}-{r}.png")
+            conditions.append(paths)
+        self.conditions = conditions
+
+    def items(self, out_dir: str) -> pa.Table:
+        records = [
+            {
+                "candidate_id": f"job{j}-k{k}",
+                "job_id": f"job{j}",
+                "path": f"{out_dir}/job{j}-k{k}.png",
+                "seed": seed,
+                "k": k,
+                "prompt": job.prompt,
+                "condition_paths": self.conditions[j],
+                "n_subjects": len(job.references),
+            }
+            for j, job in enumerate(self.workload.jobs)
+            for k, seed in enumerate(job.seeds)
+        ]
+        return candidate_items(pd.DataFrame(records))
+
+    def run(self, workers: int) -> list[Image.Image]:
+        import ray
+
+        from idglow.inference.engine import RayOptions, init_ray, run_stage
+
+        if not ray.is_initialized():
+            # Ray renices its worker processes to 15 by default (RAY_worker_niceness): on a shared
+            # machine they would then get less CPU than the in-process rows (niceness 0) for the
+            # same work. 0 here, for equal priority; the stages themselves keep Ray's default.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            started = time.perf_counter()
+            init_ray(RayOptions(num_cpus=2))
+            self.ray_init = time.perf_counter() - started
+        w = self.workload
+        k = max(len(job.seeds) for job in w.jobs)
+        settings = GenerationSettings(w.height, w.width, w.steps, w.true_cfg_scale, k, 0, DIFFUSERS_DEFAULTS)
+        hub = HubSpec("demo", str(w.generator_dir.parent), device="cpu")
+        factory = CandidateReplicaFactory(hub, settings, self.roots, count_faces=False, candidates_batch=k)
+        self.runs += 1
+        out_dir = f"ray-{workers}-{self.runs}"
+        started = time.perf_counter(), time.time()
+        result = run_stage(
+            self.items(out_dir),
+            TimedFactory(factory, self.warm_up, w.height, w.true_cfg_scale),
+            self.root,
+            stage=f"generation benchmark, {workers} worker(s)",
+            options=RayOptions(workers=workers),
+            batch_size=k,
+            group_column="job_id",
+        )
+        total = time.perf_counter() - started[0]
+        table = result.table
+        first, last = min(table.column("batch_start").to_pylist()), max(table.column("batch_end").to_pylist())
+        times = RayTimes(self.ray_init or 0.0, first - started[1], last - first, total)
+        for row in table.select(["worker", "seconds", "batch_start"]).to_pylist():
+            items, busy, start = times.per_worker.get(row["worker"], (0, 0.0, float("inf")))
+            times.per_worker[row["worker"]] = (items + 1, busy + row["seconds"], min(start, row["batch_start"] - first))
+        self.times[workers] = times
+        images = []
+        for path in table.column("output_path").to_pylist():
+            with Image.open(self.root / path) as image:
+                images.append(image.convert("RGB"))
+        return images
+
+    def close(self) -> None:
+        import shutil
+
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -206,6 +379,28 @@ def print_rows(rows: list[Row]) -> None:
         )
 
 
+def load_average() -> str:
+    """The machine's load (other people's processes share its cores), as ``uptime`` prints it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def print_ray_times(kept: dict[int, RayTimes], ray_rows: dict[str, int]) -> None:
+    """What the Ray rows' seconds leave out, and what their total was."""
+    init = next(iter(kept.values())).ray_init
+    print(f"ray rows: ray.init (embedded, num_cpus=2) {init:.1f} s, once for both rows, in neither row's seconds")
+    for name, workers in ray_rows.items():
+        t = kept[workers]
+        spread = "; ".join(
+            f"{n} items, busy {busy:.2f} s, first batch at +{start:.2f} s" for n, busy, start in t.per_worker.values()
+        )
+        print(
+            f"  {name}: seconds = steady state {t.steady:.2f} s (first batch start to last batch end, all actors);"
+            f" start-up {t.startup:.2f} s (actors started, pipeline loaded, 2-step warm-up); whole run_stage"
+            f" {t.total:.2f} s; per worker: {spread}"
+        )
+
+
 def drawn_references(count: int, size: int, seed: int) -> list[Image.Image]:
     from gpu_rehearsal import drawn_portraits  # benchmarks/ is this script's folder, first on sys.path
 
@@ -223,10 +418,13 @@ def cpu_pipeline(models_dir: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--tiny", action="store_true", help="the smallest workload (64², 4 steps, 2 jobs x K=2, 1 reference)"
+        "--tiny",
+        action="store_true",
+        help="the smallest workload (64², 4 steps, 4 jobs x K=2, 1 reference; the plain call on 1 seed per job;"
+        " no one-at-a-time row)",
     )
     parser.add_argument("--gpu", action="store_true", help="the real architecture, random weights, bf16")
-    parser.add_argument("--jobs", type=int, default=None, help="jobs (CPU 2, GPU 1)")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs (CPU 2, GPU 1; --tiny 4)")
     parser.add_argument("--k", type=int, default=None, help="candidates per job (4; --tiny 2)")
     parser.add_argument("--size", type=int, default=None, help="image side (CPU 128, GPU 1024; --tiny 64)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (CPU 8, GPU 40; --tiny 4)")
@@ -241,13 +439,16 @@ def main() -> None:
         "--first-block-cache", type=float, default=None, metavar="T", help="add a lossy row: First Block Cache at T"
     )
     parser.add_argument("--compile", action="store_true", help="add a row with the repeated block compiled")
+    parser.add_argument("--no-ray", action="store_true", help="leave out the Ray rows (CPU)")
     parser.add_argument(
         "--depth", type=int, default=60, help="--gpu: transformer blocks (60); the text encoder takes min(depth, 28)"
     )
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models" / "demo")
     args = parser.parse_args()
     gpu_defaults = args.gpu and not args.tiny
-    jobs = args.jobs or (1 if args.gpu else 2)
+    jobs = args.jobs or (1 if args.gpu else 4 if args.tiny else 2)
+    if args.tiny and args.plain_images is None and not args.gpu:
+        args.plain_images = 1  # the plain call is per image: its seconds per image do not depend on the count
     k = args.k or (2 if args.tiny else 4)
     size = args.size or (64 if args.tiny else 1024 if gpu_defaults else 128)
     steps = args.steps or (4 if args.tiny else 40 if gpu_defaults else 8)
@@ -276,7 +477,7 @@ def main() -> None:
     )
     print(
         f"generation step on {device}: {jobs} job(s) x K={k}, {size}x{size}, {steps} steps, true CFG {args.true_cfg},"
-        f" {subjects} reference(s) at diffusers' budgets (1 MP VAE, 384² text)",
+        f" {subjects} reference(s) at diffusers' budgets (1 MP VAE, 384² text); {load_average()}",
         flush=True,
     )
     # first-call set-up (kernels, allocator) out of every row; two steps, as one step's sigma
@@ -293,20 +494,32 @@ def main() -> None:
         return made
 
     plain_name, batched_name = "plain pipeline call (per image)", f"ours, batched (batch {k}, 1 worker)"
-    cases = [
-        (plain_name, run_plain),
-        ("ours, one at a time (batch 1)", lambda: ours(pipeline, workload, 1)),
-        (batched_name, lambda: ours(pipeline, workload, k)),
-    ]
+    one_at_a_time = (
+        [] if args.tiny and not args.gpu else [("ours, one at a time (batch 1)", lambda: ours(pipeline, workload, 1))]
+    )
+    cases = [(plain_name, run_plain), *one_at_a_time, (batched_name, lambda: ours(pipeline, workload, k))]
     if args.gpu or args.cfg_two_calls:
         cases.append(
             (f"ours, batched, CFG in 2 calls (batch {k})", lambda: ours(pipeline, workload, k, cfg_in_one_call=False))
         )
-    cases.extend(engine_rows(workload))
+    engine = None if args.gpu or args.no_ray else RayEngine(workload, warm_up.jobs[0])
+    ray_rows = {name: workers for name, workers, _ in engine_rows(engine)} if engine else {}
+    cases.extend((name, run) for name, _, run in (engine_rows(engine) if engine else []))
     best: dict[str, Row] = {}
-    for _ in range(args.repeats):  # the rows take turns, so a busy spell of the machine hits them alike
-        for name, run in cases:
-            best[name] = fastest(best.get(name), measure(name, run, expected if name != plain_name else None))
+    kept: dict[int, RayTimes] = {}  # the Ray rows' times, of the run each row keeps
+    try:
+        for _ in range(args.repeats):  # the rows take turns, so a busy spell of the machine hits them alike
+            for name, run in cases:
+                row = measure(name, run, expected if name != plain_name else None)
+                if name in ray_rows:  # img/s of the steady state; start-up and loading printed apart
+                    times = engine.times[ray_rows[name]]
+                    row = replace(row, seconds=times.steady)
+                    if fastest(best.get(name), row) is row:
+                        kept[ray_rows[name]] = times
+                best[name] = fastest(best.get(name), row)
+    finally:
+        if engine:
+            engine.close()
     if args.first_block_cache is not None:  # lossy: its PSNR column is what it costs
         enable_first_block_cache(pipeline, args.first_block_cache)
         name = f"ours, batched, first-block cache {args.first_block_cache:g} (lossy)"
@@ -326,6 +539,11 @@ def main() -> None:
     print_rows(rows)
     if compile_seconds is not None:
         print(f"compilation (compile_repeated_blocks, with a first two-step call): {compile_seconds:.1f} s")
+    print(f"at the end: {load_average()}")
+    if kept:
+        print_ray_times(kept, ray_rows)
+        one, two = (best[name] for name in ray_rows)
+        print(f"workers speed-up: {(two.images / two.seconds) / (one.images / one.seconds):.2f}")
     ratio = (best[batched_name].images / best[batched_name].seconds) / (rows[0].images / rows[0].seconds)
     print(f"batched vs plain: {ratio:.2f}")
 
