@@ -18,7 +18,7 @@ one of 16 drawings), PNG as the candidates are; each pair has two portraits from
 Then the same images through each part alone (decode, faces, CLIP), to say where the time goes.
 The issue's target: at least 1,000 images per second on one GPU.
 
-    python benchmarks/scoring.py --gpu [--pairs 2048] [--size 1024] [--batch 256] [--models-dir DIR]
+    python benchmarks/scoring.py --gpu [--pairs 512] [--size 1024] [--batch 256] [--models-dir DIR]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scoring.py --gpu --pairs 4 --size 128   # CPU dry run
 """
 
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=6, help="demo group photos (real pairs)")
     parser.add_argument("--candidates", type=int, default=2, help="candidates per synthetic job")
     parser.add_argument("--gpu", action="store_true", help="real formats, random weights: images/s end to end")
-    parser.add_argument("--pairs", type=int, default=2048, help="--gpu: pairs (two distinct images each)")
+    parser.add_argument("--pairs", type=int, default=512, help="--gpu: pairs (two distinct images each)")
     parser.add_argument("--size", type=int, default=1024, help="--gpu: image side")
     parser.add_argument("--batch", type=int, default=256, help="--gpu: the scorer's batch size")
     args = parser.parse_args()
