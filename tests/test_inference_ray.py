@@ -451,3 +451,64 @@ def test_the_image_score_stage_on_ray_equals_image_scores(tmp_path, tiny_models_
         [list(s.__dict__.values()) for s in scored], [list(s.__dict__.values()) for s in plain], rtol=1e-5, atol=1e-6
     )
     assert image_scores_on_ray(hub, roots, [], [], []) == []
+
+
+def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_path, tiny_models_dir, hub):
+    """The command (embedded Ray, IDGLOW_RAY_ADDRESS unset) writes the table score_external
+    writes with the scorer in process: same rows and columns, the numbers to float rounding."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from evaluation.protocol import score_external
+    from idglow.paths import ArtifactPaths, TableRoots
+    from idglow.scoring import ImageScorer
+
+    root, made = tmp_path / "storage", tmp_path / "elsewhere"
+    (root / "portraits").mkdir(parents=True)
+    made.mkdir()
+    for i, colour in enumerate(("red", "blue", "green")):
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((8 + i, 10, 50 - i, 54), fill=colour)
+        image.save((root / "portraits" if i < 2 else made) / f"{i}.png")
+    prompts = pd.DataFrame(
+        {
+            "group_kind": ["bench", "bench"],
+            "group_id": ["g0", "g0"],
+            "task": ["group_fusion", "group_fusion"],
+            "prompt_kind": ["static", "dynamic"],
+            "condition_paths": [["portraits/0.png", "portraits/1.png"]] * 2,
+            "prompt": ["two friends", "two friends in a park"],
+            "n_subjects": [2, 2],
+        }
+    )
+    paths = ArtifactPaths(root)
+    paths.table("prompts").parent.mkdir(parents=True)
+    prompts.to_parquet(paths.table("prompts"))
+    manifest = tmp_path / "manifest.json"
+    rows = [
+        {"group_id": "g0", "task": "group_fusion", "prompt_kind": kind, "image": str(made / "2.png")}
+        for kind in ("static", "dynamic")
+    ]
+    manifest.write_text(json.dumps(rows))
+    env = {k: v for k, v in os.environ.items() if k != "IDGLOW_RAY_ADDRESS"}
+    env.update(IDGLOW_PROFILE="demo", IDGLOW_MODELS_DIR=str(tiny_models_dir), IDGLOW_STORAGE_ROOT=str(root))
+    command = [sys.executable, "-m", "idglow.cli", "eval", "external", "--manifest", str(manifest), "--name", "x"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "scored 2 of 2 images" in done.stdout
+    table = pd.read_parquet(paths.asset_dir("benchmark_results") / "external-x.parquet")
+
+    roots = TableRoots(root, root)
+    imported = [str(root / p) for p in table["image"]]
+    frame = pd.DataFrame(rows).assign(image=imported)
+    plain, _ = score_external(ImageScorer(hub, progress=False), frame, roots.resolve_frame(prompts), "external-x")
+    plain = roots.store_frame(plain)
+    assert list(table.columns) == list(plain.columns)
+    numbers = [c for c in plain.columns if pd.api.types.is_float_dtype(plain[c])]
+    pd.testing.assert_frame_equal(table.drop(columns=numbers), plain.drop(columns=numbers))
+    np.testing.assert_allclose(table[numbers].to_numpy(float), plain[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
