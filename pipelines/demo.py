@@ -91,7 +91,7 @@ def run_demo() -> DemoRun:
         reviewed += run_sensor(defs, instance, "benchmark_new_versions", rounds=3)
     seconds = time.perf_counter() - started
 
-    storage_root = Path(defs.resources["settings"].storage_root)
+    storage_root = defs.resources["settings"].paths.root  # storage_root may be a dg.EnvVar here, outside a run
     lines = [
         "# idglow demo run",
         "",
