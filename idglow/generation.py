@@ -58,6 +58,27 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its CRC
 
 
+def candidate_record(job, k: int, round_name: str, path: str, seed: int, model_version: str) -> dict:
+    """One row of the candidate table (``CANDIDATE_COLUMNS``): candidate ``k`` of ``job``."""
+    return {
+        "candidate_id": f"{job.job_id}-k{k}",
+        "job_id": job.job_id,
+        "round": round_name,
+        "path": path,
+        "seed": seed,
+        "k": k,
+        "model_version": model_version,
+        "group_id": job.group_id,
+        "task": job.task,
+        "prompt_kind": job.prompt_kind,
+        "prompt": job.prompt,
+        "condition_paths": list(job.condition_paths),
+        "identities": list(job.identities),
+        "n_subjects": int(job.n_subjects),
+        "photo_id": job.photo_id,
+    }
+
+
 def is_complete_image(path: Path) -> bool:
     """Whether ``path`` is a readable image whose data decodes to the end (a truncated PNG
     still opens: it fails only when its chunks are checked or its pixels loaded; PIL does not
@@ -128,25 +149,7 @@ def generate_candidates(
                         image.save(tmp, format="PNG")
             generated += len(missing)
         for k, (seed, path) in enumerate(zip(seeds, paths, strict=True)):
-            records.append(
-                {
-                    "candidate_id": f"{job.job_id}-k{k}",
-                    "job_id": job.job_id,
-                    "round": round_name,
-                    "path": str(path),
-                    "seed": seed,
-                    "k": k,
-                    "model_version": model_version,
-                    "group_id": job.group_id,
-                    "task": job.task,
-                    "prompt_kind": job.prompt_kind,
-                    "prompt": job.prompt,
-                    "condition_paths": list(job.condition_paths),
-                    "identities": list(job.identities),
-                    "n_subjects": int(job.n_subjects),
-                    "photo_id": job.photo_id,
-                }
-            )
+            records.append(candidate_record(job, k, round_name, str(path), seed, model_version))
             bar.update()
     bar.close()
     return pd.DataFrame(records, columns=list(CANDIDATE_COLUMNS)), generated

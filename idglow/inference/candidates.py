@@ -20,7 +20,7 @@ from PIL import Image
 
 from idglow.editing import edit_candidates
 from idglow.faces import count_faces
-from idglow.generation import CANDIDATE_COLUMNS, GenerationSettings, is_complete_image, job_seed
+from idglow.generation import CANDIDATE_COLUMNS, GenerationSettings, candidate_record, is_complete_image, job_seed
 from idglow.inference.engine import ITEM_ID, OUTPUT_PATH, Replica
 from idglow.models.hub import ModelHub
 from idglow.paths import TableRoots
@@ -31,28 +31,18 @@ def candidate_table(
 ) -> pd.DataFrame:
     """The candidates of ``jobs`` (stored paths) in ``out_dir`` (storage-relative), one row per
     (job, k) with its seed: the table ``generate_candidates`` returns, in stored form."""
-    records = []
-    for job in jobs.itertuples():
-        for k in range(settings.candidates_per_job):
-            records.append(
-                {
-                    "candidate_id": f"{job.job_id}-k{k}",
-                    "job_id": job.job_id,
-                    "round": round_name,
-                    "path": f"{out_dir}/{job.job_id}-k{k}.png",
-                    "seed": job_seed(job.job_id, k, round_name, settings.seed),
-                    "k": k,
-                    "model_version": model_version,
-                    "group_id": job.group_id,
-                    "task": job.task,
-                    "prompt_kind": job.prompt_kind,
-                    "prompt": job.prompt,
-                    "condition_paths": list(job.condition_paths),
-                    "identities": list(job.identities),
-                    "n_subjects": int(job.n_subjects),
-                    "photo_id": job.photo_id,
-                }
-            )
+    records = [
+        candidate_record(
+            job,
+            k,
+            round_name,
+            f"{out_dir}/{job.job_id}-k{k}.png",
+            job_seed(job.job_id, k, round_name, settings.seed),
+            model_version,
+        )
+        for job in jobs.itertuples()
+        for k in range(settings.candidates_per_job)
+    ]
     return pd.DataFrame(records, columns=list(CANDIDATE_COLUMNS))
 
 
