@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,15 +61,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary and merges of a byte-level BPE trained on the fixed corpus."""
+def train_bpe(vocab_size: int, corpus: Sequence[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE trained on ``corpus`` (default: the fixed one)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    bpe.train_from_iterator(list(_CORPUS) * 4, trainer)
+    bpe.train_from_iterator(list(_CORPUS) * 4 if corpus is None else corpus, trainer)
     with tempfile.TemporaryDirectory() as folder:
         bpe.model.save(folder)
         vocab = json.loads((Path(folder) / "vocab.json").read_text())
@@ -80,9 +81,10 @@ def train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
-    """A byte-level BPE trained on a fixed corpus, with Qwen's special tokens."""
-    vocab, merges = train_bpe(vocab_size)
+def build_tokenizer(vocab_size: int = 1024, corpus: Sequence[str] | None = None) -> Qwen2Tokenizer:
+    """A byte-level BPE trained on ``corpus`` (default: the fixed one), with Qwen's special tokens
+    and chat template."""
+    vocab, merges = train_bpe(vocab_size, corpus)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,

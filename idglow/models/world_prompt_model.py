@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
 from idglow.data import celebahq as layout
@@ -160,30 +159,8 @@ def _corpus() -> list[str]:
 
 
 def build_world_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
-    """A byte-level BPE on ``_corpus()`` with Qwen's special tokens and the twin's chat template."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(_corpus(), trainer)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        bpe.model.save(folder)
-        vocab = json.loads((Path(folder) / "vocab.json").read_text())
-        merges = [
-            tuple(line.split())
-            for line in (Path(folder) / "merges.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        ]
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(tiny_qwen_vl.SPECIAL_TOKENS[1:])})
-    tokenizer.chat_template = tiny_qwen_vl.CHAT_TEMPLATE
-    return tokenizer
+    """The twin's tokenizer (byte-level BPE, Qwen's special tokens, its chat template) trained on ``_corpus()``."""
+    return tiny_qwen_vl.build_tokenizer(vocab_size, corpus=_corpus())
 
 
 # ------------------------------------------------------------------------------------ model/data
