@@ -34,8 +34,10 @@ class IdglowRay(RayResource):
     num_cpus: int | None = Field(default=None, description="The local Ray's CPUs; unset: the machine's.")
     object_store_mb: int = Field(default=256, description="The local Ray's object store (items and results only).")
     # Connected by each stage for its duration (idglow.inference.engine.ray_session), not for the
-    # whole run: a run's other steps never pay for an idle Ray.
-    lifecycle: Lifecycle = Field(default_factory=lambda: Lifecycle(connect=False, cleanup="never"))
+    # whole run: a run's other steps never pay for an idle Ray. A plain default, not a
+    # default_factory: Dagster builds the config schema's default from it, and with a factory a run
+    # got dagster-ray's own (connect=True), starting Ray when the resource was initialised.
+    lifecycle: Lifecycle = Field(default=Lifecycle(connect=False, cleanup="never"))
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> IdglowRay:

@@ -512,3 +512,19 @@ def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_pa
     numbers = [c for c in plain.columns if pd.api.types.is_float_dtype(plain[c])]
     pd.testing.assert_frame_equal(table.drop(columns=numbers), plain.drop(columns=numbers))
     np.testing.assert_allclose(table[numbers].to_numpy(float), plain[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
+
+
+def test_the_ray_resource_leaves_ray_to_the_stages_inside_a_run():
+    """In a run the resource keeps its lifecycle (connect=False): initialising it starts no Ray."""
+    import dagster as dg
+    import ray
+    from dagster_ray import RayResource
+
+    from assets.inference import IdglowRay
+
+    @dg.asset
+    def uses_ray(ray_cluster: RayResource) -> dict:
+        return {"connect": ray_cluster.lifecycle.connect, "ray_started": ray.is_initialized()}
+
+    run = dg.materialize([uses_ray], resources={"ray_cluster": IdglowRay()})
+    assert run.output_for_node("uses_ray") == {"connect": False, "ray_started": False}
