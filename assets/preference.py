@@ -14,6 +14,7 @@ from dagster_ray import RayResource
 from assets.inference import run_on_ray
 from assets.metadata import data_version_of, file_metadata, preview
 from assets.resources import IdglowSettings, ModelHubResource
+from idglow.acceleration import Acceleration
 from idglow.data.group_photos import (
     GROUP_PHOTO_COLUMNS,
     copy_outside_files,
@@ -194,8 +195,8 @@ def _generation_jobs(prompt_table: pd.DataFrame, photos: pd.DataFrame) -> pd.Dat
 
 
 def candidate_generation(profile) -> GenerationSettings:
-    """The candidates' inference settings: the profile's size, steps, true CFG, K and seed, and
-    its reference budgets (the ones training encodes with)."""
+    """The candidates' inference settings: the profile's size, steps, true CFG, K and seed, its
+    reference budgets (the ones training encodes with) and its lossy accelerations (off by default)."""
     return GenerationSettings(
         profile.generation_size,
         profile.generation_size,
@@ -204,6 +205,7 @@ def candidate_generation(profile) -> GenerationSettings:
         profile.candidates_per_job,
         profile.seed,
         ReferenceBudget.of_profile(profile),
+        Acceleration.of_profile(profile),
     )
 
 

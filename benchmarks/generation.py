@@ -62,7 +62,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from idglow.editing import ReferenceBudget, compile_repeated_blocks, edit_candidates, enable_first_block_cache
+from idglow.acceleration import enable_first_block_cache
+from idglow.editing import ReferenceBudget, compile_repeated_blocks, edit_candidates
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplica, CandidateReplicaFactory, HubSpec, candidate_items
 from idglow.paths import TableRoots

@@ -374,17 +374,6 @@ def compile_repeated_blocks(pipeline, **compile_options) -> None:
     pipeline.transformer.compile_repeated_blocks(**compile_options)
 
 
-def enable_first_block_cache(pipeline, threshold: float = 0.05) -> None:
-    """Lossy, off unless called: diffusers' First Block Cache on the transformer. Every step runs
-    the first block; when its residual moved by less than ``threshold`` (mean absolute change
-    over mean absolute value) since the last full step, the other blocks' residual from that step
-    is reused instead of running them. One decision per transformer call, so per batch of
-    candidates. ``pipeline.transformer.disable_cache()`` turns it off."""
-    from diffusers.hooks import FirstBlockCacheConfig
-
-    pipeline.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-
-
 def edit(
     pipeline,
     references: Sequence[Image.Image],

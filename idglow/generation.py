@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from idglow.acceleration import Acceleration, apply_acceleration
 from idglow.editing import ReferenceBudget, edit_candidates
 from idglow.storage import atomic_path, remove_stale_partials
 
@@ -37,7 +38,9 @@ CANDIDATE_COLUMNS = ("candidate_id", "job_id", "round", "path", "seed", "k", "mo
 @dataclass(frozen=True)
 class GenerationSettings:
     """Inference settings recorded with every candidate. ``budget`` is the profile's reference
-    budgets (``reference_pixels``, ``condition_pixels``), the ones training encodes with."""
+    budgets (``reference_pixels``, ``condition_pixels``), the ones training encodes with;
+    ``acceleration`` the lossy options (idglow.acceleration, all off by default), part of the
+    recorded settings and their hash, so an accelerated image is never taken for a lossless one."""
 
     height: int
     width: int
@@ -46,6 +49,13 @@ class GenerationSettings:
     candidates_per_job: int
     seed: int
     budget: ReferenceBudget
+    acceleration: Acceleration = Acceleration()
+
+    @property
+    def sampling(self) -> tuple[int, float]:
+        """The (steps, true-CFG scale) the images are sampled with: ``steps`` and
+        ``true_cfg_scale``, unless the distilled LoRA is on (``Acceleration.sampling``)."""
+        return self.acceleration.sampling(self.steps, self.true_cfg_scale)
 
 
 def job_seed(job_id: str, k: int, round_name: str, seed: int) -> int:
@@ -116,7 +126,12 @@ def generate_candidates(
     (0..B-1, B..2B-1, ...). A rerun denoises every group holding a missing candidate whole and
     writes only the missing ones: a batched matrix product may round a row differently in
     another batch, so a regenerated candidate is byte for byte what an uninterrupted run wrote
-    only if its batch is the same."""
+    only if its batch is the same.
+
+    ``settings.acceleration`` is applied to ``pipeline`` first (``apply_acceleration``: nothing
+    when all is off, once per pipeline; a pipeline carrying other options is refused)."""
+    apply_acceleration(pipeline, settings.acceleration)
+    steps, true_cfg_scale = settings.sampling
     records, generated = [], 0
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir)
@@ -137,9 +152,9 @@ def generate_candidates(
                 budget=settings.budget,
                 height=settings.height,
                 width=settings.width,
-                num_inference_steps=settings.steps,
-                true_cfg_scale=settings.true_cfg_scale,
-                negative_prompt=" " if settings.true_cfg_scale > 1 else None,
+                num_inference_steps=steps,
+                true_cfg_scale=true_cfg_scale,
+                negative_prompt=" " if true_cfg_scale > 1 else None,
                 generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in redo],
                 candidates_batch=candidates_batch,
             )

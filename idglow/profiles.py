@@ -57,6 +57,13 @@ class Profile:
     generation_steps: int = 4
     true_cfg_scale: float = 1.0
     generation_model_version: str = "base"
+    # lossy accelerations of the generator (idglow.acceleration), each off unless set; what each
+    # costs in FaceSim and Aesthetic: benchmarks/generation.py --lossy (docs/benchmarks/README.md)
+    step_cache_threshold: float | None = None  # diffusers' First Block Cache at this threshold
+    fp8_transformer: bool = False  # torchao float8 matmuls (CUDA, compute capability >= 8.9)
+    distilled_lora: str | None = None  # a few-step distilled LoRA (local folder or .safetensors)
+    distilled_steps: int = 8  # the steps and true-CFG scale it is run with
+    distilled_true_cfg_scale: float = 1.0
     dynamic_prompts: bool = True
     prompt_model_version: str = "base"  # or the folder of an aligned prompt model (prompt_model_alignment)
     prompt_token_budget: int = 512

@@ -198,41 +198,6 @@ def test_each_candidates_noise_is_its_generators_one_image_noise(pipeline):
         initial_noise(pipeline, [seeded(3)[0], None], height=64, width=64, dtype=torch.float32)
 
 
-def test_the_first_block_cache_is_off_unless_asked_for(pipeline):
-    """Lossy and opt-in: at threshold 0 no step is skipped and the images are the uncached ones;
-    at an unreachable threshold every step after the first reuses its residual, and the images
-    change; disabled, the pipeline gives the uncached images again (batches of 2 then 1: the
-    cache's state does not leak from one batch into the next)."""
-    from idglow.editing import edit_candidates, enable_first_block_cache
-
-    settings = {"budget": SMALL_BUDGET, "height": 64, "width": 64, "num_inference_steps": 4, "true_cfg_scale": 4.0}
-
-    def run() -> list[Image.Image]:
-        return edit_candidates(
-            pipeline,
-            TWO_PORTRAITS,
-            PROMPT,
-            generators=seeded(3, 4, 5),
-            negative_prompt=" ",
-            candidates_batch=2,
-            **settings,
-        )
-
-    exact = run()
-    assert not pipeline.transformer.is_cache_enabled
-    try:
-        enable_first_block_cache(pipeline, threshold=0.0)
-        never_skipped = run()
-        pipeline.transformer.disable_cache()
-        enable_first_block_cache(pipeline, threshold=1e9)
-        always_skipped = run()
-    finally:
-        pipeline.transformer.disable_cache()
-    assert [max_difference(a, b) for a, b in zip(never_skipped, exact, strict=True)] == [0, 0, 0]
-    assert min(max_difference(a, b) for a, b in zip(always_skipped, exact, strict=True)) > 0
-    assert [max_difference(a, b) for a, b in zip(run(), exact, strict=True)] == [0, 0, 0]
-
-
 def test_the_text_encoder_skips_the_logits_the_pipeline_never_reads(pipeline):
     """The hub's text encoder computes its vocabulary head on the last token only; its hidden
     states (what encode_prompt reads) are those of the unhooked base model."""

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from idglow.acceleration import apply_acceleration
 from idglow.editing import edit_candidates
 from idglow.faces import count_faces
 from idglow.generation import CANDIDATE_COLUMNS, GenerationSettings, candidate_record, is_complete_image, job_seed
@@ -97,6 +98,7 @@ class CandidateReplica(Replica):
         self.pipeline = hub.generator()
         if factory.lora_dir:  # this actor's own pipeline: it keeps the adapter until the actor ends
             self.pipeline.load_lora_weights(Path(factory.lora_dir))
+        apply_acceleration(self.pipeline, factory.settings.acceleration)  # after the LoRA; nothing when all off
         self.faces = hub.face_analysis() if factory.count_faces else None
 
     def run(self, items: list[dict[str, Any]]) -> list[Image.Image]:
@@ -104,6 +106,7 @@ class CandidateReplica(Replica):
         group holding a missing one is redone whole (a row may round differently in another
         batch), so a regenerated candidate is byte for byte what an uninterrupted run wrote."""
         settings, batch, images = self.factory.settings, self.factory.candidates_batch, []
+        steps, true_cfg_scale = settings.sampling
         for _, group in itertools.groupby(items, key=lambda item: item["job_id"]):
             group = list(group)  # one job's missing candidates: its encoding is shared
             first, missing = group[0], [int(item["k"]) for item in group]
@@ -117,9 +120,9 @@ class CandidateReplica(Replica):
                 budget=settings.budget,
                 height=settings.height,
                 width=settings.width,
-                num_inference_steps=settings.steps,
-                true_cfg_scale=settings.true_cfg_scale,
-                negative_prompt=" " if settings.true_cfg_scale > 1 else None,
+                num_inference_steps=steps,
+                true_cfg_scale=true_cfg_scale,
+                negative_prompt=" " if true_cfg_scale > 1 else None,
                 generators=[torch.Generator(device="cpu").manual_seed(seeds[k]) for k in redo],
                 candidates_batch=batch,
             )
