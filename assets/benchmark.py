@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 from dagster_ray import RayResource
 
-from assets.inference import run_on_ray
+from assets.inference import one_ray_for_the_step, run_on_ray
 from assets.metadata import CHECKPOINT_PATH, checkpoint_of, file_metadata, preview
 from assets.partitions import add_partitions
 from assets.resources import IdglowSettings, ModelHubResource
@@ -34,16 +34,16 @@ from assets.training import (
     stored_path,
 )
 from evaluation.benchmark import aggregate, bootstrap_ci
-from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, evaluate_model
+from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, protocol_frame
 from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
 from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
+from idglow.inference.scores import image_score_stage
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
 from idglow.plots import markdown_image
 from idglow.profiles import Profile
-from idglow.scoring import ImageScorer
 from idglow.storage import (
     relative_to_root,
     resolve_under,
@@ -79,6 +79,69 @@ def benchmark_generation(profile) -> GenerationSettings:
         profile.seed,
         ReferenceBudget.of_profile(profile),
     )
+
+
+def benchmark_lineage(hub, prompts_path, checkpoint_sha256: str, shard_manifest_sha256: str) -> dict[str, str]:
+    """What a result row depends on besides its model's weights: the checkpoint, the shards it
+    was trained on, the prompt set, the metric models and the code."""
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "shard_manifest_sha256": shard_manifest_sha256,
+        "prompt_set_sha256": sha256_file(prompts_path),
+        "metric_models": json.dumps(
+            {
+                role: component_fingerprint(hub.profile, role, hub.models_dir)[:16]
+                for role in (FACE_PACK, CLIP, AESTHETIC)
+            },
+            sort_keys=True,
+        ),
+        "code_version": code_version(),
+    }
+
+
+def evaluate_on_ray(
+    context: dg.AssetExecutionContext,
+    ray_cluster: RayResource,
+    models: ModelHubResource,
+    settings: IdglowSettings,
+    jobs: pd.DataFrame,
+    inference: GenerationSettings,
+    out_dir,
+    version: str,
+    lineage: dict,
+    lora_dir: str | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """The protocol for one model (the base generator, or it with ``lora_dir``) as two stages on
+    the engine: its images (one generator replica per actor, at the protocol's paths and seeds;
+    complete ones kept), then their metrics (one ``ImageScorer`` per actor). ``jobs`` hold stored
+    paths. Returns the protocol table (paths resolved) and each stage's progress."""
+    hub, roots = models.hub(settings), settings.roots
+    one = replace(inference, candidates_per_job=1)
+    images = candidate_table(jobs, one, roots.store(out_dir), BENCHMARK_ROUND, version)
+    generation = run_on_ray(
+        context,
+        ray_cluster,
+        candidate_items(images),
+        CandidateReplicaFactory(HubSpec.of(hub, models.device), one, roots, lora_dir, count_faces=False),
+        roots.storage,
+        stage=f"benchmark {version} images",
+        batch_size=4,
+    )
+    images = roots.resolve_frame(images)
+    scoring = image_score_stage(
+        hub, roots, list(images["path"]), list(images["condition_paths"]), list(images["prompt"]), device=models.device
+    )
+    scored = run_on_ray(
+        context,
+        ray_cluster,
+        scoring.items,
+        scoring.replica_factory,
+        roots.storage,
+        stage=f"benchmark {version} scores",
+        batch_size=scoring.replica_factory.batch_size,
+    )
+    frame = protocol_frame(images, scoring.scores(scored), one, version, lineage)
+    return frame, {"images": generation.progress, "scores": scored.progress}
 
 
 def read_registry(settings: IdglowSettings) -> pd.DataFrame:
@@ -156,45 +219,23 @@ def benchmark_results(
     context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
 ) -> dg.MaterializeResult:
     """The evaluation protocol for one model version: benchmark groups x both tasks x static and
-    dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet). The
-    images are generated on Ray (idglow.inference: one generator replica per actor), at the paths
-    and with the seeds the protocol uses; the protocol then finds them written and scores them."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
+    dynamic prompts, fixed inference settings, per-image metrics with lineage (Parquet). Both the
+    images and their metrics are stages on Ray (``evaluate_on_ray``), one Ray for the step."""
+    profile, paths = settings.resolved(), settings.paths
     version = context.partition_key
     entry = read_registry(settings).set_index("version").loc[version]
     prompts_path = paths.table("prompts")
-    lineage = {
-        "checkpoint_sha256": entry["checkpoint_sha256"],
-        "shard_manifest_sha256": entry["shard_manifest_sha256"],
-        "prompt_set_sha256": sha256_file(prompts_path),
-        "metric_models": json.dumps(
-            {
-                role: component_fingerprint(hub.profile, role, hub.models_dir)[:16]
-                for role in (FACE_PACK, CLIP, AESTHETIC)
-            },
-            sort_keys=True,
-        ),
-        "code_version": code_version(),
-    }
-    inference, roots = benchmark_generation(profile), settings.roots
+    lineage = benchmark_lineage(
+        models.hub(settings), prompts_path, entry["checkpoint_sha256"], entry["shard_manifest_sha256"]
+    )
+    inference = benchmark_generation(profile)
     jobs = benchmark_jobs(pd.read_parquet(prompts_path))  # stored paths
     out_dir = paths.asset_dir("benchmark_results") / "images" / version
-    one = replace(inference, candidates_per_job=1)  # as evaluate_model generates
-    images = candidate_table(jobs, one, roots.store(out_dir), BENCHMARK_ROUND, version)
     lora_dir = str(resolve_under(paths.root, entry["lora_dir"])) if entry["lora_dir"] else None
-    replicas = CandidateReplicaFactory(HubSpec.of(hub, models.device), one, roots, lora_dir, count_faces=False)
-    result = run_on_ray(
-        context,
-        ray_cluster,
-        candidate_items(images),
-        replicas,
-        roots.storage,
-        stage=f"benchmark_results {version}",
-        batch_size=4,
-    )
-    # Every image is written now: evaluate_model's generation keeps complete files and never
-    # calls the pipeline (None here), so it only scores them.
-    frame = evaluate_model(None, ImageScorer(hub), roots.resolve_frame(jobs), inference, out_dir, version, lineage)
+    with one_ray_for_the_step(ray_cluster):
+        frame, progress = evaluate_on_ray(
+            context, ray_cluster, models, settings, jobs, inference, out_dir, version, lineage, lora_dir
+        )
     path = write_parquet_atomic(
         paths.asset_dir("benchmark_results") / f"{version}.parquet", settings.roots.store_frame(frame)
     )
@@ -210,7 +251,7 @@ def benchmark_results(
             "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False)),
             "lineage": dg.MetadataValue.json(lineage),
             "inference": dg.MetadataValue.json(asdict(inference)),
-            "progress": dg.MetadataValue.json(result.progress),
+            "progress": dg.MetadataValue.json(progress),
         },
         data_version=dg.DataVersion(data_version),
     )
@@ -448,12 +489,13 @@ def build_ablation_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         settings: IdglowSettings,
         models: ModelHubResource,
         pipes_subprocess_client: dg.PipesSubprocessClient,
+        ray_cluster: RayResource,
     ) -> dg.MaterializeResult:
         """Table 3 on static prompts: SFT without the ID loss, with a constant one, task-adaptive
         (annealing for Task 1, gating for Task 2), then + DPO on the task-adaptive model; each
         launched like the training assets (or returned, when its run folder holds it), with the
         same data and settings, then evaluated and tabulated."""
-        return run_ablation(context, config.model_dump(), settings, models, pipes_subprocess_client)
+        return run_ablation(context, config.model_dump(), settings, models, pipes_subprocess_client, ray_cluster)
 
     return [sft_ablation_asset]
 
@@ -510,33 +552,31 @@ def run_ablation(
     settings: IdglowSettings,
     models: ModelHubResource,
     client: dg.PipesSubprocessClient,
+    ray_cluster: RayResource,
 ) -> dg.MaterializeResult:
-    """The ablation's runs (``train_ablation``), then each LoRA in the hub's generator on the
-    static benchmark prompts, and the table."""
-    profile, paths, hub = settings.resolved(), settings.paths, models.hub(settings)
+    """The ablation's runs (``train_ablation``), then each LoRA evaluated on the static benchmark
+    prompts (``evaluate_on_ray``: images and metrics on Ray, one Ray for the step), and the table."""
+    profile, paths = settings.resolved(), settings.paths
     folder = paths.asset_dir("sft_ablation")
-    runs = train_ablation(context, run, settings, hub, client)
+    runs = train_ablation(context, run, settings, models.hub(settings), client)
     checkpoints = {name: checkpoint_of(result.metadata, paths.root) for name, result in runs.items()}
-    jobs = benchmark_jobs(settings.roots.resolve_frame(pd.read_parquet(paths.table("prompts"))))
+    prompts_path = paths.table("prompts")
+    jobs = benchmark_jobs(pd.read_parquet(prompts_path))  # stored paths
     jobs = jobs[jobs["prompt_kind"] == "static"]
-    inference = benchmark_generation(profile)
-    # Loaded after the runs: the launched processes hold their own generator while they train.
-    scorer, pipeline, frames = ImageScorer(hub), hub.generator(), []
-    for name, checkpoint in checkpoints.items():
-        pipeline.load_lora_weights(checkpoint)
-        try:
-            frame = evaluate_model(
-                pipeline,
-                scorer,
-                jobs,
-                inference,
-                folder / "images" / name.replace(" ", "_"),
-                name,
-                {"checkpoint_sha256": tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors")},
+    inference, frames, progress = benchmark_generation(profile), [], {}
+    with one_ray_for_the_step(ray_cluster):  # after the runs: the launched processes train on the devices
+        for name, checkpoint in checkpoints.items():
+            lineage = benchmark_lineage(
+                models.hub(settings),
+                prompts_path,
+                tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors"),
+                _metadata_value(runs[name].metadata["shard_manifest_sha256"]),
             )
-        finally:
-            pipeline.unload_lora_weights()
-        frames.append(frame)
+            out_dir = folder / "images" / name.replace(" ", "_")
+            frame, progress[name] = evaluate_on_ray(
+                context, ray_cluster, models, settings, jobs, inference, out_dir, name, lineage, str(checkpoint)
+            )
+            frames.append(frame)
     samples = pd.concat(frames, ignore_index=True)
     summary = aggregate(samples.rename(columns={"model_version": "method"}), ["method", "task", "prompt_kind"])
     labels = {("task-adaptive", "group_fusion"): "annealing", ("task-adaptive", "age_transformed"): "gating"}
@@ -565,8 +605,14 @@ def run_ablation(
             "checkpoint_paths": dg.MetadataValue.json(
                 {k: relative_to_root(v, paths.root) for k, v in checkpoints.items()}
             ),
+            "progress": dg.MetadataValue.json(progress),
         }
     )
+
+
+def _metadata_value(value):
+    """A materialization's metadata entry as its plain value (a ``MetadataValue`` or already plain)."""
+    return getattr(value, "value", value)
 
 
 ablation_job = dg.define_asset_job(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +12,7 @@ import pyarrow as pa
 from dagster_ray import Lifecycle, PipesRayJobClient, RayResource
 from pydantic import Field
 
-from idglow.inference.engine import RayOptions, Replica, StageResult, init_ray, run_stage
+from idglow.inference.engine import RayOptions, Replica, StageResult, init_ray, ray_session, run_stage
 from idglow.inference.jobs import StageRequest, submit_stage
 
 
@@ -78,6 +79,18 @@ def ray_options(ray_cluster: RayResource) -> RayOptions:
     """Where a stage runs for a dagster-ray resource: an ``IdglowRay``'s options, else the Ray
     that resource connected (its address if it left Ray unconnected)."""
     return ray_cluster.options() if isinstance(ray_cluster, IdglowRay) else RayOptions(ray_cluster.ray_address)
+
+
+@contextlib.contextmanager
+def one_ray_for_the_step(ray_cluster: RayResource) -> Iterator[None]:
+    """Several stages of one step on one Ray: started (or joined) once, each stage inside uses it,
+    so a step of N stages pays an embedded Ray's start-up once, not N times. Submitted stages
+    (``job_address``) start nothing here: each is its own Ray job."""
+    if isinstance(ray_cluster, IdglowRay) and ray_cluster.job_address:
+        yield
+        return
+    with ray_session(ray_options(ray_cluster)):
+        yield
 
 
 def run_on_ray(

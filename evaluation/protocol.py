@@ -1,22 +1,36 @@
 """The evaluation protocol for one model version: every benchmark group x both tasks x static
 and dynamic prompts, generated with fixed inference settings (one seed per group and task, the
-same for every model), scored per image, each row carrying its lineage."""
+same for every model), scored per image, each row carrying its lineage. The generation and the
+scoring are stages on the engine (``assets.benchmark.evaluate_on_ray``); this module says what
+is generated and what a result row holds."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from functools import partial
-from pathlib import Path
 
 import pandas as pd
 
 from evaluation.benchmark import ImageScores, image_scores
-from idglow.generation import JOB_COLUMNS, GenerationSettings, generate_candidates
+from idglow.generation import JOB_COLUMNS, GenerationSettings
 from idglow.scoring import ImageScorer
 
 BENCHMARK_ROUND = "benchmark"  # seeds depend on the group, task and prompt, never on the model
+LINEAGE_COLUMNS = ("checkpoint_sha256", "shard_manifest_sha256", "prompt_set_sha256", "metric_models", "code_version")
+PROTOCOL_COLUMNS = (
+    "model_version",
+    "group_id",
+    "task",
+    "prompt_kind",
+    "n_subjects",
+    "image",
+    "seed",
+    *(f.name for f in fields(ImageScores)),
+    "inference",
+    *LINEAGE_COLUMNS,
+)
 
 
 def benchmark_jobs(prompts: pd.DataFrame) -> pd.DataFrame:
@@ -27,21 +41,16 @@ def benchmark_jobs(prompts: pd.DataFrame) -> pd.DataFrame:
     return bench.assign(job_id=bench["prompt_id"], photo_id="")[list(JOB_COLUMNS)].reset_index(drop=True)
 
 
-def evaluate_model(
-    pipeline,
-    scorer: ImageScorer,
-    jobs: pd.DataFrame,
+def protocol_frame(
+    images: pd.DataFrame,
+    scored: list[ImageScores],
     settings: GenerationSettings,
-    out_dir: Path,
     model_version: str,
     lineage: dict,
-    progress: bool = True,
 ) -> pd.DataFrame:
-    """Generate (images already written are kept) and score; one row per image with the metrics,
+    """The protocol's table of one model version: a row per generated image (``images``: the
+    candidate table, one candidate per job) with its metrics (``scored``, in the images' order),
     the inference settings and ``lineage`` (checkpoint, shards, prompts, metric models, code)."""
-    settings = replace(settings, candidates_per_job=1)
-    images, _ = generate_candidates(pipeline, jobs, settings, out_dir, BENCHMARK_ROUND, model_version, progress)
-    scored = image_scores(scorer, list(images["path"]), list(images["condition_paths"]), list(images["prompt"]))
     rows = []
     for row, scores in zip(images.itertuples(), scored, strict=True):
         rows.append(
@@ -54,11 +63,11 @@ def evaluate_model(
                 "image": row.path,
                 "seed": row.seed,
                 **scores.__dict__,
-                "inference": json.dumps(asdict(settings)),
+                "inference": json.dumps(asdict(replace(settings, candidates_per_job=1))),
                 **lineage,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PROTOCOL_COLUMNS)
 
 
 def score_external(

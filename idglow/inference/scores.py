@@ -161,6 +161,52 @@ class ImageScoreReplica(ScoreReplica):
         return {k: v for k, v in json.loads(path.read_text()).items() if k != ITEM_ID}
 
 
+@dataclass(frozen=True)
+class ImageScoreStage:
+    """The image-score stage for some images: its work items, its replicas, and how to read the
+    ``ImageScores`` of every image (in the images' order) back from the stage's result."""
+
+    items: pa.Table
+    replica_factory: ImageScoreReplicaFactory
+    ids: list[str]  # each image's item id, in the images' order (repeats share one item)
+
+    def scores(self, result: StageResult) -> list:
+        from evaluation.benchmark import ImageScores
+
+        if not self.ids:
+            return []
+        columns = [f.name for f in fields(ImageScores)]
+        by_id = {row[ITEM_ID]: row for row in result.table.select([ITEM_ID, *columns]).to_pylist()}
+        return [ImageScores(**{c: by_id[i][c] for c in columns}) for i in self.ids]
+
+
+def image_score_stage(
+    hub: ModelHub,
+    roots: TableRoots,
+    images: list[str],
+    condition_paths: list[list[str]],
+    prompts: list[str],
+    *,
+    device: str | None = None,
+    batch_size: int = 64,
+) -> ImageScoreStage:
+    """``evaluation.benchmark.image_scores`` of these images (files under ``roots``, absolute or
+    stored) as a stage on the engine; its outputs depend on the scoring models' fingerprints."""
+    from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
+
+    fingerprints = {
+        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
+    }
+    settings = {"profile": hub.profile, **fingerprints}
+    stored = [roots.store(image) for image in images]
+    conditions = [[roots.store(p) for p in paths] for paths in condition_paths]
+    return ImageScoreStage(
+        image_items(stored, conditions, prompts, settings, roots),
+        ImageScoreReplicaFactory(HubSpec.of(hub, device), roots, batch_size),
+        [image_id(roots, *key) for key in zip(stored, conditions, prompts, strict=True)],
+    )
+
+
 def image_scores_on_ray(
     hub: ModelHub,
     roots: TableRoots,
@@ -173,30 +219,17 @@ def image_scores_on_ray(
     batch_size: int = 64,
     logger: Any = None,
 ) -> list:
-    """``evaluation.benchmark.image_scores`` of these images (files under ``roots``, absolute or
-    stored) as a stage on the engine: ``ImageScores`` in their order, equal to the plain call up
-    to float rounding (CLIP and the face pack see other batch compositions)."""
-    from evaluation.benchmark import ImageScores
-    from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
-
-    fingerprints = {
-        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
-    }
-    settings = {"profile": hub.profile, **fingerprints}
-    stored = [roots.store(image) for image in images]
-    conditions = [[roots.store(p) for p in paths] for paths in condition_paths]
+    """``evaluation.benchmark.image_scores`` of these images run in this process on the Ray
+    ``options`` names: ``ImageScores`` in their order, equal to the plain call up to float
+    rounding (CLIP and the face pack see other batch compositions)."""
+    stage = image_score_stage(hub, roots, images, condition_paths, prompts, device=device, batch_size=batch_size)
     result = run_stage(
-        image_items(stored, conditions, prompts, settings, roots),
-        ImageScoreReplicaFactory(HubSpec.of(hub, device), roots, batch_size),
+        stage.items,
+        stage.replica_factory,
         roots.storage,
         stage=IMAGE_STAGE,
         options=options,
         batch_size=batch_size,
         logger=logger,
     )
-    if not result.table.num_rows:
-        return []
-    columns = [f.name for f in fields(ImageScores)]
-    by_id = {row[ITEM_ID]: row for row in result.table.select([ITEM_ID, *columns]).to_pylist()}
-    ids = [image_id(roots, *key) for key in zip(stored, conditions, prompts, strict=True)]
-    return [ImageScores(**{c: by_id[i][c] for c in columns}) for i in ids]
+    return stage.scores(result)
