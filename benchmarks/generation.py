@@ -40,9 +40,30 @@ says which of the two is faster there. ``--gpu --tiny`` is a dry run of this pat
 Either: ``--plain-images N`` times the plain call on the first N seeds of each job only (it is
 per image, so its seconds per image do not depend on N); ``--compile`` adds a row with the
 transformer's repeated block compiled (``compile_repeated_blocks``), its compilation timed
-apart; ``--first-block-cache T`` adds a lossy row, the batch with diffusers' First Block Cache at
-threshold T (``enable_first_block_cache``; off by default), whose PSNR says what it costs;
-``--repeats N`` runs the rows N times in turn and keeps each row's fastest run.
+apart; ``--repeats N`` runs the rows N times in turn and keeps each row's fastest run.
+
+Lossy options (idglow.acceleration, each off by default; ``--lossy``, which ``--tiny`` takes): a
+second table after the rows, each option on the batched row's work (the same jobs, seeds, size,
+steps and batch) on the same pipeline (applied, warmed up, timed, taken off again), with its
+images per second, its speed-up over the lossless batched row, the lowest PSNR against the
+lossless batched images at the same seeds, and the benchmark's own FaceSim and Aesthetic
+(``evaluation.benchmark.image_scores`` with ``idglow.scoring.ImageScorer``, each image against its
+job's reference portraits as condition images; the metric models of ``--models-dir``, in the
+formats of ``--metrics-profile``: ``demo``, the tiny twin's, unless ``real`` is given) of its
+images next to the lossless images', with the deltas and the faces found:
+
+- the step cache, diffusers' First Block Cache at threshold T (``--first-block-cache T``, 0.05
+  unless given; that flag alone adds this row only);
+- the distilled LoRA given by ``--distilled-lora PATH`` at its own ``--distilled-steps`` (8; for
+  runs of 8 steps or fewer, half) and ``--distilled-cfg`` (1): fewer steps are its point, and the
+  row says so. ``--tiny`` without a path builds a LoRA of random weights locally
+  (``write_random_lora``) and labels the row RANDOM: a dry run of the path, no distillation;
+- fp8, torchao's dynamic-activation float8, last (it cannot be taken off): only where the device
+  runs it (CUDA with compute capability ≥ 8.9, and not with ``--compile``); elsewhere the row
+  says it was skipped and why.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generation.py --tiny --lossy
+    python benchmarks/generation.py --gpu --steps 10 --lossy [--distilled-lora PATH]
 
     python benchmarks/generation.py --gpu [--k 4] [--steps 40] [--size 1024] [--plain-images 2] [--compile]
 """
@@ -62,7 +83,14 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from idglow.acceleration import enable_first_block_cache
+from idglow.acceleration import (
+    Acceleration,
+    AccelerationError,
+    apply_acceleration,
+    fp8_supported,
+    remove_acceleration,
+    write_random_lora,
+)
 from idglow.editing import ReferenceBudget, compile_repeated_blocks, edit_candidates
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplica, CandidateReplicaFactory, HubSpec, candidate_items
@@ -416,6 +444,166 @@ def cpu_pipeline(models_dir: Path):
     return ModelHub("demo", models_dir, device="cpu").generator()
 
 
+@dataclass(frozen=True)
+class LossyRow:
+    """A lossy option's row: its timed run (None: skipped, ``note`` says why) and the benchmark's
+    mean FaceSim and Aesthetic of its images."""
+
+    name: str
+    row: Row | None
+    note: str = ""
+    face_sim: float | None = None
+    aesthetic: float | None = None
+    faces: str = ""  # faces found / faces the references ask for
+
+
+class BenchmarkScores:
+    """The benchmark's own metrics (``evaluation.benchmark.image_scores`` with
+    ``idglow.scoring.ImageScorer``) of a row's images, each against its job's reference portraits
+    as condition images and its prompt, the PNG files in a scratch folder."""
+
+    def __init__(self, hub, workload: Workload):
+        import tempfile
+
+        from idglow.scoring import ImageScorer
+
+        self.scorer, self.workload = ImageScorer(hub, progress=False), workload
+        self.root = Path(tempfile.mkdtemp(prefix="idglow-generation-lossy-"))
+        self.conditions = []
+        for j, job in enumerate(workload.jobs):
+            paths = []
+            for r, reference in enumerate(job.references):
+                path = self.root / f"reference-{j}-{r}.png"
+                reference.save(path)
+                paths.append(str(path))
+            self.conditions.append(paths)
+
+    def means(self, tag: str, images: list[Image.Image]) -> tuple[float, float, str]:
+        """Mean FaceSim and mean Aesthetic of ``images`` (the workload's order), and the faces
+        found of those asked for (FaceSim counts a portrait without a matching face as 0)."""
+        from evaluation.benchmark import image_scores
+
+        conditions = [self.conditions[j] for j, job in enumerate(self.workload.jobs) for _ in job.seeds]
+        prompts = [job.prompt for job in self.workload.jobs for _ in job.seeds]
+        paths = []
+        for i, image in enumerate(images):
+            path = self.root / f"{tag}-{i}.png"
+            image.save(path)
+            paths.append(str(path))
+        scores = image_scores(self.scorer, paths, conditions, prompts)
+        found = f"{sum(s.faces_found for s in scores)}/{sum(len(c) for c in conditions)}"
+        return float(np.mean([s.face_sim for s in scores])), float(np.mean([s.aesthetic for s in scores])), found
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def lossy_options(
+    args, transformer, workload: Workload, device: torch.device, scratch: Path
+) -> list[tuple[str, object]]:
+    """(name, Acceleration or the reason it is skipped) of each lossy row, fp8 last (it cannot be
+    taken off the pipeline again)."""
+    threshold = 0.05 if args.first_block_cache is None else args.first_block_cache
+    options: list[tuple[str, object]] = [(f"step cache (first block) {threshold:g}", Acceleration(threshold))]
+    if not args.lossy:
+        return options
+    distilled_steps = args.distilled_steps or (8 if workload.steps > 8 else max(2, workload.steps // 2))
+    lora, label = args.distilled_lora, "distilled LoRA"
+    if lora is None and args.tiny:
+        lora = write_random_lora(transformer, scratch / "random-lora")  # only the layers' shapes are read
+        label = "RANDOM LoRA (dry run, no distillation)"
+    if lora is None:
+        options.append(("distilled LoRA", "skipped: give --distilled-lora PATH (a local LoRA folder or file)"))
+    else:
+        acceleration = Acceleration(
+            distilled_lora=str(lora), distilled_steps=distilled_steps, distilled_true_cfg_scale=args.distilled_cfg
+        )
+        steps, cfg = acceleration.sampling(workload.steps, workload.true_cfg_scale)
+        options.append((f"{label}, {steps} steps, CFG {cfg:g}", acceleration))
+    if not fp8_supported(device):
+        options.append(("fp8 (torchao float8)", f"skipped on {device}: it needs CUDA with compute capability ≥ 8.9"))
+    elif args.compile:
+        options.append(("fp8 (torchao float8)", "skipped: float8 layers cannot be taken off before --compile's row"))
+    else:
+        options.append(("fp8 (torchao float8)", Acceleration(fp8=True)))
+    return options
+
+
+def lossy_rows(
+    args, pipeline, workload: Workload, warm_up: Workload, k: int, lossless: list[Image.Image], scores, device
+) -> list[LossyRow]:
+    """Each lossy option on the batched row's work (the same jobs, seeds, size, steps and batch;
+    the distilled LoRA at its own fewer steps and CFG, its point), on the one pipeline: applied,
+    warmed up, timed (``--repeats``), taken off again (fp8, last, stays)."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="idglow-generation-lora-"))
+    rows = []
+    for name, acceleration in lossy_options(args, pipeline.transformer, workload, device, scratch):
+        if not isinstance(acceleration, Acceleration):
+            rows.append(LossyRow(name, None, acceleration))
+            continue
+        steps, cfg = acceleration.sampling(workload.steps, workload.true_cfg_scale)
+        work = replace(workload, steps=steps, true_cfg_scale=cfg)
+        try:
+            apply_acceleration(pipeline, acceleration)
+        except AccelerationError as error:
+            rows.append(LossyRow(name, None, f"skipped: {error}"))
+            continue
+        ours(pipeline, replace(warm_up, true_cfg_scale=cfg), 1, ReferenceBudget(128 * 128, 64 * 64))
+        made: list[Image.Image] = []
+
+        def run(work=work, made=made) -> list[Image.Image]:
+            made[:] = ours(pipeline, work, k)
+            return made
+
+        best = None
+        for _ in range(args.repeats):
+            best = fastest(best, measure(name, run, dict(enumerate(lossless))))
+        if not acceleration.fp8:
+            remove_acceleration(pipeline)
+        note = (
+            ""
+            if steps == workload.steps
+            else f"{steps} steps, CFG {cfg:g} instead of {workload.steps}, CFG {workload.true_cfg_scale:g}: its point"
+        )
+        rows.append(LossyRow(name, best, note, *scores.means(f"lossy{len(rows)}", made)))
+    return rows
+
+
+def print_lossy(rows: list[LossyRow], lossless: Row, lossless_images: list[Image.Image], scores) -> None:
+    """The lossy rows against the lossless batched row: img/s and speed-up, PSNR against its
+    images at the same seeds, FaceSim and Aesthetic (the benchmark's) beside its own, and the deltas."""
+    face, aesthetic, faces = scores.means("lossless", lossless_images)
+    base = lossless.images / lossless.seconds
+    print(
+        "lossy options, each on the batched row's work (same jobs, seeds, size, steps, batch; PSNR, FaceSim and"
+        " Aesthetic against the lossless batched images at the same seeds):"
+    )
+    header = f"{'row':<54}{'images':>7}{'img/s':>9}{'speed-up':>9}{'min PSNR':>10}"
+    print(
+        f"{header}{'faces':>7}{'FaceSim':>9}{'(lossless)':>11}{'delta':>9}{'Aesth.':>8}{'(lossless)':>11}{'delta':>9}"
+    )
+    print(
+        f"{'lossless, batched (the reference)':<54}{lossless.images:>7}{base:>9.3f}{1:>8.2f}x{'inf':>10}{faces:>7}"
+        f"{face:>9.3f}{face:>11.3f}{'-':>9}{aesthetic:>8.3f}{aesthetic:>11.3f}{'-':>9}"
+    )
+    for lossy in rows:
+        if lossy.row is None:
+            print(f"{lossy.name:<54}{lossy.note}")
+            continue
+        row, rate = lossy.row, lossy.row.images / lossy.row.seconds
+        quality = "inf" if row.min_psnr == float("inf") else f"{row.min_psnr:.1f}"
+        print(
+            f"{lossy.name:<54}{row.images:>7}{rate:>9.3f}{rate / base:>8.2f}x{quality:>10}{lossy.faces:>7}"
+            f"{lossy.face_sim:>9.3f}{face:>11.3f}{lossy.face_sim - face:>+9.4f}"
+            f"{lossy.aesthetic:>8.3f}{aesthetic:>11.3f}{lossy.aesthetic - aesthetic:>+9.4f}"
+            + (f"  ({lossy.note})" if lossy.note else "")
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -438,6 +626,26 @@ def main() -> None:
     )
     parser.add_argument(
         "--first-block-cache", type=float, default=None, metavar="T", help="add a lossy row: First Block Cache at T"
+    )
+    parser.add_argument(
+        "--lossy",
+        action="store_true",
+        help="add the lossy rows (step cache, distilled LoRA, fp8) with their FaceSim and Aesthetic cost",
+    )
+    parser.add_argument(
+        "--distilled-lora",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="--lossy: a few-step distilled LoRA (folder or .safetensors); --tiny without it: a random one",
+    )
+    parser.add_argument("--distilled-steps", type=int, default=None, help="its steps (8; at most 8 steps: half)")
+    parser.add_argument("--distilled-cfg", type=float, default=1.0, help="its true-CFG scale (1)")
+    parser.add_argument(
+        "--metrics-profile",
+        choices=("demo", "real"),
+        default="demo",
+        help="the lossy rows' metric models: --models-dir's in this profile's formats (demo: the tiny twin)",
     )
     parser.add_argument("--compile", action="store_true", help="add a row with the repeated block compiled")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray rows (CPU)")
@@ -498,7 +706,13 @@ def main() -> None:
     one_at_a_time = (
         [] if args.tiny and not args.gpu else [("ours, one at a time (batch 1)", lambda: ours(pipeline, workload, 1))]
     )
-    cases = [(plain_name, run_plain), *one_at_a_time, (batched_name, lambda: ours(pipeline, workload, k))]
+    lossless: list[Image.Image] = []  # the batched row's images, what the lossy rows are compared with
+
+    def run_batched() -> list[Image.Image]:
+        lossless[:] = ours(pipeline, workload, k)
+        return lossless
+
+    cases = [(plain_name, run_plain), *one_at_a_time, (batched_name, run_batched)]
     if args.gpu or args.cfg_two_calls:
         cases.append(
             (f"ours, batched, CFG in 2 calls (batch {k})", lambda: ours(pipeline, workload, k, cfg_in_one_call=False))
@@ -521,12 +735,17 @@ def main() -> None:
     finally:
         if engine:
             engine.close()
-    if args.first_block_cache is not None:  # lossy: its PSNR column is what it costs
-        enable_first_block_cache(pipeline, args.first_block_cache)
-        name = f"ours, batched, first-block cache {args.first_block_cache:g} (lossy)"
-        for _ in range(args.repeats):
-            best[name] = fastest(best.get(name), measure(name, lambda: ours(pipeline, workload, k), expected))
-        pipeline.transformer.disable_cache()
+    lossy, scores = [], None
+    if args.lossy or args.first_block_cache is not None:  # before --compile's row, which changes the transformer
+        from idglow.models.hub import ModelHub
+        from idglow.models.tiny import ensure_tiny_models
+
+        transformer_device = next(pipeline.transformer.parameters()).device
+        if args.metrics_profile == "demo":  # the tiny twin's metric models, built if missing
+            ensure_tiny_models(args.models_dir, seed=0, progress=False)
+        hub = ModelHub(args.metrics_profile, args.models_dir, device=transformer_device.type)
+        scores = BenchmarkScores(hub, workload)
+        lossy = lossy_rows(args, pipeline, workload, warm_up, k, lossless, scores, transformer_device)
     compile_seconds = None
     if args.compile:  # after the eager rows: compiling changes the transformer in place
         started = time.perf_counter()
@@ -540,6 +759,9 @@ def main() -> None:
     print_rows(rows)
     if compile_seconds is not None:
         print(f"compilation (compile_repeated_blocks, with a first two-step call): {compile_seconds:.1f} s")
+    if scores is not None:
+        print_lossy(lossy, best[batched_name], lossless, scores)
+        scores.close()
     print(f"at the end: {load_average()}")
     if kept:
         print_ray_times(kept, ray_rows)

@@ -133,6 +133,23 @@ def apply_acceleration(pipeline, acceleration: Acceleration) -> None:
     _APPLIED[pipeline] = acceleration
 
 
+def remove_acceleration(pipeline) -> None:
+    """Take ``apply_acceleration``'s options off ``pipeline`` again (the step cache disabled, the
+    distilled adapter deleted, the other adapters active as before), as a benchmark comparing the
+    options on one pipeline needs. Float8 layers cannot be turned back: refused."""
+    applied = applied_acceleration(pipeline)
+    if applied.fp8:
+        raise AccelerationError("this pipeline's float8 layers cannot be turned back: load a fresh pipeline")
+    if applied.step_cache_threshold is not None:
+        pipeline.transformer.disable_cache()
+    if applied.distilled_lora is not None:
+        others = [name for name in pipeline.get_active_adapters() if name != DISTILLED_ADAPTER]
+        pipeline.delete_adapters(DISTILLED_ADAPTER)
+        if others:
+            pipeline.set_adapters(others)
+    _APPLIED.pop(pipeline, None)
+
+
 def enable_first_block_cache(pipeline, threshold: float = 0.05) -> None:
     """Lossy: diffusers' First Block Cache on the transformer. Every step runs the first block;
     when its residual moved by less than ``threshold`` (mean absolute change over mean absolute

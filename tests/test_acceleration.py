@@ -19,6 +19,7 @@ from idglow.acceleration import (
     applied_acceleration,
     apply_acceleration,
     fp8_supported,
+    remove_acceleration,
     write_random_lora,
 )
 from idglow.editing import ReferenceBudget, edit_candidates, skip_unused_logits
@@ -239,3 +240,12 @@ def test_the_options_are_checked_and_the_profile_field_names_match():
         Acceleration(step_cache_threshold=-1.0)
     names = {"step_cache_threshold", "fp8_transformer", "distilled_lora", "distilled_steps", "distilled_true_cfg_scale"}
     assert names <= set(Profile.__dataclass_fields__)
+
+
+def test_the_options_come_off_again_but_fp8(fresh, exact, random_lora):
+    """remove_acceleration (the benchmark's rows share one pipeline) gives the lossless images back."""
+    pipeline = fresh()
+    apply_acceleration(pipeline, Acceleration(step_cache_threshold=1e9, distilled_lora=str(random_lora)))
+    remove_acceleration(pipeline)
+    assert applied_acceleration(pipeline) == Acceleration()
+    assert max_differences(run(pipeline), exact) == [0, 0, 0]
