@@ -249,3 +249,16 @@ def test_the_options_come_off_again_but_fp8(fresh, exact, random_lora):
     remove_acceleration(pipeline)
     assert applied_acceleration(pipeline) == Acceleration()
     assert max_differences(run(pipeline), exact) == [0, 0, 0]
+
+
+def test_a_user_turns_the_options_on_in_an_overrides_file(tmp_path):
+    from idglow.profiles import apply_overrides
+
+    overrides = tmp_path / "fast.toml"
+    overrides.write_text(
+        'step_cache_threshold = 0.05\nfp8_transformer = true\ndistilled_lora = "loras/lightning"\n'
+        "distilled_steps = 4\ndistilled_true_cfg_scale = 1\n"
+    )
+    acceleration = Acceleration.of_profile(apply_overrides(defaults("real", tmp_path), overrides))
+    assert acceleration == Acceleration(0.05, True, str(Path("loras/lightning").absolute()), 4, 1.0)
+    assert acceleration.sampling(40, 4.0) == (4, 1.0)
