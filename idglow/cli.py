@@ -10,8 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # imported lazily by the commands that use them
+    from evaluation.benchmark import ImageScores
+    from idglow.models.hub import ModelHub
+    from idglow.paths import TableRoots
 
 app = typer.Typer(help="IdGlow: identity-preserving group photo generation, as a pipeline.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Read source datasets into catalogs.", no_args_is_help=True)
@@ -169,6 +175,12 @@ def eval_external_command(
     ),
     name: str = typer.Option(..., help="The method's name in the report (e.g. a commercial service)."),
     storage_root: Path = typer.Option(None, help="The profile's storage root (default: the profile's)."),
+    ray_job_address: str = typer.Option(
+        None,
+        envvar="IDGLOW_RAY_JOB_ADDRESS",
+        help="A Ray cluster's dashboard (http://head:8265) to submit the scoring to as a Ray job, its log "
+        "echoed here; unset: scored in this process (an embedded Ray, or the cluster at IDGLOW_RAY_ADDRESS).",
+    ),
 ) -> None:
     """Score images made elsewhere on the benchmark groups with the same metrics; the next
     benchmark_report includes them. Missing, unreadable or unknown images are listed, never skipped silently."""
@@ -180,14 +192,16 @@ def eval_external_command(
     from evaluation.benchmark import read_external_manifest
     from evaluation.protocol import score_external
     from idglow.inference.engine import RayOptions
+    from idglow.inference.jobs import RayJobFailed
     from idglow.inference.scores import image_scores_on_ray
     from idglow.models.hub import ModelHub
     from idglow.paths import ArtifactPaths, TableRoots
     from idglow.profiles import load_profile
     from idglow.storage import copy_in, write_parquet_atomic
 
-    # Scored on the engine (one ImageScorer per Ray actor): an embedded Ray for the command, or
-    # the cluster at IDGLOW_RAY_ADDRESS, read here once and passed down.
+    # Scored on the engine (one ImageScorer per Ray actor): a Ray job on the cluster at
+    # --ray-job-address, else an embedded Ray for the command, or the cluster at
+    # IDGLOW_RAY_ADDRESS, read here once and passed down.
     ray_options = RayOptions(address=os.environ.get("IDGLOW_RAY_ADDRESS") or None)
     profile = load_profile()
     paths = ArtifactPaths((storage_root or profile.storage_root).absolute())
@@ -201,13 +215,17 @@ def eval_external_command(
     rows = rows.assign(image=[str(copy_in(image, imported)) for image in rows["image"]]) if len(rows) else rows
     roots = TableRoots(paths.root, replace(profile, storage_root=paths.root).celebahq_source.absolute())
     hub = ModelHub.of_profile(profile)
-    scores, unknown = score_external(
-        None,
-        rows,
-        roots.resolve_frame(pd.read_parquet(paths.table("prompts"))),
-        f"external-{name}",
-        score=partial(image_scores_on_ray, hub, roots, options=ray_options),  # each actor its own device
-    )
+    if ray_job_address:
+        score = partial(_image_scores_as_ray_job, hub, roots, ray_job_address)
+    else:
+        score = partial(image_scores_on_ray, hub, roots, options=ray_options)  # each actor its own device
+    try:
+        scores, unknown = score_external(
+            None, rows, roots.resolve_frame(pd.read_parquet(paths.table("prompts"))), f"external-{name}", score=score
+        )
+    except (RayJobFailed, ConnectionError) as error:  # a failed job, or no job API at the address
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
     out = write_parquet_atomic(
         paths.asset_dir("benchmark_results") / f"external-{name}.parquet", roots.store_frame(scores)
     )
@@ -223,6 +241,28 @@ def eval_external_command(
             .round(3)
             .to_string()
         )
+
+
+def _image_scores_as_ray_job(
+    hub: ModelHub,
+    roots: TableRoots,
+    job_address: str,
+    images: list[str],
+    condition_paths: list[list[str]],
+    prompts: list[str],
+) -> list[ImageScores]:
+    """``image_scores_on_ray``'s stage submitted as a Ray job to the dashboard at ``job_address``
+    (``IDGLOW_RAY_JOB_ADDRESS``): the job's log lines, its progress among them, are echoed here,
+    and the scores come back in the images' order. Nothing to score submits nothing."""
+    from idglow.inference.jobs import StageRequest, submit_stage_job
+    from idglow.inference.scores import IMAGE_STAGE, image_score_stage
+
+    stage = image_score_stage(hub, roots, images, condition_paths, prompts)
+    if not stage.ids:
+        return []
+    batch_size = stage.replica_factory.batch_size  # one scorer batch per stage batch, as image_scores_on_ray
+    request = StageRequest(IMAGE_STAGE, stage.items, stage.replica_factory, batch_size, None, None)
+    return stage.scores(submit_stage_job(job_address, request, roots.storage, echo=typer.echo))
 
 
 # ------------------------------------------------------------------------------ review

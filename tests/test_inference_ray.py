@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pyarrow as pa
 import pytest
@@ -137,6 +138,12 @@ def _running_head(dashboard_port: int | None = None):
     log = open(Path(temp_dir) / "ray-start.log", "wb")
     # A submitted job's entrypoint finds this environment's python on the head's PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if dashboard_port:
+        # Token authentication off for a head that serves jobs, explicitly: Ray turns it on when a
+        # token file exists in the home folder (or this process's Ray turned it on), and a job
+        # client in another process (the command under test) sends the token only with
+        # RAY_AUTH_MODE=token. Every driver of this head runs on it, in a job, so the mode is one.
+        env["RAY_AUTH_MODE"] = "disabled"
     head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -453,22 +460,18 @@ def test_the_image_score_stage_on_ray_equals_image_scores(tmp_path, tiny_models_
     assert image_scores_on_ray(hub, roots, [], [], []) == []
 
 
-def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_path, tiny_models_dir, hub):
-    """The command (embedded Ray, IDGLOW_RAY_ADDRESS unset) writes the table score_external
-    writes with the scorer in process: same rows and columns, the numbers to float rounding."""
+def _external_inputs(folder: Path) -> tuple[Path, Path, list[dict], pd.DataFrame]:
+    """What `idglow eval external` scores in these tests, under ``folder``: a storage root whose
+    prompts table has one benchmark group (two portraits, a static and a dynamic prompt), and a
+    manifest naming one image made elsewhere for both prompts. Returns (the storage root, the
+    manifest, its rows, the prompts table)."""
     import json
-    import subprocess
-    import sys
 
-    import numpy as np
-    import pandas as pd
     from PIL import Image, ImageDraw
 
-    from evaluation.protocol import score_external
-    from idglow.paths import ArtifactPaths, TableRoots
-    from idglow.scoring import ImageScorer
+    from idglow.paths import ArtifactPaths
 
-    root, made = tmp_path / "storage", tmp_path / "elsewhere"
+    root, made = folder / "storage", folder / "elsewhere"
     (root / "portraits").mkdir(parents=True)
     made.mkdir()
     for i, colour in enumerate(("red", "blue", "green")):
@@ -489,19 +492,49 @@ def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_pa
     paths = ArtifactPaths(root)
     paths.table("prompts").parent.mkdir(parents=True)
     prompts.to_parquet(paths.table("prompts"))
-    manifest = tmp_path / "manifest.json"
+    manifest = folder / "manifest.json"
     rows = [
         {"group_id": "g0", "task": "group_fusion", "prompt_kind": kind, "image": str(made / "2.png")}
         for kind in ("static", "dynamic")
     ]
     manifest.write_text(json.dumps(rows))
-    env = {k: v for k, v in os.environ.items() if k != "IDGLOW_RAY_ADDRESS"}
-    env.update(IDGLOW_PROFILE="demo", IDGLOW_MODELS_DIR=str(tiny_models_dir), IDGLOW_STORAGE_ROOT=str(root))
+    return root, manifest, rows, prompts
+
+
+def _run_eval_external(
+    root: Path, manifest: Path, models_dir: Path, *options: str, **variables: str
+) -> subprocess.CompletedProcess:
+    """`idglow eval external --name x` with ``options`` in a subprocess on the demo profile with
+    ``variables`` set (no Ray address or job address from the caller's environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("IDGLOW_RAY_ADDRESS", "IDGLOW_RAY_JOB_ADDRESS")}
+    env.update(IDGLOW_PROFILE="demo", IDGLOW_MODELS_DIR=str(models_dir), IDGLOW_STORAGE_ROOT=str(root), **variables)
     command = [sys.executable, "-m", "idglow.cli", "eval", "external", "--manifest", str(manifest), "--name", "x"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr
+    return subprocess.run([*command, *options], capture_output=True, text=True, timeout=600, env=env)
+
+
+def _eval_external(
+    root: Path, manifest: Path, models_dir: Path, **variables: str
+) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+    """``_run_eval_external`` that scored both images: its result and the table it wrote."""
+    from idglow.paths import ArtifactPaths
+
+    done = _run_eval_external(root, manifest, models_dir, **variables)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert "scored 2 of 2 images" in done.stdout
-    table = pd.read_parquet(paths.asset_dir("benchmark_results") / "external-x.parquet")
+    return done, pd.read_parquet(ArtifactPaths(root).asset_dir("benchmark_results") / "external-x.parquet")
+
+
+def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_path, tiny_models_dir, hub):
+    """The command (embedded Ray, IDGLOW_RAY_ADDRESS unset) writes the table score_external
+    writes with the scorer in process: same rows and columns, the numbers to float rounding."""
+    import numpy as np
+
+    from evaluation.protocol import score_external
+    from idglow.paths import TableRoots
+    from idglow.scoring import ImageScorer
+
+    root, manifest, rows, prompts = _external_inputs(tmp_path)
+    _, table = _eval_external(root, manifest, tiny_models_dir)
 
     roots = TableRoots(root, root)
     imported = [str(root / p) for p in table["image"]]
@@ -512,6 +545,58 @@ def test_idglow_eval_external_scores_on_the_engine_as_score_external_does(tmp_pa
     numbers = [c for c in plain.columns if pd.api.types.is_float_dtype(plain[c])]
     pd.testing.assert_frame_equal(table.drop(columns=numbers), plain.drop(columns=numbers))
     np.testing.assert_allclose(table[numbers].to_numpy(float), plain[numbers].to_numpy(float), rtol=1e-5, atol=1e-6)
+
+
+def test_idglow_eval_external_submitted_as_a_ray_job_streams_its_progress_and_equals_the_embedded_run(
+    tmp_path, tiny_models_dir, ray_head_with_jobs
+):
+    """With IDGLOW_RAY_JOB_ADDRESS the command submits its image-score stage to the head's job API
+    with Ray's JobSubmissionClient (no Dagster): the job's progress line reaches the command's
+    output and the table equals an embedded run's. --ray-job-address wins over the variable, a
+    missing job API ends the command with an error, and a job that fails raises with its status
+    and the tail of its log."""
+    from idglow.inference.jobs import RayJobFailed, StageRequest, submit_stage_job
+
+    _, job_address = ray_head_with_jobs
+    root, manifest, _, _ = _external_inputs(tmp_path / "job")
+    variables = {"IDGLOW_RAY_JOB_ADDRESS": job_address}
+    done, submitted = _eval_external(root, manifest, tiny_models_dir, **variables)
+    assert "image_scores: 2/2 items" in done.stdout, done.stdout
+    assert list((root / "ray_jobs").glob("image_scores-*/summary.json"))  # the job's progress summary, read back
+    embedded_root, embedded_manifest, _, _ = _external_inputs(tmp_path / "embedded")
+    _, embedded = _eval_external(embedded_root, embedded_manifest, tiny_models_dir)
+    # the imported copy is named by its source's path, which differs between the two inputs
+    pd.testing.assert_frame_equal(submitted.drop(columns="image"), embedded.drop(columns="image"))
+    copies = zip(submitted["image"], embedded["image"], strict=True)
+    assert all((root / a).read_bytes() == (embedded_root / b).read_bytes() for a, b in copies)
+
+    # --ray-job-address wins over the variable; no job API there is an error, not a traceback
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    refused = _run_eval_external(root, manifest, tiny_models_dir, "--ray-job-address", nowhere, **variables)
+    assert refused.returncode == 1 and f"error: Failed to connect to Ray at address: {nowhere}" in refused.stderr
+
+    request = StageRequest(STAGE, _items(2), ToyReplicaFactory(**SETTINGS), 2, None, None)
+    with pytest.raises(RayJobFailed, match="ended FAILED") as failed:
+        submit_stage_job(job_address, request, tmp_path / "failing", python="no-such-python", echo=lambda line: None)
+    assert "no-such-python" in str(failed.value)  # the shell's "not found", from the job's log
+
+
+def test_a_job_not_launched_by_pipes_writes_its_result_and_summary_for_the_submitter(tmp_path, monkeypatch):
+    """The job's entrypoint outside Pipes (as JobSubmissionClient starts it): it runs the request
+    and writes the result table and the summary, which read_result gives back as a StageResult.
+    No items: run_stage returns without starting Ray, so this needs none."""
+    from idglow.inference.jobs import StageRequest, launched_by_pipes, main, read_result, write_request
+
+    monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
+    assert not launched_by_pipes()
+    request = StageRequest(STAGE, _items(0), ToyReplicaFactory(**SETTINGS), 2, None, None)
+    request_path = write_request(request, tmp_path)
+    main([str(tmp_path), request_path])
+    result = read_result(tmp_path, request_path)
+    assert result.table.num_rows == 0 and result.table.column_names == list(RESULT_COLUMNS)
+    assert result.progress["items_total"] == 0 and result.progress["items_done"] == 0
+    monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", "set by a Pipes client")
+    assert launched_by_pipes()
 
 
 def test_the_ray_resource_leaves_ray_to_the_stages_inside_a_run():
