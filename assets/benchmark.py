@@ -37,6 +37,7 @@ from evaluation.benchmark import aggregate, bootstrap_ci
 from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, protocol_frame
 from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
+from idglow.acceleration import Acceleration
 from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
@@ -69,7 +70,8 @@ DEMO_NOTICE = (
 def benchmark_generation(profile) -> GenerationSettings:
     """The benchmark's fixed inference settings: the profile's size, steps and true CFG, one
     image per prompt, seeds from the profile (the same for every model version), the profile's
-    reference budgets."""
+    reference budgets and lossy accelerations (off by default; a version benchmarked with one on
+    says so in its rows' ``inference``)."""
     return GenerationSettings(
         profile.generation_size,
         profile.generation_size,
@@ -78,6 +80,7 @@ def benchmark_generation(profile) -> GenerationSettings:
         1,
         profile.seed,
         ReferenceBudget.of_profile(profile),
+        Acceleration.of_profile(profile),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from idglow.acceleration import Acceleration, apply_acceleration
 from idglow.editing import ReferenceBudget, edit_candidates
+from idglow.inference.engine import settings_hash
 from idglow.storage import atomic_path, remove_stale_partials
 
 # A generation job: one prompt (or one real photo's caption) for one group; K candidates each.
@@ -62,6 +63,18 @@ def job_seed(job_id: str, k: int, round_name: str, seed: int) -> int:
     """A stable seed per (job, candidate, round): reruns reproduce, rounds differ."""
     digest = hashlib.sha256(f"{seed}|{round_name}|{job_id}|{k}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def candidate_folder(settings: GenerationSettings, model_version: str) -> str:
+    """The sub-folder, under a round's folder, of the candidates made with ``settings`` by
+    ``model_version``: a hash of both, leaving out K (candidate k is the same image however many a
+    job has). A changed setting or model writes new files, never takes the old ones for its own."""
+    return settings_hash({**asdict(replace(settings, candidates_per_job=0)), "model_version": model_version})
+
+
+def candidate_name(job_id: str, k: int, settings: GenerationSettings, model_version: str) -> str:
+    """Candidate ``k`` of job ``job_id``'s path relative to its round's folder."""
+    return f"{candidate_folder(settings, model_version)}/{job_id}-k{k}.png"
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -118,9 +131,10 @@ def generate_candidates(
     progress: bool = True,
     candidates_batch: int = 4,
 ) -> tuple[pd.DataFrame, int]:
-    """Generate K candidates per job into ``out_dir``; complete files already there are kept (a
-    rerun skips them, and regenerates truncated or unreadable ones). Returns the candidate table
-    and how many images were generated now.
+    """Generate K candidates per job into ``out_dir`` (its ``candidate_folder`` for these settings
+    and this model); complete files already there are kept (a rerun skips them, and regenerates
+    truncated or unreadable ones). Returns the candidate table and how many images were generated
+    now.
 
     Up to ``candidates_batch`` candidates of a job are denoised together, in fixed groups by k
     (0..B-1, B..2B-1, ...). A rerun denoises every group holding a missing candidate whole and
@@ -133,13 +147,16 @@ def generate_candidates(
     apply_acceleration(pipeline, settings.acceleration)
     steps, true_cfg_scale = settings.sampling
     records, generated = [], 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out_dir)
+    folder = out_dir / candidate_folder(settings, model_version)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder)
     total = len(jobs) * settings.candidates_per_job
     bar = tqdm(total=total, desc=f"generating {round_name}", unit="img", disable=not progress)
     for job in jobs.itertuples():
         seeds = [job_seed(job.job_id, k, round_name, settings.seed) for k in range(settings.candidates_per_job)]
-        paths = [out_dir / f"{job.job_id}-k{k}.png" for k in range(settings.candidates_per_job)]
+        paths = [
+            out_dir / candidate_name(job.job_id, k, settings, model_version) for k in range(settings.candidates_per_job)
+        ]
         missing = [k for k, path in enumerate(paths) if not (path.exists() and is_complete_image(path))]
         groups = {k // candidates_batch for k in missing}
         # every group but the job's last is full, so edit_candidates splits ``redo`` into these groups

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from idglow.editing import ReferenceBudget
-from idglow.generation import GenerationSettings, generate_candidates, is_complete_image
+from idglow.generation import GenerationSettings, candidate_folder, generate_candidates, is_complete_image
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +62,18 @@ def test_a_rerun_regenerates_a_truncated_candidate_and_keeps_the_rest(generator,
 
     out = tmp_path / "rerun"
     generate_candidates(generator, table, SETTINGS, out, "r1", "base", progress=False)
-    truncated, kept = out / "job-1-k0.png", out / "job-1-k1.png"
+    folder = out / candidate_folder(SETTINGS, "base")
+    truncated, kept = folder / "job-1-k0.png", folder / "job-1-k1.png"
     truncated.write_bytes(expected["job-1-k0.png"][: len(expected["job-1-k0.png"]) // 2])  # a crash mid-copy
-    (out / ".job-1-k0.png.abc123.partial").write_bytes(b"half")  # a killed write's leftover
+    (folder / ".job-1-k0.png.abc123.partial").write_bytes(b"half")  # a killed write's leftover
     kept_inode = kept.stat().st_ino
     assert not is_complete_image(truncated) and is_complete_image(kept)
 
     _, generated = generate_candidates(generator, table, SETTINGS, out, "r1", "base", progress=False)
     assert generated == 1
-    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == expected
+    assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == expected
     assert kept.stat().st_ino == kept_inode  # the complete candidate was not written again
-    assert not list(out.glob(".*.partial"))
+    assert not list(folder.glob(".*.partial"))
 
 
 def test_a_rerun_redoes_the_batch_of_a_truncated_candidate(generator, tmp_path, monkeypatch):
@@ -90,10 +91,11 @@ def test_a_rerun_redoes_the_batch_of_a_truncated_candidate(generator, tmp_path, 
     assert generated == 4
     expected = {Path(p).name: Path(p).read_bytes() for p in straight["path"]}
     out = tmp_path / "rerun"
-    out.mkdir()
+    folder = out / candidate_folder(settings, "base")
+    folder.mkdir(parents=True)
     for name in ("job-1-k1.png", "job-1-k2.png"):
-        (out / name).write_bytes(expected[name])
-    inodes = {p.name: p.stat().st_ino for p in out.glob("*.png")}
+        (folder / name).write_bytes(expected[name])
+    inodes = {p.name: p.stat().st_ino for p in folder.glob("*.png")}
     calls, edit_candidates = [], generation.edit_candidates
 
     def counted(*args, generators, **kwargs):  # records the batches the rerun asks for
@@ -105,8 +107,8 @@ def test_a_rerun_redoes_the_batch_of_a_truncated_candidate(generator, tmp_path, 
         generator, table, settings, out, "r1", "base", progress=False, candidates_batch=3
     )
     assert generated == 2 and calls == [(4, 3)]
-    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == expected
-    assert {name: (out / name).stat().st_ino for name in inodes} == inodes
+    assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == expected
+    assert {name: (folder / name).stat().st_ino for name in inodes} == inodes
 
 
 def test_image_completeness_check(tmp_path):
@@ -121,3 +123,23 @@ def test_image_completeness_check(tmp_path):
     assert not is_complete_image(path)
     Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "b.jpg")
     assert is_complete_image(tmp_path / "b.jpg")
+
+
+def test_a_changed_setting_or_model_writes_new_candidates_instead_of_keeping_the_old(generator, tmp_path):
+    """A candidate's path is a function of its job, k and what made it (settings but K, the model
+    version): rerunning a round with another step count, or another model, keeps nothing of the
+    old round's files as its own; a larger K keeps the first candidates."""
+    table, out = jobs(tmp_path), tmp_path / "round"
+    first, generated = generate_candidates(generator, table, SETTINGS, out, "r1", "base", progress=False)
+    assert generated == 2
+    more_steps, made = generate_candidates(
+        generator, table, replace(SETTINGS, steps=3), out, "r1", "base", progress=False
+    )
+    other_model, made_too = generate_candidates(generator, table, SETTINGS, out, "r1", "lora:abc", progress=False)
+    assert made == made_too == 2
+    assert not set(first["path"]) & set(more_steps["path"]) and not set(first["path"]) & set(other_model["path"])
+    assert Path(first["path"][0]).read_bytes() != Path(more_steps["path"][0]).read_bytes()
+    wider, made = generate_candidates(
+        generator, table, replace(SETTINGS, candidates_per_job=3), out, "r1", "base", progress=False
+    )
+    assert made == 1 and list(wider["path"][:2]) == list(first["path"])

@@ -21,7 +21,14 @@ from PIL import Image
 from idglow.acceleration import apply_acceleration
 from idglow.editing import edit_candidates
 from idglow.faces import count_faces
-from idglow.generation import CANDIDATE_COLUMNS, GenerationSettings, candidate_record, is_complete_image, job_seed
+from idglow.generation import (
+    CANDIDATE_COLUMNS,
+    GenerationSettings,
+    candidate_name,
+    candidate_record,
+    is_complete_image,
+    job_seed,
+)
 from idglow.inference.engine import ITEM_ID, OUTPUT_PATH, Replica
 from idglow.models.hub import ModelHub
 from idglow.paths import TableRoots
@@ -37,7 +44,7 @@ def candidate_table(
             job,
             k,
             round_name,
-            f"{out_dir}/{job.job_id}-k{k}.png",
+            f"{out_dir}/{candidate_name(job.job_id, k, settings, model_version)}",
             job_seed(job.job_id, k, round_name, settings.seed),
             model_version,
         )
