@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from insightface.utils import face_align
 from tqdm.auto import tqdm
 
-from idglow.data.faces import FaceTruth, background, draw_face, render_group, render_portrait, sample_style
+from idglow.data.faces import (
+    YOUNG_CHILD_AGES,
+    FaceTruth,
+    background,
+    draw_face,
+    render_group,
+    render_portrait,
+    sample_style,
+)
+from idglow.data.scenes import render_scene
 from idglow.models.face_nets import (
     ANCHORS,
     STRIDES,
@@ -51,6 +60,31 @@ class FaceTrainingConfig:
     embedding_size: int = 64
     genderage_samples: int = 600
     genderage_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class WorldAgeConfig:
+    """Opt-in (a study, not in the default pack): train the gender/age model's age output on the
+    world's ground truth instead of a constant. People are drawn at their identity's own adult
+    age (``FaceStyle.age``, 20-69) or, ``child_fraction`` of them, at a young child's age
+    (``YOUNG_CHILD_AGES``), in portraits or group scenes, and cropped on a jittered face box (as
+    insightface crops on the detector's); the target is age / 100, insightface's convention.
+    ``samples`` and ``epochs`` stand in for ``genderage_samples`` and ``genderage_epochs``.
+
+    A separate argument rather than fields of ``FaceTrainingConfig``, whose every field is in the
+    face pack's cache stamp (``idglow.models.tiny``): so the default pack's stamp, and every pack
+    already built, is kept. Wiring it into ``ensure_tiny_models`` must change that stamp too
+    (``RECIPE_VERSION`` is in it).
+
+    Adult faces are drawn with their identity's adult proportions whatever their age, so no model
+    can tell 25 from 65 here: on adults the best it can do is their mean age."""
+
+    samples: int = 2400  # faces
+    child_fraction: float = 0.5  # of the people drawn
+    scene_fraction: float = 0.5  # of the images drawn, group scenes (``render_scene``) rather than portraits
+    box_jitter: float = 0.03  # of the face box's size, shift and scale
+    epochs: int = 10
+    age_weight: float = 10.0  # on the age MSE (in units of 100 years), against gender's cross-entropy
 
 
 # ------------------------------------------------------------------------ scenes
@@ -279,28 +313,76 @@ def _attribute_crop(image: np.ndarray, bbox: tuple[float, float, float, float], 
     return crop
 
 
-def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGenderAge:
-    """Gender from the drawn style; the age output is trained towards a constant 0.3 (30 years),
-    since procedural faces carry no age: the demo's age numbers are plumbing, not estimates."""
+def _jitter(bbox: tuple[float, float, float, float], rng: np.random.Generator, amount: float):
+    """``bbox`` shifted and rescaled by up to ``amount`` of its size, as a detector's box differs
+    from the drawn one."""
+    w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    dx, dy, ds = rng.uniform(-amount, amount, size=3)
+    cx, cy = (bbox[0] + bbox[2]) / 2 + dx * w, (bbox[1] + bbox[3]) / 2 + dy * h
+    half_w, half_h = w * (1 + ds) / 2, h * (1 + ds) / 2
+    return (float(cx - half_w), float(cy - half_h), float(cx + half_w), float(cy + half_h))
+
+
+def _world_age_samples(
+    config: FaceTrainingConfig, world_age: WorldAgeConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attribute crops, genders and ages / 100 of ``world_age.samples`` drawn faces. Styles and
+    renders come from the default recipe's stream (``render_portrait``'s age draws nothing from
+    it); ages, scenes and box jitter from a stream of their own."""
     rng = np.random.default_rng([config.seed, 3])
-    crops, genders = [], []
-    for _ in range(config.genderage_samples):
-        style = sample_style(rng)
-        image, truth = render_portrait(style, CANVAS, rng)
-        crops.append(_to_input(_attribute_crop(np.asarray(image), truth.bbox), 128.0))
-        genders.append(int(style.male))
-    x_all, y_all = torch.stack(crops), torch.tensor(genders)
+    age_rng = np.random.default_rng([config.seed, 3, 1])
+
+    def draw_age() -> int | None:
+        child = age_rng.random() < world_age.child_fraction
+        return int(age_rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) if child else None
+
+    crops, genders, ages = [], [], []
+    while len(crops) < world_age.samples:
+        if age_rng.random() < world_age.scene_fraction:
+            styles = [sample_style(rng) for _ in range(int(age_rng.integers(2, 4)))]
+            image, truths, _ = render_scene(styles, CANVAS, rng, ages=[draw_age() for _ in styles])
+        else:
+            image, truth = render_portrait(sample_style(rng), CANVAS, rng, age=draw_age())
+            truths = [truth]
+        pixels = np.asarray(image)
+        for truth in truths[: world_age.samples - len(crops)]:
+            box = _jitter(truth.bbox, age_rng, world_age.box_jitter)
+            crops.append(_to_input(_attribute_crop(pixels, box), 128.0))
+            genders.append(int(truth.male))
+            ages.append(truth.age / 100)
+    return torch.stack(crops), torch.tensor(genders), torch.tensor(ages, dtype=torch.float32)
+
+
+def train_genderage(
+    config: FaceTrainingConfig, progress: bool = True, world_age: WorldAgeConfig | None = None
+) -> TinyGenderAge:
+    """Gender from the drawn style. By default the age output is trained towards a constant 0.3
+    (30 years): the demo's age numbers are plumbing, not estimates. With ``world_age`` it is
+    trained on the ages the faces were drawn at (``WorldAgeConfig``)."""
+    if world_age is None:
+        rng = np.random.default_rng([config.seed, 3])
+        crops, genders = [], []
+        for _ in range(config.genderage_samples):
+            style = sample_style(rng)
+            image, truth = render_portrait(style, CANVAS, rng)
+            crops.append(_to_input(_attribute_crop(np.asarray(image), truth.bbox), 128.0))
+            genders.append(int(style.male))
+        x_all, y_all = torch.stack(crops), torch.tensor(genders)
+        a_all, age_weight, epochs = torch.full((len(x_all),), 0.3), 1.0, config.genderage_epochs
+    else:
+        x_all, y_all, a_all = _world_age_samples(config, world_age)
+        age_weight, epochs = world_age.age_weight, world_age.epochs
     torch.manual_seed(config.seed)
     model = TinyGenderAge().train()
 
     def gender_age_loss(index: torch.Tensor) -> torch.Tensor:
         out = model(x_all[index])
-        return F.cross_entropy(out[:, :2], y_all[index]) + F.mse_loss(out[:, 2], torch.full((len(index),), 0.3))
+        return F.cross_entropy(out[:, :2], y_all[index]) + age_weight * F.mse_loss(out[:, 2], a_all[index])
 
     _fit(
         list(model.parameters()),
         len(x_all),
-        config.genderage_epochs,
+        epochs,
         64,
         gender_age_loss,
         config.seed,
@@ -315,15 +397,19 @@ def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGe
 
 
 def write_tiny_face_pack(
-    folder: Path, config: FaceTrainingConfig = FaceTrainingConfig(), progress: bool = True
+    folder: Path,
+    config: FaceTrainingConfig = FaceTrainingConfig(),
+    progress: bool = True,
+    world_age: WorldAgeConfig | None = None,
 ) -> Path:
-    """Train the three tiny models and export them as an insightface pack folder."""
+    """Train the three tiny models and export them as an insightface pack folder (``world_age``:
+    the gender/age model's age output trained on the world's ages, see ``WorldAgeConfig``)."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         detector = train_detector(config, progress)
         recognizer = train_recognizer(config, progress)
-        genderage = train_genderage(config, progress)
+        genderage = train_genderage(config, progress, world_age)
     finally:
         torch.set_num_threads(previous_threads)
     folder.mkdir(parents=True, exist_ok=True)
@@ -331,5 +417,8 @@ def write_tiny_face_pack(
     export_onnx(detector, torch.zeros(1, 3, size, size), folder / DETECTOR_FILE, scrfd_output_names())
     export_onnx(recognizer, torch.zeros(1, 3, 112, 112), folder / RECOGNIZER_FILE, ["embedding"], dynamic_batch=True)
     export_onnx(genderage, torch.zeros(1, 3, 96, 96), folder / GENDERAGE_FILE, ["fc1"])
-    (folder / "training.json").write_text(json.dumps({"recipe_version": RECIPE_VERSION, **config.__dict__}, indent=2))
+    recorded = {"recipe_version": RECIPE_VERSION, **config.__dict__}
+    if world_age is not None:  # absent by default, so the default pack's files are as before
+        recorded["world_age"] = world_age.__dict__
+    (folder / "training.json").write_text(json.dumps(recorded, indent=2))
     return folder
