@@ -60,8 +60,10 @@ ui: install
 	@$(PY) -m pipelines.instance >/dev/null  # links dagster.yaml and creates the storage once, under a lock
 	$(VENV)/bin/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
 
-# GPU machines: onnxruntime and onnxruntime-gpu install the same module, so swap one for the other.
+# GPU machines: onnxruntime and onnxruntime-gpu install the same module, so swap one for the other;
+# and the fp8 extra (torchao) for fp8_transformer.
 gpu-runtime: install
+	$(PY) -m pip install --quiet --editable '.[dev,fp8]'
 	$(PY) -m pip uninstall --yes onnxruntime
 	$(PY) -m pip install --quiet onnxruntime-gpu==1.31.1
 

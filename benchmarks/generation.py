@@ -71,6 +71,7 @@ images next to the lossless images', with the deltas and the faces found:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -524,6 +525,8 @@ def lossy_options(
         options.append((f"{label}, {steps} steps, CFG {cfg:g}", acceleration))
     if not fp8_supported(device):
         options.append(("fp8 (torchao float8)", f"skipped on {device}: it needs CUDA with compute capability ≥ 8.9"))
+    elif importlib.util.find_spec("torchao") is None:
+        options.append(("fp8 (torchao float8)", "skipped: torchao is not installed (make gpu-runtime, or idglow[fp8])"))
     elif args.compile:
         options.append(("fp8 (torchao float8)", "skipped: float8 layers cannot be taken off before --compile's row"))
     else:

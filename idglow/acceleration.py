@@ -8,6 +8,9 @@ Three options (``Acceleration``), applied to a loaded pipeline by ``apply_accele
 - ``fp8``: torchao's float8 on the transformer's Linear layers, with dynamic-activation float8
   (FP8 weights and activations, FP8 matmuls). It needs CUDA with compute capability 8.9 or more
   (Ada, Hopper or newer); anywhere else it is refused with that reason, never silently skipped.
+  torchao is the optional extra ``idglow[fp8]``, not a core dependency: diffusers imports it
+  whenever it is installed, in every process that loads a pipeline (about 2 to 4 s each on the
+  2-core test machine), so only the machines that use FP8 install it.
 - ``distilled_lora``: a few-step distilled LoRA the user supplies (a local folder or
   safetensors file, never downloaded), loaded with diffusers' ``load_lora_weights`` as the
   adapter ``distilled`` beside any adapter already active. It is run with its own steps and
@@ -21,6 +24,7 @@ hash) never equal a lossless one's.
 
 from __future__ import annotations
 
+import importlib.util
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +128,8 @@ def apply_acceleration(pipeline, acceleration: Acceleration) -> None:
     device = next(pipeline.transformer.parameters()).device
     if acceleration.fp8 and not fp8_supported(device):
         raise AccelerationError(f"fp8_transformer needs {FP8_REQUIREMENT}; the transformer is on {device}")
+    if acceleration.fp8 and importlib.util.find_spec("torchao") is None:
+        raise AccelerationError("fp8_transformer needs torchao: pip install 'idglow[fp8]' (torchao==0.18.0)")
     if acceleration.distilled_lora is not None:
         load_distilled_lora(pipeline, acceleration.distilled_lora)
     if acceleration.fp8:

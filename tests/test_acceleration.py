@@ -4,6 +4,7 @@ Each test that turns an option on does it on a pipeline of its own (``fresh``): 
 applied once per pipeline and cannot be taken off, and the hub's generator is shared by the
 session's other tests."""
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def test_fp8_where_it_cannot_run_is_refused_naming_the_requirement(fresh, exact)
     assert max_differences(run(pipeline), exact) == [0, 0, 0]
 
 
-@pytest.mark.skipif(not fp8_supported("cuda"), reason="float8 needs CUDA with compute capability ≥ 8.9")
+@pytest.mark.skipif(
+    not fp8_supported("cuda") or importlib.util.find_spec("torchao") is None,
+    reason="float8 needs CUDA with compute capability ≥ 8.9 and torchao (idglow[fp8])",
+)
 def test_fp8_on_cuda_changes_the_images_slightly(fresh):
     pipeline = fresh().to("cuda", torch.bfloat16)
     before = run(pipeline)
