@@ -41,8 +41,7 @@ from idglow.acceleration import Acceleration
 from idglow.editing import ReferenceBudget
 from idglow.generation import GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
-from idglow.inference.scores import image_score_stage
-from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
+from idglow.inference.scores import image_score_stage, scorer_fingerprints
 from idglow.plots import markdown_image
 from idglow.profiles import Profile
 from idglow.storage import (
@@ -84,20 +83,16 @@ def benchmark_generation(profile) -> GenerationSettings:
     )
 
 
-def benchmark_lineage(hub, prompts_path, checkpoint_sha256: str, shard_manifest_sha256: str) -> dict[str, str]:
+def benchmark_lineage(
+    metric_models: dict[str, str], prompts_path, checkpoint_sha256: str, shard_manifest_sha256: str
+) -> dict[str, str]:
     """What a result row depends on besides its model's weights: the checkpoint, the shards it
-    was trained on, the prompt set, the metric models and the code."""
+    was trained on, the prompt set, the metric models (``scorer_fingerprints``) and the code."""
     return {
         "checkpoint_sha256": checkpoint_sha256,
         "shard_manifest_sha256": shard_manifest_sha256,
         "prompt_set_sha256": sha256_file(prompts_path),
-        "metric_models": json.dumps(
-            {
-                role: component_fingerprint(hub.profile, role, hub.models_dir)[:16]
-                for role in (FACE_PACK, CLIP, AESTHETIC)
-            },
-            sort_keys=True,
-        ),
+        "metric_models": json.dumps(metric_models, sort_keys=True),
         "code_version": code_version(),
     }
 
@@ -132,7 +127,13 @@ def evaluate_on_ray(
     )
     images = roots.resolve_frame(images)
     scoring = image_score_stage(
-        hub, roots, list(images["path"]), list(images["condition_paths"]), list(images["prompt"]), device=models.device
+        hub,
+        roots,
+        list(images["path"]),
+        list(images["condition_paths"]),
+        list(images["prompt"]),
+        device=models.device,
+        fingerprints=json.loads(lineage["metric_models"]),  # hashed once, for the rows and the stage alike
     )
     scored = run_on_ray(
         context,
@@ -229,7 +230,10 @@ def benchmark_results(
     entry = read_registry(settings).set_index("version").loc[version]
     prompts_path = paths.table("prompts")
     lineage = benchmark_lineage(
-        models.hub(settings), prompts_path, entry["checkpoint_sha256"], entry["shard_manifest_sha256"]
+        scorer_fingerprints(models.hub(settings)),
+        prompts_path,
+        entry["checkpoint_sha256"],
+        entry["shard_manifest_sha256"],
     )
     inference = benchmark_generation(profile)
     jobs = benchmark_jobs(pd.read_parquet(prompts_path))  # stored paths
@@ -567,10 +571,11 @@ def run_ablation(
     jobs = benchmark_jobs(pd.read_parquet(prompts_path))  # stored paths
     jobs = jobs[jobs["prompt_kind"] == "static"]
     inference, frames, progress = benchmark_generation(profile), [], {}
+    metric_models = scorer_fingerprints(models.hub(settings))  # the same models score every run
     with one_ray_for_the_step(ray_cluster):  # after the runs: the launched processes train on the devices
         for name, checkpoint in checkpoints.items():
             lineage = benchmark_lineage(
-                models.hub(settings),
+                metric_models,
                 prompts_path,
                 tensors_sha256(checkpoint / "pytorch_lora_weights.safetensors"),
                 _metadata_value(runs[name].metadata["shard_manifest_sha256"]),

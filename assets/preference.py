@@ -26,8 +26,8 @@ from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
 from idglow.generation import JOB_COLUMNS, GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
 from idglow.inference.prompts import PromptReplicaFactory, prompt_items, raw_outputs
-from idglow.inference.scores import ScoreReplicaFactory, pair_items, scores_frame
-from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, PROMPT_MODEL, component_fingerprint
+from idglow.inference.scores import ScoreReplicaFactory, pair_items, scorer_fingerprints, scores_frame
+from idglow.models.registry import PROMPT_MODEL, component_fingerprint
 from idglow.pairs import SOURCES, build_pairs
 from idglow.plots import delta_histograms, markdown_image
 from idglow.prompt_synthesis import build_prompt_preferences, build_prompts
@@ -314,9 +314,7 @@ def pair_scores(
     paths, roots, hub = settings.paths, settings.roots, models.hub(settings)
     stored = pd.read_parquet(paths.table("preference_pairs"))
     pairs = roots.resolve_frame(stored)
-    scorers = {
-        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
-    }
+    scorers = scorer_fingerprints(hub)
     started = time.perf_counter()
     result = run_on_ray(
         context,

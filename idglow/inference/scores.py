@@ -180,6 +180,16 @@ class ImageScoreStage:
         return [ImageScores(**{c: by_id[i][c] for c in columns}) for i in self.ids]
 
 
+def scorer_fingerprints(hub: ModelHub) -> dict[str, str]:
+    """The scoring models' short fingerprints (face pack, CLIP, aesthetic MLP), over their files'
+    content: what an image's scores depend on besides the image, its portraits and prompt."""
+    from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
+
+    return {
+        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
+    }
+
+
 def image_score_stage(
     hub: ModelHub,
     roots: TableRoots,
@@ -189,15 +199,12 @@ def image_score_stage(
     *,
     device: str | None = None,
     batch_size: int = 64,
+    fingerprints: dict[str, str] | None = None,
 ) -> ImageScoreStage:
     """``evaluation.benchmark.image_scores`` of these images (files under ``roots``, absolute or
-    stored) as a stage on the engine; its outputs depend on the scoring models' fingerprints."""
-    from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, component_fingerprint
-
-    fingerprints = {
-        role: component_fingerprint(hub.profile, role, hub.models_dir)[:16] for role in (FACE_PACK, CLIP, AESTHETIC)
-    }
-    settings = {"profile": hub.profile, **fingerprints}
+    stored) as a stage on the engine; its outputs depend on the scoring models' fingerprints
+    (``scorer_fingerprints``, computed here unless the caller has them: each hashes the models' files)."""
+    settings = {"profile": hub.profile, **(fingerprints or scorer_fingerprints(hub))}
     stored = [roots.store(image) for image in images]
     conditions = [[roots.store(p) for p in paths] for paths in condition_paths]
     return ImageScoreStage(
