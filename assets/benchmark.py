@@ -35,7 +35,7 @@ from assets.training import (
 )
 from evaluation.benchmark import aggregate, bootstrap_ci
 from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, protocol_frame
-from evaluation.report import ablation_table, pareto_plot, results_table, sample_grid
+from evaluation.report import ablation_results, ablation_table, pareto_plot, results_table, sample_grid
 from idglow import code_version
 from idglow.acceleration import Acceleration
 from idglow.editing import ReferenceBudget
@@ -591,6 +591,8 @@ def run_ablation(
     summary["method"] = [labels.get((m, t), m) for m, t in zip(summary["method"], summary["task"], strict=True)]
     table = ablation_table(summary)
     write_parquet_atomic(folder / "samples.parquet", settings.roots.store_frame(samples))
+    results = ablation_results(summary)
+    write_parquet_atomic(folder / "ablation.parquet", results)
     report = write_text_atomic(
         folder / "ablation.md",
         "\n\n".join(
@@ -608,6 +610,8 @@ def run_ablation(
     return dg.MaterializeResult(
         metadata={
             **file_metadata("ablation", report),
+            "ablation_uri": dg.MetadataValue.path(str(folder / "ablation.parquet")),
+            "configurations": dg.MetadataValue.int(len(results)),
             "table": dg.MetadataValue.md(table),
             "checkpoints": dg.MetadataValue.json({k: str(v) for k, v in checkpoints.items()}),
             "checkpoint_paths": dg.MetadataValue.json(

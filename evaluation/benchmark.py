@@ -9,7 +9,9 @@ from the batched ``idglow.scoring.ImageScorer`` the pair scores use too):
 - ``aesthetic``: the LAION predictor on the image's CLIP embedding.
 - ``clip_score``: cosine similarity of the image's and the prompt's CLIP embeddings.
 - ``people_count``: ``evaluation.metrics.people_count_score``.
-- ``age``: the face pack's estimated age, averaged over the faces found (Task 2 asks for children).
+- ``age``: the face pack's estimated age, averaged over the faces found (Task 2 asks for children);
+- ``child_rate``: the share of the faces found that the age model puts under
+  ``evaluation.metrics.CHILD_AGE_BELOW`` (18) years, NaN when none is found.
 
 Aggregates carry bootstrap 95% confidence intervals (``scipy.stats.bootstrap``).
 
@@ -32,7 +34,7 @@ from scipy.stats import bootstrap
 if TYPE_CHECKING:  # the scorer pulls in the whole model hub
     from idglow.scoring import ImageScorer
 
-METRIC_COLUMNS = ("face_sim", "missing_face_rate", "aesthetic", "clip_score", "people_count", "age")
+METRIC_COLUMNS = ("face_sim", "missing_face_rate", "aesthetic", "clip_score", "people_count", "age", "child_rate")
 
 
 def bootstrap_ci(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -80,6 +82,7 @@ class ImageScores:
     clip_score: float
     people_count: float
     age: float
+    child_rate: float
 
 
 def image_scores(
@@ -102,6 +105,7 @@ def image_scores(
                 clip_score=float(row.semantic),
                 people_count=float(row.people_count),
                 age=float(row.age),
+                child_rate=float(row.child_rate),
             )
         )
     return results

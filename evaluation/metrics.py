@@ -49,6 +49,15 @@ def face_similarity(source_embeddings: np.ndarray, generated_embeddings: np.ndar
     return float(matched_similarities(source_embeddings, generated_embeddings).mean())
 
 
+CHILD_AGE_BELOW = 18.0  # a face the age model estimates younger than this is judged a child (choice)
+
+
+def child_rate(ages: np.ndarray, below: float = CHILD_AGE_BELOW) -> float:
+    """The share of faces estimated younger than ``below`` (Task 2's children); NaN with no face."""
+    ages = np.asarray(ages, dtype=np.float64)
+    return float((ages < below).mean()) if len(ages) else float("nan")
+
+
 def people_count_score(expected: int, found: int) -> float:
     """1 when the image holds exactly ``expected`` faces, 1/2 with one missing or extra, 1/3 with two.
 

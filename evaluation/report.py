@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -78,14 +79,55 @@ def results_table(aggregates: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# The ablation's rows as Table 3 names them (report) and as its results table keys them.
+ABLATION_CONFIGURATIONS = {
+    "no ID loss": "no_id_loss",
+    "constant": "constant",
+    "annealing": "task_adaptive",
+    "gating": "task_adaptive",
+    "+ DPO": "task_adaptive+dpo",
+}
+ABLATION_COLUMNS = (
+    "task",
+    "configuration",
+    "face_sim",
+    "face_sim_low",
+    "face_sim_high",
+    "aesthetic",
+    "missing_face_rate",
+    "child_rate",
+)
+
+
+def ablation_results(aggregates: pd.DataFrame) -> pd.DataFrame:
+    """Table 3's results (static prompts) as a table: one row per task and configuration
+    (``ABLATION_CONFIGURATIONS``), with FaceSim's 95% interval; ``child_rate`` only for Task 2."""
+    static = aggregates[aggregates["prompt_kind"] == "static"]
+    frame = pd.DataFrame(
+        {
+            "task": static["task"].to_numpy(),
+            "configuration": [ABLATION_CONFIGURATIONS[m] for m in static["method"]],
+            **{c: static[c].to_numpy(dtype=float) for c in ABLATION_COLUMNS[2:]},
+        }
+    )
+    frame.loc[frame["task"] != "age_transformed", "child_rate"] = np.nan
+    return frame[list(ABLATION_COLUMNS)].reset_index(drop=True)
+
+
+def _rate(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:.2f}"
+
+
 def ablation_table(aggregates: pd.DataFrame) -> str:
-    """Table 3 (static prompts): one row per SFT configuration and task, ours then published."""
-    lines = ["| task | configuration | ours FaceSim / Aesthetic | published |", "|---|---|---|---|"]
+    """Table 3 (static prompts): one row per SFT configuration and task, ours then published;
+    Task 2's rows also give the share of faces judged children."""
+    lines = ["| task | configuration | ours FaceSim / Aesthetic | child rate | published |", "|---|---|---|---|---|"]
     static = aggregates[aggregates["prompt_kind"] == "static"]
     for row in static.itertuples():
         published = PUBLISHED_ABLATION.get(row.task, {}).get(row.method)
+        child = float(getattr(row, "child_rate", np.nan)) if row.task == "age_transformed" else np.nan
         lines.append(
-            f"| {row.task} | {row.method} | {_cell(row.face_sim, row.aesthetic)} | "
+            f"| {row.task} | {row.method} | {_cell(row.face_sim, row.aesthetic)} | {_rate(child)} | "
             + (f"*{_cell(*published)}*" if published else "-")
             + " |"
         )

@@ -10,7 +10,8 @@ Metrics (higher is better), each for an image ``x`` with condition portraits ``C
 - semantic: CLIP text-image similarity of ``p`` and ``x``;
 - aesthetic: the LAION predictor on the normalised CLIP image embedding;
 - people_count: 1 for exactly N faces, 1/(1 + |M - N|) otherwise;
-- faces, and on request age: the faces found in ``x`` and their mean estimated age.
+- faces, and on request age and child_rate: the faces found in ``x``, their mean estimated age
+  and the share of them judged children (``evaluation.metrics.child_rate``).
 
 ``ImageScorer`` analyses each distinct image and portrait once and runs the face pack, CLIP, its
 text tower and the aesthetic MLP in batches; ``score_pairs`` scores both sides of every pair with
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from evaluation.metrics import hungarian_match, people_count_score
+from evaluation.metrics import child_rate, hungarian_match, people_count_score
 from idglow.faces import Faces, detect_faces, detect_faces_batched, portrait_embedding
 from idglow.models.hub import ModelHub
 
@@ -88,9 +89,9 @@ class ImageScorer:
         age: bool = False,
     ) -> pd.DataFrame:
         """One row per image file of ``images``, in order, against its condition portraits and
-        prompt: the metrics above and ``faces``; ``age`` also runs the pack's attribute model
-        (the column is NaN otherwise)."""
-        columns = [*METRICS, "faces", "age"]
+        prompt: the metrics above and ``faces``; ``age`` also runs the pack's attribute model for
+        ``age`` and ``child_rate`` (NaN otherwise, and where no face is found)."""
+        columns = [*METRICS, "faces", "age", "child_rate"]
         if not len(images):
             return pd.DataFrame(columns=columns, dtype=float)
         app, clip, mlp = self.hub.face_analysis(), self.hub.clip(), self.hub.aesthetic()
@@ -135,7 +136,10 @@ class ImageScorer:
                 text_clip[prompt],
                 aesthetic[path],
             )
-            rows.append({**scores, "age": float(ages.mean()) if len(ages) else float("nan")})
+            judged = ages if age else np.zeros(0)
+            rows.append(
+                {**scores, "age": float(ages.mean()) if len(ages) else float("nan"), "child_rate": child_rate(judged)}
+            )
         return pd.DataFrame(rows, columns=columns)
 
 

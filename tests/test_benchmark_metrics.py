@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from evaluation.benchmark import aggregate, bootstrap_ci, image_scores, read_external_manifest
+from evaluation.metrics import child_rate
 from idglow.data.group_photos import write_demo_group_photos
 from idglow.data.groups import make_training_groups, split_identities
 from idglow.faces import pil_to_bgr
@@ -30,6 +31,12 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():
         metrics=("face_sim",),
     )
     assert list(table["n"]) == [20, 20] and table.loc[1, "face_sim"] == pytest.approx(table.loc[0, "face_sim"] + 0.2)
+
+
+def test_child_rate_is_the_share_of_faces_estimated_under_18():
+    assert child_rate(np.array([5.0, 17.9, 18.0, 40.0])) == pytest.approx(0.5)
+    assert child_rate(np.array([30.0]), below=31) == 1.0
+    assert np.isnan(child_rate(np.zeros(0)))
 
 
 def test_face_sim_equals_an_independent_insightface_computation(hub, demo_dataset, demo_ingest, tmp_path):
@@ -56,6 +63,8 @@ def test_face_sim_equals_an_independent_insightface_computation(hub, demo_datase
         assert scores.face_sim == pytest.approx(expected, abs=1e-6)
         assert scores.faces_found == len(generated) and scores.missing_faces == max(len(sources) - len(generated), 0)
         assert -1 <= scores.clip_score <= 1 and scores.age >= 0
+        ages = np.array([f.age for f in app.get(pil_to_bgr(image))], dtype=float)
+        assert scores.age == pytest.approx(ages.mean()) and scores.child_rate == pytest.approx((ages < 18).mean())
         # Aesthetic: the LAION MLP formula on the normalised CLIP embedding, written out.
         x = hub.clip().encode_images([image]).float()
         x = x / x.norm(dim=1, keepdim=True)

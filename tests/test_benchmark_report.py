@@ -1,9 +1,18 @@
 """Report pieces: the paper's table layouts with published rows marked, a valid Pareto PNG, a grid."""
 
 import pandas as pd
+import pytest
 from PIL import Image
 
-from evaluation.report import COLUMNS, ablation_table, pareto_plot, results_table, sample_grid
+from evaluation.report import (
+    ABLATION_COLUMNS,
+    COLUMNS,
+    ablation_results,
+    ablation_table,
+    pareto_plot,
+    results_table,
+    sample_grid,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -54,9 +63,39 @@ def test_ablation_table_pairs_ours_with_table_3():
             },
         ]
     )
+    frame["child_rate"] = [0.5, 0.25, 0.75]
     lines = ablation_table(frame).splitlines()
-    assert lines[2] == "| group_fusion | constant | 0.20 / 3.00 | *0.59 / 5.83* |"
-    assert lines[3] == "| age_transformed | gating | 0.10 / 2.00 | *0.28 / 6.45* |" and len(lines) == 4
+    assert lines[2] == "| group_fusion | constant | 0.20 / 3.00 | - | *0.59 / 5.83* |"
+    assert lines[3] == "| age_transformed | gating | 0.10 / 2.00 | 0.25 | *0.28 / 6.45* |" and len(lines) == 4
+
+
+def test_ablation_results_key_the_configurations_as_the_issue_names_them():
+    rows = []
+    for task, method, face_sim in (
+        ("group_fusion", "no ID loss", 0.1),
+        ("group_fusion", "annealing", 0.3),
+        ("age_transformed", "gating", 0.2),
+        ("age_transformed", "+ DPO", 0.25),
+    ):
+        for kind in ("static", "dynamic"):
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "prompt_kind": kind,
+                    "face_sim": face_sim,
+                    "face_sim_low": face_sim - 0.05,
+                    "face_sim_high": face_sim + 0.05,
+                    "aesthetic": 2.0,
+                    "missing_face_rate": 0.1,
+                    "child_rate": 0.4,
+                }
+            )
+    results = ablation_results(pd.DataFrame(rows))
+    assert list(results.columns) == list(ABLATION_COLUMNS)
+    assert list(results["configuration"]) == ["no_id_loss", "task_adaptive", "task_adaptive", "task_adaptive+dpo"]
+    assert results["child_rate"].isna().tolist() == [True, True, False, False]
+    assert results["face_sim_low"].tolist() == pytest.approx([0.05, 0.25, 0.15, 0.2])
 
 
 def test_plots_are_valid_pngs(tmp_path):

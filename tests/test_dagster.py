@@ -20,6 +20,7 @@ from assets.benchmark import benchmark_report as benchmark_report_asset
 from assets.groups import benchmark_groups, identity_splits_are_disjoint, training_groups
 from assets.preference import prompts as prompts_asset
 from assets.resources import IdglowSettings
+from evaluation.report import ABLATION_COLUMNS
 from idglow.profiles import load_profile
 from idglow.storage import tensors_sha256
 from pipelines.definitions import build_definitions
@@ -348,6 +349,10 @@ def test_the_ablation_trains_evaluates_and_tabulates_table_3(everything):
         "+ DPO",
     }
     assert "*0.64 / 6.09*" in ablation["sft_ablation"].metadata["table"].value  # annealing, published
+    results = pd.read_parquet(ablation["sft_ablation"].metadata["ablation_uri"].value)
+    assert list(results.columns) == list(ABLATION_COLUMNS) and len(results) == 8
+    assert set(results["configuration"]) == {"no_id_loss", "constant", "task_adaptive", "task_adaptive+dpo"}
+    assert results.loc[results["task"] == "group_fusion", "child_rate"].isna().all()
     _assert_ablation_runs(
         everything.root,
         ablation["sft_ablation"].metadata,
