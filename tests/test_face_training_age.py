@@ -1,7 +1,10 @@
-"""The opt-in world age recipe of the tiny gender/age model (``WorldAgeConfig``): it tells young
-children from adults on held-out portraits, and leaving it out trains today's model exactly."""
+"""The world age recipe of the tiny gender/age model (``FaceTrainingConfig.world_age``): it tells
+young children from adults on held-out portraits, and leaving it out trains the constant-age model
+of recipe version 4 exactly."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,11 +24,11 @@ from idglow.models.face_training import (
     train_genderage,
 )
 
-SMALL = FaceTrainingConfig(genderage_samples=24, genderage_epochs=1)
+SMALL = FaceTrainingConfig(genderage_samples=24, genderage_epochs=1, world_age=None)
 
 
 def _todays_recipe(config: FaceTrainingConfig) -> TinyGenderAge:
-    """``train_genderage`` as it was before the world age recipe (a verbatim copy)."""
+    """``train_genderage`` as it was before the world age recipe (a verbatim copy of recipe 4)."""
     rng = np.random.default_rng([config.seed, 3])
     crops, genders = [], []
     for _ in range(config.genderage_samples):
@@ -56,7 +59,7 @@ def _single_thread(train):
         torch.set_num_threads(previous)
 
 
-def test_without_world_age_the_model_is_todays():
+def test_without_world_age_the_model_is_recipe_4s():
     ours = _single_thread(lambda: train_genderage(SMALL, progress=False))
     today = _single_thread(lambda: _todays_recipe(SMALL))
     ours_state, today_state = ours.state_dict(), today.state_dict()
@@ -72,7 +75,7 @@ def _auc(child: np.ndarray, adult: np.ndarray) -> float:
 
 def test_world_age_tells_children_from_adults_on_held_out_portraits(tmp_path):
     world_age = WorldAgeConfig(samples=500, epochs=8, scene_fraction=0.0, box_jitter=0.0)
-    model = _single_thread(lambda: train_genderage(SMALL, progress=False, world_age=world_age))
+    model = _single_thread(lambda: train_genderage(replace(SMALL, world_age=world_age), progress=False))
     path = export_onnx(model, torch.zeros(1, 3, 96, 96), tmp_path / "genderage.onnx", ["fc1"])
     attributes = model_zoo.get_model(str(path))  # insightface's attribute model, as FaceAnalysis loads it
     attributes.prepare(ctx_id=-1)

@@ -18,7 +18,13 @@ from idglow.data.faces import render_portrait, sample_style
 from idglow.editing import ReferenceBudget, edit
 from idglow.faces import pil_to_bgr
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
-from idglow.models.face_training import FaceTrainingConfig, aligned_crop, draw_scene, write_tiny_face_pack
+from idglow.models.face_training import (
+    FaceTrainingConfig,
+    WorldAgeConfig,
+    aligned_crop,
+    draw_scene,
+    write_tiny_face_pack,
+)
 from idglow.models.hub import ModelHub
 from idglow.models.registry import CLIP, REAL_COMPONENTS, FileStatus, MissingModelFile, check_models
 from idglow.models.tiny_generator import write_tiny_generator
@@ -284,8 +290,7 @@ def test_tiny_builds_are_deterministic(tmp_path):
         recognizer_identities=8,
         renders_per_identity=2,
         recognizer_epochs=1,
-        genderage_samples=16,
-        genderage_epochs=1,
+        world_age=WorldAgeConfig(samples=16, epochs=1),
     )
     write_tiny_face_pack(tmp_path / "p1", small, progress=False)
     write_tiny_face_pack(tmp_path / "p2", small, progress=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -44,37 +44,19 @@ from idglow.models.face_nets import (
 DETECTOR_FILE = "det_tiny_scrfd.onnx"
 RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
 GENDERAGE_FILE = "genderage_tiny.onnx"
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5  # 5: age learnt from the world's ages; the detector and the recogniser see its scenes
 CANVAS = 256
 
 
 @dataclass(frozen=True)
-class FaceTrainingConfig:
-    seed: int = 0
-    detector_input: int = 128
-    detector_scenes: int = 2000
-    detector_epochs: int = 12
-    recognizer_identities: int = 400
-    renders_per_identity: int = 6
-    recognizer_epochs: int = 10
-    embedding_size: int = 64
-    genderage_samples: int = 600
-    genderage_epochs: int = 3
-
-
-@dataclass(frozen=True)
 class WorldAgeConfig:
-    """Opt-in (a study, not in the default pack): train the gender/age model's age output on the
-    world's ground truth instead of a constant. People are drawn at their identity's own adult
-    age (``FaceStyle.age``, 20-69) or, ``child_fraction`` of them, at a young child's age
-    (``YOUNG_CHILD_AGES``), in portraits or group scenes, and cropped on a jittered face box (as
-    insightface crops on the detector's); the target is age / 100, insightface's convention.
-    ``samples`` and ``epochs`` stand in for ``genderage_samples`` and ``genderage_epochs``.
-
-    A separate argument rather than fields of ``FaceTrainingConfig``, whose every field is in the
-    face pack's cache stamp (``idglow.models.tiny``): so the default pack's stamp, and every pack
-    already built, is kept. Wiring it into ``ensure_tiny_models`` must change that stamp too
-    (``RECIPE_VERSION`` is in it).
+    """How the gender/age model's age output learns the world's ground truth. People are drawn
+    at their identity's own adult age (``FaceStyle.age``, 20-69) or, ``child_fraction`` of them,
+    at a young child's age (``YOUNG_CHILD_AGES``), in portraits or group scenes, and cropped on a
+    jittered face box (as insightface crops on the detector's); the target is age / 100,
+    insightface's convention.
+    ``samples`` and ``epochs`` stand in for ``genderage_samples`` and ``genderage_epochs``
+    (benchmarks/world_genderage.py measures it against the constant-age recipe).
 
     Adult faces are drawn with their identity's adult proportions whatever their age, so no model
     can tell 25 from 65 here: on adults the best it can do is their mean age."""
@@ -85,6 +67,29 @@ class WorldAgeConfig:
     box_jitter: float = 0.03  # of the face box's size, shift and scale
     epochs: int = 10
     age_weight: float = 10.0  # on the age MSE (in units of 100 years), against gender's cross-entropy
+
+
+@dataclass(frozen=True)
+class FaceTrainingConfig:
+    seed: int = 0
+    detector_input: int = 128
+    detector_scenes: int = 2000
+    detector_epochs: int = 12
+    detector_world_scenes: float = 0.4  # the share of the detector's scenes drawn by draw_world_scene (recipe 5)
+    recognizer_identities: int = 400
+    renders_per_identity: int = 6
+    recognizer_world_renders: int = 10  # per identity, faces from the world's scenes (_identity_crops; recipe 5)
+    recognizer_epochs: int = 10
+    embedding_size: int = 64
+    genderage_samples: int = 600  # without world_age
+    genderage_epochs: int = 3  # without world_age
+    # the age output trained on the world's ages; None trains it towards a constant 30 years
+    # (recipe version 4's pack: its age column said ~37 for every face)
+    world_age: WorldAgeConfig | None = field(default_factory=lambda: WorldAgeConfig())
+
+    def recorded(self) -> dict:
+        """Every field, JSON-ready: the pack's training.json and its cache stamp."""
+        return asdict(self)
 
 
 # ------------------------------------------------------------------------ scenes
@@ -123,6 +128,23 @@ def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3)
                     )
                 )
                 break
+    return np.asarray(image), truths
+
+
+WORLD_SCENE_SIDES = (64, 96, 128, 256)  # the demo generates at 64 px; the detector upsamples it
+
+
+def draw_world_scene(rng: np.random.Generator, child_fraction: float = 0.3) -> tuple[np.ndarray, list[FaceTruth]]:
+    """A two- or three-person scene as the demo's group photos are drawn (``render_scene``), a
+    share of its people as young children, at one of ``WORLD_SCENE_SIDES``: the detector sees the
+    world's small, soft scene faces, not only faces pasted on a background."""
+    side = WORLD_SCENE_SIDES[int(rng.integers(len(WORLD_SCENE_SIDES)))]
+    styles = [sample_style(rng) for _ in range(int(rng.integers(2, 4)))]
+    ages = [
+        int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) if rng.random() < child_fraction else None
+        for _ in styles
+    ]
+    image, truths, _ = render_scene(styles, side, rng, ages=ages)
     return np.asarray(image), truths
 
 
@@ -203,13 +225,16 @@ def _to_input(image: np.ndarray, std: float) -> torch.Tensor:
 def train_detector(config: FaceTrainingConfig, progress: bool = True) -> TinySCRFD:
     rng = np.random.default_rng([config.seed, 1])
     size = config.detector_input
-    scale = size / CANVAS
     inputs, targets = [], [[] for _ in STRIDES]
+    world_rng = np.random.default_rng([config.seed, 5])
     for _ in range(config.detector_scenes):
-        image, truths = draw_scene(rng)
-        small = cv2.resize(image, (size, size))
+        if world_rng.random() < config.detector_world_scenes:
+            image, truths = draw_world_scene(world_rng)
+        else:
+            image, truths = draw_scene(rng)
+        small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if len(image) > size else cv2.INTER_LINEAR)
         inputs.append(_to_input(small, 128.0))
-        for level, target in enumerate(_detector_targets(truths, scale, size)):
+        for level, target in enumerate(_detector_targets(truths, size / len(image), size)):
             targets[level].append(torch.from_numpy(target))
     x_all = torch.stack(inputs)
     t_all = [torch.stack(t) for t in targets]
@@ -263,7 +288,11 @@ def aligned_crop(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> n
 
 
 def _identity_crops(config: FaceTrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned crops of each identity: ``renders_per_identity`` portraits, then
+    ``recognizer_world_renders`` faces from the world's scenes (the identity beside one or two
+    others, at the scene sides ``draw_world_scene`` uses, 30 % of them as a young child)."""
     rng = np.random.default_rng([config.seed, 2])
+    world_rng = np.random.default_rng([config.seed, 6])
     crops, labels = [], []
     for label in range(config.recognizer_identities):
         style = sample_style(rng)
@@ -272,7 +301,27 @@ def _identity_crops(config: FaceTrainingConfig) -> tuple[torch.Tensor, torch.Ten
             landmarks = np.asarray(truth.landmarks) + rng.normal(0, 1.2, size=(5, 2))
             crops.append(_to_input(aligned_crop(np.asarray(image), landmarks), 127.5))
             labels.append(label)
+        for _ in range(config.recognizer_world_renders):
+            image, truth = _world_scene_face(style, world_rng)
+            width = truth.bbox[2] - truth.bbox[0]  # a detector's landmarks err by a few percent of it
+            landmarks = np.asarray(truth.landmarks) + world_rng.normal(0, 0.03 * width, size=(5, 2))
+            crops.append(_to_input(aligned_crop(image, landmarks), 127.5))
+            labels.append(label)
     return torch.stack(crops), torch.tensor(labels)
+
+
+def _world_scene_face(style, rng: np.random.Generator, child_fraction: float = 0.3) -> tuple[np.ndarray, FaceTruth]:
+    """``style`` in a world scene with one or two new people (at a random place in it)."""
+    side = WORLD_SCENE_SIDES[int(rng.integers(len(WORLD_SCENE_SIDES)))]
+    styles = [sample_style(rng) for _ in range(int(rng.integers(1, 3)))]
+    place = int(rng.integers(len(styles) + 1))
+    styles.insert(place, style)
+    ages = [
+        int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) if rng.random() < child_fraction else None
+        for _ in styles
+    ]
+    image, truths, _ = render_scene(styles, side, rng, ages=ages)
+    return np.asarray(image), truths[place]
 
 
 def train_recognizer(config: FaceTrainingConfig, progress: bool = True) -> TinyArcFace:
@@ -353,12 +402,10 @@ def _world_age_samples(
     return torch.stack(crops), torch.tensor(genders), torch.tensor(ages, dtype=torch.float32)
 
 
-def train_genderage(
-    config: FaceTrainingConfig, progress: bool = True, world_age: WorldAgeConfig | None = None
-) -> TinyGenderAge:
-    """Gender from the drawn style. By default the age output is trained towards a constant 0.3
-    (30 years): the demo's age numbers are plumbing, not estimates. With ``world_age`` it is
-    trained on the ages the faces were drawn at (``WorldAgeConfig``)."""
+def train_genderage(config: FaceTrainingConfig, progress: bool = True) -> TinyGenderAge:
+    """Gender from the drawn style; age from the ages the faces were drawn at
+    (``config.world_age``), or without it towards a constant 0.3 (30 years)."""
+    world_age = config.world_age
     if world_age is None:
         rng = np.random.default_rng([config.seed, 3])
         crops, genders = [], []
@@ -400,16 +447,14 @@ def write_tiny_face_pack(
     folder: Path,
     config: FaceTrainingConfig = FaceTrainingConfig(),
     progress: bool = True,
-    world_age: WorldAgeConfig | None = None,
 ) -> Path:
-    """Train the three tiny models and export them as an insightface pack folder (``world_age``:
-    the gender/age model's age output trained on the world's ages, see ``WorldAgeConfig``)."""
+    """Train the three tiny models and export them as an insightface pack folder."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         detector = train_detector(config, progress)
         recognizer = train_recognizer(config, progress)
-        genderage = train_genderage(config, progress, world_age)
+        genderage = train_genderage(config, progress)
     finally:
         torch.set_num_threads(previous_threads)
     folder.mkdir(parents=True, exist_ok=True)
@@ -417,8 +462,6 @@ def write_tiny_face_pack(
     export_onnx(detector, torch.zeros(1, 3, size, size), folder / DETECTOR_FILE, scrfd_output_names())
     export_onnx(recognizer, torch.zeros(1, 3, 112, 112), folder / RECOGNIZER_FILE, ["embedding"], dynamic_batch=True)
     export_onnx(genderage, torch.zeros(1, 3, 96, 96), folder / GENDERAGE_FILE, ["fc1"])
-    recorded = {"recipe_version": RECIPE_VERSION, **config.__dict__}
-    if world_age is not None:  # absent by default, so the default pack's files are as before
-        recorded["world_age"] = world_age.__dict__
+    recorded = {"recipe_version": RECIPE_VERSION, **config.recorded()}
     (folder / "training.json").write_text(json.dumps(recorded, indent=2))
     return folder
