@@ -57,7 +57,8 @@ def held_out(seed: int, size: int, scenes: int, portraits: int, child_fraction: 
     rng = np.random.default_rng([seed, 11, size])
 
     def age():
-        return int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) if rng.random() < child_fraction else None
+        child = rng.random() < child_fraction
+        return int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) if child else None
 
     scene_items = []
     for _ in range(scenes):

@@ -124,7 +124,7 @@ TINY_COMPONENTS: dict[str, Component] = {
         "prompt_model",
         # transformers 5 writes the processor (image processor inside) as processor_config.json
         tuple(RequiredFile(p) for p in ("config.json", "processor_config.json", "tokenizer_config.json")),
-        source="built by idglow (tiny random-weight twin)",
+        source="built by idglow (tiny twin trained on the demo world: idglow.models.world_prompt_model)",
         license="Apache-2.0",
         loader_name="AutoModelForImageTextToText",
     ),

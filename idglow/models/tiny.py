@@ -17,7 +17,6 @@ from idglow.models.face_training import RECIPE_VERSION as FACE_RECIPE_VERSION
 from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS, Component
 from idglow.models.tiny_generator import write_tiny_generator
-from idglow.models.tiny_qwen_vl import write_tiny_vl
 from idglow.storage import atomic_dir
 
 RECIPE_VERSION = 1
@@ -45,11 +44,16 @@ def build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object])
 
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -> list[str]:
-    """Make sure every tiny component exists for ``seed``; returns the roles that were built."""
+    """Make sure every tiny component exists for ``seed``; returns the roles that were built.
+    The face pack and the prompt model are trained on the demo world (a few minutes, once)."""
+    # imported here: the world prompt model's module builds its own folders with build_atomically
+    from idglow.models.world_prompt_model import WorldPromptConfig, recipe_stamp, write_world_prompt_model
+
     face_config = FaceTrainingConfig(seed=seed)
+    prompt_config = WorldPromptConfig(seed=seed)
     builders: dict[str, Callable[[Path], object]] = {
         GENERATOR: lambda d: write_tiny_generator(d, seed),
-        PROMPT_MODEL: lambda d: write_tiny_vl(d, seed + 10),
+        PROMPT_MODEL: lambda d: write_world_prompt_model(d, prompt_config, progress),
         CLIP: lambda d: write_tiny_clip(d, seed + 20),
         AESTHETIC: lambda d: write_tiny_aesthetic(
             d / Path(TINY_COMPONENTS[AESTHETIC].path).name, TINY_CLIP_CONFIG["embed_dim"], seed + 30
@@ -60,7 +64,9 @@ def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -
     for role, build in builders.items():
         stamp = {"recipe": RECIPE_VERSION, "seed": seed, "role": role}
         if role == FACE_PACK:
-            stamp["face_training"] = {**face_config.__dict__, "recipe": FACE_RECIPE_VERSION}
+            stamp["face_training"] = {**face_config.recorded(), "recipe": FACE_RECIPE_VERSION}
+        if role == PROMPT_MODEL:
+            stamp["world_prompt_model"] = recipe_stamp(prompt_config)
         if build_atomically(component_folder(models_dir, role), stamp, build):
             built.append(role)
     return built

@@ -1,23 +1,25 @@
-"""A tiny Qwen2.5-VL trained to describe the demo world (a study; not wired in).
+"""A tiny Qwen2.5-VL trained to describe the demo world: the demo profile's prompt model.
 
-The demo's prompt model (``idglow.models.tiny_qwen_vl.write_tiny_vl``) has random weights: its
-dynamic prompts never pass ``validate_dynamic_prompt`` and every one falls back to the static
-template. This module fine-tunes the same classes (``Qwen2_5_VLForConditionalGeneration`` with a
-``Qwen2VLProcessor``) by teacher forcing, cross-entropy on the response tokens only, on examples
-drawn from the world itself: one to three people (mostly two and three), each portrait drawn the
-way ``idglow.data.demo_celebahq`` draws one (``identity_style``, ``render_portrait`` at 256², a
-JPEG round trip, ``_attributes``) and resized by ``prompt_portrait`` to the profile's 56²; the
-input is exactly the chat that ``write_dynamic_prompt`` builds (``dynamic_instruction``), the
-target the attribute-bound ``descriptive_prompt`` of those people's CelebA attributes, for both
-tasks. Identities are split by number: a held-out set (``heldout_identities``) that training
-never draws, for evaluation.
+A prompt model with random weights (``idglow.models.tiny_qwen_vl.write_tiny_vl``, the demo's
+before) writes dynamic prompts that never pass ``validate_dynamic_prompt``, so every one falls
+back to the static template. This module fine-tunes the same classes
+(``Qwen2_5_VLForConditionalGeneration`` with a ``Qwen2VLProcessor``) by teacher forcing,
+cross-entropy on the response tokens only, on examples drawn from the world itself: one to three
+people (mostly two and three), each portrait drawn the way ``idglow.data.demo_celebahq`` draws
+one (``identity_style``, ``render_portrait`` at 256², a JPEG round trip, ``_attributes``) and
+resized by ``prompt_portrait`` to the profile's 56²; the input is exactly the chat that
+``write_dynamic_prompt`` builds (``dynamic_instruction``), the target the attribute-bound
+``descriptive_prompt`` of those people's CelebA attributes, for both tasks. Identities are split
+by number: a held-out set (``heldout_identities``) that training never draws, for evaluation.
 
 The tokenizer is a byte-level BPE with Qwen's special tokens, as the tiny twin's, trained on a
 corpus that adds the instructions and descriptive prompts to the twin's corpus, so the words of
 a description are a token or two each.
 
 Everything is seeded and runs on one thread, so a recipe gives the same weights on a machine.
-``build_world_prompt_model`` saves model, processor and tokenizer with ``save_pretrained`` (they
+``idglow.models.tiny.ensure_tiny_models`` builds it into the demo's models folder
+(``write_world_prompt_model``, stamped with ``recipe_stamp``). Both it and
+``build_world_prompt_model`` save model, processor and tokenizer with ``save_pretrained`` (they
 load back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained``, as the hub
 loads the prompt model) and a stamp of the recipe (``idglow.models.tiny.build_atomically``).
 ``benchmarks/world_prompt_model.py`` measures it.
@@ -30,6 +32,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
 from idglow.data import celebahq as layout
@@ -321,23 +325,42 @@ def recipe_stamp(config: WorldPromptConfig) -> dict:
     return {"recipe": RECIPE_VERSION, "role": ROLE, "config": json.loads(json.dumps(asdict(config)))}
 
 
+def write_world_prompt_model(
+    folder: Path, config: WorldPromptConfig, progress: bool = True, on_step: Callable[[dict], None] | None = None
+) -> Path:
+    """Train with ``config`` and save model, processor and tokenizer (and ``training.json``: the
+    time and the final response loss) into ``folder``; a tqdm bar over the steps, and ``on_step``
+    called with each step's log row."""
+    started = time.time()
+    with tqdm(total=config.steps, desc="training the world prompt model", disable=not progress) as bar:
+
+        def advance(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(response_loss=f"{row['response_loss']:.3f}", refresh=False)
+            if on_step is not None:
+                on_step(row)
+
+        model, processor, log = train_world_prompt_model(config.seed, config=config, progress=advance)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / TRAINING_FILE).write_text(
+        json.dumps(
+            {"seconds": time.time() - started, "final_response_loss": log[-1]["response_loss"] if log else None},
+            indent=2,
+        )
+    )
+    return folder
+
+
 def build_world_prompt_model(
     folder: Path, seed: int = 0, config: WorldPromptConfig | None = None, progress=None
 ) -> bool:
-    """Train and save to ``folder`` (model, processor, tokenizer; the stamp beside them), atomically;
-    reuses a folder whose stamp records the same recipe. Returns whether it was built."""
+    """Train and save to ``folder`` (``write_world_prompt_model``; the stamp beside them),
+    atomically; reuses a folder whose stamp records the same recipe. Returns whether it was built.
+    ``progress``, a callable, receives each step's log row in place of the progress bar."""
     config = WorldPromptConfig(**{**asdict(config or WorldPromptConfig()), "seed": seed})
-
-    def build(staging: Path) -> None:
-        started = time.time()
-        model, processor, log = train_world_prompt_model(seed, config=config, progress=progress)
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / TRAINING_FILE).write_text(
-            json.dumps(
-                {"seconds": time.time() - started, "final_response_loss": log[-1]["response_loss"] if log else None},
-                indent=2,
-            )
-        )
-
-    return build_atomically(Path(folder), recipe_stamp(config), build)
+    return build_atomically(
+        Path(folder),
+        recipe_stamp(config),
+        lambda staging: write_world_prompt_model(staging, config, progress=progress is None, on_step=progress),
+    )
