@@ -451,9 +451,15 @@ def enough_new_accepted_pairs(context: dg.SensorEvaluationContext, settings: Idg
 )
 def benchmark_new_versions(context: dg.SensorEvaluationContext, settings: IdglowSettings):
     """Benchmark every registered version that has no results yet; once none is pending and
-    something new was benchmarked, request the promotion and the report."""
+    something new was benchmarked, request the promotion and the report. A version is one of
+    ``model_versions``' partitions that this storage root's registry holds: the instance may
+    keep partitions that another storage root registered (a demo rerun on a fresh root)."""
     folder = settings.paths.asset_dir("benchmark_results")
-    versions = context.instance.get_dynamic_partitions(model_versions.name)
+    registered = set(read_registry(settings)["version"])
+    partitions = context.instance.get_dynamic_partitions(model_versions.name)
+    versions = [v for v in partitions if v in registered]
+    if len(versions) < len(partitions):
+        context.log.info(f"not in this storage root's registry, skipped: {sorted(set(partitions) - registered)}")
     pending = [v for v in versions if not (folder / f"{v}.parquet").exists()]
     if pending:
         return [dg.RunRequest(job_name="benchmark_model", partition_key=v, run_key=f"benchmark-{v}") for v in pending]

@@ -5,7 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.benchmark import candidate_not_worse_than_current, current_model, promotion_candidate
+from assets.benchmark import (
+    benchmark_new_versions,
+    candidate_not_worse_than_current,
+    current_model,
+    model_versions,
+    promotion_candidate,
+)
 from assets.resources import IdglowSettings
 from idglow.profiles import load_profile
 from idglow.storage import write_json_atomic, write_parquet_atomic
@@ -89,3 +95,15 @@ def test_retraining_sensor_waits_for_enough_newly_accepted_pairs(storage_env):
             dg.build_sensor_context(instance=instance, cursor=due.cursor, resources={"settings": settings})
         )
         assert isinstance(after, dg.SkipReason)
+
+
+def test_new_versions_are_those_of_this_storage_roots_registry(storage_env):
+    # The instance keeps the partitions of every storage root it served; another root's versions
+    # have no registry entry here and must not be benchmarked.
+    settings = IdglowSettings.from_profile(load_profile())
+    setup(settings, candidate_face_sim=0.6)
+    (settings.paths.asset_dir("benchmark_results") / "dpo-new.parquet").unlink()
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(model_versions.name, ["dpo-good", "dpo-new", "dpo-elsewhere"])
+        requests = benchmark_new_versions(dg.build_sensor_context(instance=instance, resources={"settings": settings}))
+        assert [r.partition_key for r in requests] == ["dpo-new"]
