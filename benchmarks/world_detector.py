@@ -4,15 +4,16 @@ The demo's missing-face rate can only reach the issue's 0.10 if the detector fin
 the scenes the world draws (``idglow.data.scenes.render_scene``) at the demo's generation size.
 Before face recipe 5 the detector was trained only on ``draw_scene``'s portraits, tiled groups and
 faces pasted on a background. This trains the detector with one seed, as ``write_tiny_face_pack``
-does (one thread), once per ``--world-scenes`` share (``FaceTrainingConfig.detector_world_scenes``:
-that share of its training scenes drawn by ``draw_world_scene``), exports each into a copy of the
+does (one thread), once per ``--world-scenes`` count (``FaceTrainingConfig.detector_world_scenes``:
+that many training scenes drawn by ``draw_world_scene`` besides recipe 4's 2,000), exports each into a copy of the
 demo pack (its recogniser and gender/age model) and loads it with the hub's ``load_face_analysis``,
 so detection runs exactly as in the pipeline. Held out: new identities (another rng stream), 30 %
 drawn as young children.
 
 Printed per detector and size: the share of drawn scene faces found (a detection within IoU 0.3),
 the benchmark's missing-face rate (max(N - found, 0) / N per scene, averaged), the detections
-matching no drawn face per scene, and the portraits' detection rate.
+matching no drawn face per scene, the portraits' detection rate, and the same for tiled groups
+(``render_group``, as the demo's real group photos are drawn).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/world_detector.py
 """
@@ -51,7 +52,7 @@ def _iou(a, b) -> float:
 
 
 def held_out(seed: int, size: int, scenes: int, portraits: int, child_fraction: float = 0.3):
-    from idglow.data.faces import YOUNG_CHILD_AGES, render_portrait, sample_style
+    from idglow.data.faces import YOUNG_CHILD_AGES, render_group, render_portrait, sample_style
     from idglow.data.scenes import render_scene
 
     rng = np.random.default_rng([seed, 11, size])
@@ -66,10 +67,21 @@ def held_out(seed: int, size: int, scenes: int, portraits: int, child_fraction: 
         image, truths, _ = render_scene(styles, size, rng, ages=[age() for _ in styles])
         scene_items.append((image, [t.bbox for t in truths]))
     portrait_items = [render_portrait(sample_style(rng), size, rng, age=age())[0] for _ in range(portraits)]
-    return scene_items, portrait_items
+    tiled = []
+    for _ in range(scenes):
+        image, truths = render_group([sample_style(rng) for _ in range(int(rng.integers(2, 4)))], size, rng)
+        tiled.append((image, [t.bbox for t in truths]))
+    return scene_items, portrait_items, tiled
 
 
-def measure(app, scenes, portraits) -> dict:
+def measure(app, scenes, portraits, tiled) -> dict:
+    figures = _found(app, scenes)
+    figures["portraits with a face"] = float(np.mean([len(detect_faces(app, p).boxes) > 0 for p in portraits]))
+    figures.update({f"tiled {k}": v for k, v in _found(app, tiled).items() if k != "unmatched detections / scene"})
+    return figures
+
+
+def _found(app, scenes) -> dict:
     found_faces, drawn, missing_rates, spurious = 0, 0, [], []
     for image, boxes in scenes:
         detections = detect_faces(app, image).boxes
@@ -81,12 +93,10 @@ def measure(app, scenes, portraits) -> dict:
         drawn += len(boxes)
         missing_rates.append(max(len(boxes) - len(detections), 0) / len(boxes))
         spurious.append(len(detections) - len(matched))
-    portrait_rate = float(np.mean([len(detect_faces(app, p).boxes) > 0 for p in portraits]))
     return {
         "scene faces found": found_faces / drawn,
         "missing-face rate": float(np.mean(missing_rates)),
         "unmatched detections / scene": float(np.mean(spurious)),
-        "portraits with a face": portrait_rate,
     }
 
 
@@ -114,8 +124,8 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=1)
     parser.add_argument("--scenes", type=int, default=120)
     parser.add_argument("--portraits", type=int, default=60)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--world-scenes", type=float, nargs="+", default=[0.0, 0.4])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--world-scenes", type=int, nargs="+", default=[0, 1300])
     args = parser.parse_args()
     source = args.models_dir / PACK
     if not (source / RECOGNIZER_FILE).exists():
@@ -123,12 +133,12 @@ def main() -> None:
     held = {size: held_out(args.eval_seed, size, args.scenes, args.portraits) for size in args.sizes}
     print(f"held out per size: {args.scenes} scenes of 2-3 people, {args.portraits} portraits (30% children)")
     with tempfile.TemporaryDirectory() as folder:
-        for share in args.world_scenes:
-            config = replace(FaceTrainingConfig(seed=args.seed), detector_world_scenes=share)
-            app, seconds = build(config, source, Path(folder) / f"pack-{share}")
-            print(f"\n== detector_world_scenes={share}: trained in {seconds:.1f} s (1 thread)")
-            for size, (scenes, portraits) in held.items():
-                figures = measure(app, scenes, portraits)
+        for count in args.world_scenes:
+            config = replace(FaceTrainingConfig(seed=args.seed), detector_world_scenes=count)
+            app, seconds = build(config, source, Path(folder) / f"pack-{count}")
+            print(f"\n== detector_world_scenes={count}: trained in {seconds:.1f} s (1 thread)")
+            for size, (scenes, portraits, tiled) in held.items():
+                figures = measure(app, scenes, portraits, tiled)
                 print(f"  {size:>3} px  " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
 
 
