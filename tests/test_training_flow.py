@@ -27,7 +27,8 @@ def test_pack_unpack_round_trip():
     latents = torch.randn(2, 16, 1, 8, 6)
     tokens = pack(latents)
     assert tokens.shape == (2, 4 * 3, 64)
-    assert torch.equal(unpack(tokens, 64, 48), latents)
+    assert torch.equal(unpack(tokens, 64, 48, 8), latents)
+    assert torch.equal(unpack(tokens, 32, 24, 4), latents)  # a VAE that compresses by 4
 
 
 def test_encode_decode_shapes_and_normalisation(pipeline):

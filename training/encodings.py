@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import warnings
 from collections import deque
@@ -209,7 +210,7 @@ def stack(encodings: list[SampleEncoding], image_name: str, config: EncodingConf
     mask = None
     if min(lengths) < length:
         mask = torch.stack([torch.arange(length) < n for n in lengths]).long().to(x0.device)
-    side = config.resolution // 16
+    side = math.isqrt(x0.shape[1])  # targets are square (to_tensor at config.resolution)
     return EncodedBatch(x0, refs, prompt, mask, [(1, side, side), *reference_shapes])
 
 

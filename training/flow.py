@@ -14,7 +14,11 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 
-VAE_SCALE = 8  # AutoencoderKLQwenImage downsamples by 8 (2 ** len(temperal_downsample))
+
+def vae_scale_factor(vae) -> int:
+    """The VAE's spatial compression, as the pipeline reads it: 2 ** len(temperal_downsample)
+    (8 for Qwen-Image's VAE, one downsampling per level but the last)."""
+    return 2 ** len(vae.config.temperal_downsample)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -23,9 +27,10 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return QwenImageEditPlusPipeline._pack_latents(latents, b, c, h, w)
 
 
-def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Tokens of an image of ``height`` x ``width`` pixels -> (B, C, 1, H/8, W/8) latents."""
-    return QwenImageEditPlusPipeline._unpack_latents(tokens, height, width, VAE_SCALE)
+def unpack(tokens: torch.Tensor, height: int, width: int, scale: int) -> torch.Tensor:
+    """Tokens of an image of ``height`` x ``width`` pixels -> (B, C, 1, H/scale, W/scale)
+    latents, ``scale`` the VAE's ``vae_scale_factor``."""
+    return QwenImageEditPlusPipeline._unpack_latents(tokens, height, width, scale)
 
 
 def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +41,7 @@ def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [-1, 1] -> normalised latents (B, C, 1, H/8, W/8), the mode of the posterior."""
+    """(B, 3, H, W) RGB in [-1, 1] -> normalised latents (B, C, 1, H/s, W/s), the mode of the posterior."""
     latents = vae.encode(images.unsqueeze(2)).latent_dist.mode()
     mean, std = _stats(vae, latents)
     return (latents - mean) / std

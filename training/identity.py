@@ -20,7 +20,7 @@ from PIL import Image
 
 from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
-from training.flow import clean_estimate, decode, unpack
+from training.flow import clean_estimate, decode, unpack, vae_scale_factor
 from training.losses import hungarian_identity_loss
 
 
@@ -77,7 +77,7 @@ def modulated_identity_term(
     if len(active) == 0:
         return IdentityTerm(weighted, losses, [-1] * batch, 0)
     estimate = clean_estimate(x_t[active], velocity[active], sigma[active])
-    images = decode(vae, unpack(estimate, height, width)).float().clamp(-1, 1)
+    images = decode(vae, unpack(estimate, height, width, vae_scale_factor(vae))).float().clamp(-1, 1)
     active_losses, found = identity_losses(images, [sources[i] for i in active.tolist()], detect, encoder)
     weighted = weighted.index_put((active,), lambdas[active].float() * active_losses)
     losses = losses.index_put((active,), active_losses)

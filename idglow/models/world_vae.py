@@ -63,7 +63,12 @@ class WorldVAEConfig:
     stats_images: int = 64  # pictures the latents' per-channel mean and std are measured on
     # The class's fixed structure, kept as the real model has it.
     z_dim: int = field(default=16, init=False)
+    # the real model's: no temporal downsampling at the first level, then at each (one per level
+    # but the last, so 2 ** len(...) is the spatial compression: 8 for four levels)
     temperal_downsample: tuple[bool, ...] = field(default=(False, True, True), init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperal_downsample", (False, *([True] * (len(self.dim_mult) - 2))))
 
     def vae_config(self) -> dict:
         return {

@@ -1,0 +1,170 @@
+"""Study: can a tiny base generator learn to draw the demo world on this CPU? (issue #14)
+
+Pre-trains the world generator (``idglow.models.world_generator``: the demo pipeline with a
+bigger ``QwenImageTransformer2DModel`` and the world VAE of ``--vae-folder``, flow matching on
+freshly drawn portraits -> group scene pairs of both tasks), cached under ``--folder`` by its
+stamp, then generates held-out groups (new people, another rng stream) through ``idglow.editing
+.edit`` as the pipeline does (the demo's 64 px, ``--inference-steps``, true CFG 1) and scores them
+with the demo's face pack, as the benchmark does: FaceSim (Hungarian-matched cosine of each
+portrait's face to the image's faces; a missing face counts 0) with its bootstrap 95% interval,
+the missing-face rate, and for Task 2 the share of found faces the age model puts under 18.
+
+Rows: the drawn scenes themselves (a model that copies identities perfectly, at the world's own
+rendering), the drawn scenes through the VAE (the best this VAE lets a generator do), the drawn
+scenes of *other* people (what a model that ignores the references scores), the trained world
+generator, and the demo's random tiny generator (today's).
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/world_generator.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import QwenImageEditPlusPipeline
+
+from evaluation.benchmark import bootstrap_ci
+from evaluation.metrics import child_rate, face_similarity
+from idglow.data.groups import TASKS
+from idglow.editing import edit
+from idglow.faces import detect_faces, portrait_embedding
+from idglow.models.hub import load_face_analysis
+from idglow.models.world_generator import WorldGeneratorConfig, draw_pair, recipe_stamp, write_world_generator
+from idglow.models.world_vae import reconstruct, to_images, to_tensor
+
+REPO = Path(__file__).resolve().parents[1]
+STAMP = "world_generator_stamp.json"
+
+
+def _coerce(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def load_or_train(folder: Path, config: WorldGeneratorConfig, vae_folder: Path):
+    stamp = recipe_stamp(config, json.loads((vae_folder / "config.json").read_text()))
+    if (folder / STAMP).exists() and json.loads((folder / STAMP).read_text()) == stamp:
+        print(f"generator: cached in {folder}")
+        return QwenImageEditPlusPipeline.from_pretrained(folder).to("cpu")
+    started, cpu = time.perf_counter(), time.process_time()
+    pipeline, log = write_world_generator(folder, config, vae_folder)
+    losses = [row["loss"] for row in log]
+    print(
+        f"generator: trained in {time.perf_counter() - started:.0f} s wall ({time.process_time() - cpu:.0f} s CPU), "
+        f"loss first/last 50 steps {np.mean(losses[:50]):.4f} -> {np.mean(losses[-50:]):.4f}"
+    )
+    (folder / "training_log.json").write_text(json.dumps(log))
+    (folder / STAMP).write_text(json.dumps(stamp))
+    return pipeline
+
+
+def score(app, portraits_faces, image, task) -> dict:
+    faces = detect_faces(app, image)
+    n = len(portraits_faces)
+    return {
+        "face_sim": face_similarity(np.stack(portraits_faces), faces.embeddings),
+        "missing": max(n - len(faces), 0) / n,
+        "child": child_rate(faces.ages) if task == "age_transformed" else np.nan,
+        "faces": len(faces),
+    }
+
+
+def summarise(rows: list[dict]) -> str:
+    face_sim = bootstrap_ci([r["face_sim"] for r in rows])
+    missing = np.mean([r["missing"] for r in rows])
+    children = [r["child"] for r in rows if not np.isnan(r["child"])]
+    child = f", child rate {np.mean(children):.2f}" if children else ""
+    return f"FaceSim {face_sim[0]:.3f} [{face_sim[1]:.3f}, {face_sim[2]:.3f}], missing-face rate {missing:.2f}{child}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vae-folder", type=Path, default=REPO / "var" / "models" / "world_vae_long")
+    parser.add_argument("--folder", type=Path, default=REPO / "var" / "studies" / "world_generator")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models" / "demo")
+    parser.add_argument("--groups", type=int, default=40, help="held-out groups per task")
+    parser.add_argument("--inference-steps", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--eval-seed", type=int, default=4242)
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. steps=300 pairs=500")
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    config = replace(WorldGeneratorConfig(), **{k: _coerce(v) for k, v in overrides.items()})
+    print(f"recipe: {asdict(config)}")
+    pipeline = load_or_train(args.folder, config, args.vae_folder)
+    app = load_face_analysis(args.models_dir / "insightface" / "tiny_pack")
+    random_pipeline = QwenImageEditPlusPipeline.from_pretrained(args.models_dir / "generator").to("cpu")
+
+    rng = np.random.default_rng([args.eval_seed, 3])
+    held_out = {task: [draw_pair(rng, config, task) for _ in range(args.groups)] for task in TASKS}
+    budget = config.reference_budget
+    for task, pairs in held_out.items():
+        print(f"\n== {task}: {len(pairs)} held-out groups of 2-3 people, {config.resolution} px")
+        references = [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
+        others = pairs[1:] + pairs[:1]  # each group against another group's scene
+        with torch.no_grad():
+            rounds = to_images(reconstruct(pipeline.vae, to_tensor([pair.scene for pair in pairs])))
+        rows = {
+            "drawn scene (copies identities)": [
+                score(app, refs, pair.scene, task) for refs, pair in zip(references, pairs, strict=True)
+            ],
+            "drawn scene through the VAE": [
+                score(app, refs, image, task) for refs, image in zip(references, rounds, strict=True)
+            ],
+            "another group's drawn scene": [
+                score(app, refs, other.scene, task) for refs, other in zip(references, others, strict=True)
+            ],
+        }
+        for steps in args.inference_steps:
+            for name, generator in (("world generator", pipeline), ("random tiny generator (today)", random_pipeline)):
+                if name.startswith("random") and steps != args.inference_steps[0]:
+                    continue
+                images = [
+                    edit(
+                        generator,
+                        pair.portraits,
+                        pair.prompt,
+                        generator=torch.Generator().manual_seed(1000 + i),
+                        budget=budget,
+                        height=config.resolution,
+                        width=config.resolution,
+                        num_inference_steps=steps,
+                    )
+                    for i, pair in enumerate(pairs)
+                ]
+                rows[f"{name}, {steps} steps"] = [
+                    score(app, refs, image, task) for refs, image in zip(references, images, strict=True)
+                ]
+                if name == "world generator":
+                    sheet = args.folder / f"samples_{task}_{steps}.png"
+                    _contact_sheet(pairs[:8], images[:8], rounds[:8], sheet)
+        for name, scored in rows.items():
+            print(f"  {name:<42} {summarise(scored)}")
+
+
+def _contact_sheet(pairs, images, rounds, path: Path) -> None:
+    """Per group a row: its portraits, the drawn scene, the VAE's round trip, the generation."""
+    from PIL import Image
+
+    tile = 64
+    canvas = Image.new("RGB", (tile * 6, tile * len(pairs)), "white")
+    for row, (pair, image, rounded) in enumerate(zip(pairs, images, rounds, strict=True)):
+        cells = [p.resize((tile, tile)) for p in pair.portraits] + [None] * (3 - len(pair.portraits))
+        cells += [pair.scene.resize((tile, tile)), rounded.resize((tile, tile)), image.resize((tile, tile))]
+        for column, cell in enumerate(cells):
+            if cell is not None:
+                canvas.paste(cell, (column * tile, row * tile))
+    canvas.save(path)
+
+
+if __name__ == "__main__":
+    main()

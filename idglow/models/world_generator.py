@@ -1,0 +1,241 @@
+"""A tiny base generator pre-trained to draw the demo world (a study for issue #14; not wired in).
+
+The demo generator's transformer has random weights, so its images are noise and no face is
+ever found in them. This module pre-trains a ``QwenImageTransformer2DModel`` (``zero_cond_t``, as
+2511) inside the demo's ``QwenImageEditPlusPipeline`` with rectified flow matching on pairs the
+world draws afresh: two or three new people, each as one adult portrait (the references, as
+the demo dataset draws them: ``render_portrait`` at 256 px), and the group scene
+(``idglow.data.scenes.render_scene``) of the same people as adults (Task 1) or as young
+children (Task 2), with the task's static prompt or a descriptive one of the drawn attributes.
+Like a real base model it should learn to draw the right number of people in a coherent scene,
+keeping who they are only partly.
+
+Training sees what inference sees: every pair is encoded by ``training.encodings.encode_sample``
+(the references resized to the profile's budgets and encoded by ``idglow.editing``, the prompt by
+the pipeline's own ``encode_prompt`` with the portraits), and the loss, times and packing are
+``training.flow``'s. The VAE and the text encoder stay frozen; the pairs are encoded once.
+
+``benchmarks/world_generator.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
+from tqdm.auto import tqdm
+
+from idglow.data.celebahq import CELEBA_ATTRIBUTES
+from idglow.data.demo_celebahq import _attributes
+from idglow.data.faces import YOUNG_CHILD_AGES, render_portrait, sample_style
+from idglow.data.groups import TASKS
+from idglow.data.scenes import render_scene
+from idglow.editing import ReferenceBudget
+from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG, TINY_TRANSFORMER_CONFIG
+from idglow.models.tiny_qwen_vl import build_model, build_processor, build_tokenizer
+from idglow.prompts import descriptive_prompt, static_prompt
+from training.data import Sample
+from training.encodings import SampleEncoding, encode_sample, stack
+from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
+
+RECIPE_VERSION = 1
+PORTRAIT_SIZE = 256  # the demo dataset's portrait side
+
+
+@dataclass(frozen=True)
+class WorldGeneratorConfig:
+    """Everything that decides the trained transformer (besides the VAE it is trained with)."""
+
+    seed: int = 0
+    resolution: int = 64  # the demo profile's generation_size
+    reference_pixels: int = 64 * 64  # the demo profile's budgets (idglow.editing.ReferenceBudget)
+    condition_pixels: int = 56 * 56
+    pairs: int = 2000  # drawn pairs, encoded once
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+    age_transformed_fraction: float = 0.5  # of the pairs, Task 2 (the scene's people drawn as children)
+    descriptive_fraction: float = 0.5  # of the pairs, a descriptive prompt (the rest: the task's static one)
+    # the pipeline's fixed structure (as TINY_TRANSFORMER_CONFIG): patches of 2x2 latents of 16 channels
+    patch_size: int = field(default=2, init=False)
+
+    @property
+    def reference_budget(self) -> ReferenceBudget:
+        return ReferenceBudget(self.reference_pixels, self.condition_pixels)
+
+    def transformer_config(self) -> dict:
+        return {
+            **TINY_TRANSFORMER_CONFIG,
+            "num_layers": self.num_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "attention_head_dim": self.attention_head_dim,
+            "axes_dims_rope": tuple(self.axes_dims_rope),
+        }
+
+
+def recipe_stamp(config: WorldGeneratorConfig, vae_stamp: dict | None = None) -> dict:
+    recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    return {"recipe": RECIPE_VERSION, "role": "world_generator", "config": recipe, "vae": vae_stamp}
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class WorldPair:
+    portraits: list  # PIL, one adult portrait per person
+    scene: object  # PIL, the group scene at the config's resolution
+    prompt: str
+    task: str
+    truths: list  # the scene's FaceTruth per person, in the portraits' order
+
+
+def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str | None = None) -> WorldPair:
+    """Two or three new people: their portraits and their scene (as children for Task 2)."""
+    if task is None:
+        task = TASKS[1] if rng.random() < config.age_transformed_fraction else TASKS[0]
+    styles = [sample_style(rng) for _ in range(int(rng.integers(2, 4)))]
+    smiles = [float(rng.uniform(-0.3, 1.0)) for _ in styles]
+    portraits = [
+        render_portrait(style, PORTRAIT_SIZE, rng, smile)[0] for style, smile in zip(styles, smiles, strict=True)
+    ]
+    if rng.random() < config.descriptive_fraction:
+        people = [
+            dict(zip(CELEBA_ATTRIBUTES, _attributes(style, False, smile, rng), strict=True))
+            for style, smile in zip(styles, smiles, strict=True)
+        ]
+        prompt = descriptive_prompt(task, people)
+    else:
+        prompt = static_prompt(task, len(styles))
+    ages = (
+        [int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) for _ in styles]
+        if task == "age_transformed"
+        else None
+    )
+    scene, truths, _ = render_scene(styles, config.resolution, rng, ages=ages)
+    return WorldPair(portraits, scene, prompt, task, truths)
+
+
+@dataclass(frozen=True)
+class _EncodingSettings:
+    """What ``encode_sample`` reads of a run config."""
+
+    resolution: int
+    reference_budget: ReferenceBudget
+
+
+@torch.no_grad()
+def encode_pairs(pipeline, pairs: list[WorldPair], config: WorldGeneratorConfig, progress: bool = True):
+    settings = _EncodingSettings(config.resolution, config.reference_budget)
+    encoded: dict[int, list[SampleEncoding]] = {}
+    for i, pair in enumerate(tqdm(pairs, desc="encoding world pairs", disable=not progress)):
+        sample = Sample(
+            f"pair-{i}",
+            {"prompt": pair.prompt, "n_subjects": len(pair.portraits)},
+            {"target": pair.scene},
+            pair.portraits,
+        )
+        encoded.setdefault(len(pair.portraits), []).append(encode_sample(pipeline, sample, settings))
+    return encoded, settings
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_pipeline(config: WorldGeneratorConfig, vae: AutoencoderKLQwenImage, text_seed: int = 0):
+    """The demo generator's pipeline (its tokenizer, processor and tiny text encoder of
+    ``text_seed``, its scheduler) with ``vae`` and a fresh transformer of ``config``'s size."""
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    text_encoder = build_model(tokenizer, text_seed)
+    torch.manual_seed(config.seed)
+    transformer = QwenImageTransformer2DModel(
+        joint_attention_dim=text_encoder.config.text_config.hidden_size, **config.transformer_config()
+    )
+    return QwenImageEditPlusPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer.eval(),
+    )
+
+
+def _learning_rate(config: WorldGeneratorConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = True) -> list[dict]:
+    """Draw and encode ``config.pairs`` pairs, then train ``pipeline.transformer`` with flow
+    matching for ``config.steps`` steps; returns the per-step log."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng([config.seed, 91])
+        pairs = [draw_pair(rng, config) for _ in range(config.pairs)]
+        pipeline.text_encoder.eval()
+        encoded, settings = encode_pairs(pipeline, pairs, config, progress)
+        transformer = pipeline.transformer.train()
+        optimizer = torch.optim.AdamW(
+            transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        batch_rng = np.random.default_rng([config.seed, 92])
+        sizes = sorted(encoded)
+        weights = np.array([len(encoded[n]) for n in sizes], dtype=float)
+        log = []
+        bar = tqdm(range(config.steps), desc="training the world generator", disable=not progress)
+        for step in bar:
+            n = sizes[int(batch_rng.choice(len(sizes), p=weights / weights.sum()))]
+            chosen = batch_rng.choice(len(encoded[n]), size=min(config.batch_size, len(encoded[n])), replace=False)
+            batch = stack([encoded[n][int(i)] for i in chosen], "target", settings)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            sigma = sample_sigmas(len(chosen), batch.x0.shape[1], pipeline.scheduler, generator)
+            noise = randn(tuple(batch.x0.shape), generator)
+            x_t = noisy(batch.x0, noise, sigma)
+            velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
+            loss = flow_matching_loss(velocity, batch.x0, noise).mean()
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(config, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+            optimizer.step()
+            log.append({"step": step + 1, "loss": loss.item(), "n": n, "time": time.time()})
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-50:]]):.4f}", refresh=False)
+        transformer.eval()
+    finally:
+        torch.set_num_threads(threads)
+    return log
+
+
+def write_world_generator(
+    folder: Path, config: WorldGeneratorConfig, vae_folder: Path, progress: bool = True
+) -> tuple[object, list[dict]]:
+    """Train a world generator with the VAE saved in ``vae_folder`` and save the whole pipeline
+    into ``folder`` (``save_pretrained``); returns the pipeline and the training log."""
+    vae = AutoencoderKLQwenImage.from_pretrained(vae_folder)
+    pipeline = build_pipeline(config, vae)
+    log = train_transformer(pipeline, config, progress)
+    pipeline.save_pretrained(folder)
+    return pipeline, log
