@@ -1,6 +1,7 @@
 """The model layer: every tiny twin loads through the hub with the real libraries' own loaders,
 and the face path sees faces."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,10 @@ def test_portrait_identity_is_consistent_across_renders(hub):
         (face,) = app.get(pil_to_bgr(image))
         embeddings.append(face.normed_embedding)
     assert float(np.dot(*embeddings)) > 0.3
+
+
+def test_the_face_pack_stamp_reads_back_equal():
+    # build_atomically compares the stamp read from disk with the recipe's: a tuple in the
+    # recipe would read back as a list and rebuild the pack on every call.
+    stamp = FaceTrainingConfig().recorded()
+    assert json.loads(json.dumps(stamp)) == stamp and stamp["world_age"]["scene_sides"] == [64, 96, 128, 256]

@@ -47,6 +47,9 @@ RECOGNIZER_FILE = "rec_tiny_arcface.onnx"
 GENDERAGE_FILE = "genderage_tiny.onnx"
 RECIPE_VERSION = 5  # 5: age learnt from the world's ages; the detector and the recogniser see its scenes
 CANVAS = 256
+# the sides the world's scenes are drawn at for training: the demo generates at 64 px (where a
+# scene face is about 10 px wide, a child's about 8), the detector upsamples to its input
+WORLD_SCENE_SIDES = (64, 96, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class WorldAgeConfig:
     child_fraction: float = 0.5  # of the people drawn
     scene_fraction: float = 0.5  # of the images drawn, group scenes (``render_scene``) rather than portraits
     box_jitter: float = 0.03  # of the face box's size, shift and scale
+    scene_sides: tuple[int, ...] = WORLD_SCENE_SIDES
     epochs: int = 10
     age_weight: float = 10.0  # on the age MSE (in units of 100 years), against gender's cross-entropy
 
@@ -89,8 +93,9 @@ class FaceTrainingConfig:
     world_age: WorldAgeConfig | None = field(default_factory=lambda: WorldAgeConfig())
 
     def recorded(self) -> dict:
-        """Every field, JSON-ready: the pack's training.json and its cache stamp."""
-        return asdict(self)
+        """Every field as JSON reads it back (tuples as lists): the pack's training.json and its
+        cache stamp, which must compare equal to the stamp read from disk."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 # ------------------------------------------------------------------------ scenes
@@ -130,9 +135,6 @@ def draw_scene(rng: np.random.Generator, size: int = CANVAS, max_faces: int = 3)
                 )
                 break
     return np.asarray(image), truths
-
-
-WORLD_SCENE_SIDES = (64, 96, 128, 256)  # the demo generates at 64 px; the detector upsamples it
 
 
 def draw_world_scene(rng: np.random.Generator, child_fraction: float = 0.3) -> tuple[np.ndarray, list[FaceTruth]]:
@@ -388,7 +390,8 @@ def _world_age_samples(
     while len(crops) < world_age.samples:
         if age_rng.random() < world_age.scene_fraction:
             styles = [sample_style(rng) for _ in range(int(age_rng.integers(2, 4)))]
-            image, truths, _ = render_scene(styles, CANVAS, rng, ages=[draw_age() for _ in styles])
+            side = world_age.scene_sides[int(age_rng.integers(len(world_age.scene_sides)))]
+            image, truths, _ = render_scene(styles, side, rng, ages=[draw_age() for _ in styles])
         else:
             image, truth = render_portrait(sample_style(rng), CANVAS, rng, age=draw_age())
             truths = [truth]
