@@ -105,8 +105,9 @@ def models_build_command(
         1, min=1, help="real layout: blocks per transformer tower (the widths are the releases')."
     ),
 ) -> None:
-    """Build the demo profile's tiny twins (trains the tiny face models once, about two minutes),
-    or with --layout real a rehearsal directory that `idglow models check --profile real` passes."""
+    """Build the demo profile's tiny twins (trains the face models and the prompt model on the demo
+    world once, about ten minutes on one thread), or with --layout real a rehearsal directory that
+    `idglow models check --profile real` passes."""
     if layout == "tiny":
         from idglow.models.tiny import ensure_tiny_models
 
