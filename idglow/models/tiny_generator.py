@@ -71,12 +71,26 @@ def build_generator(
 ) -> QwenImageEditPlusPipeline:
     """The pipeline around ``text_encoder`` with a transformer and VAE of the given configs, random
     weights fixed by ``seed``; the transformer reads the text encoder's hidden width."""
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLQwenImage(**vae_config).to(dtype)
+    return assemble_pipeline(seed, tokenizer, processor, text_encoder, transformer_config, vae, dtype)
+
+
+def assemble_pipeline(
+    seed: int,
+    tokenizer,
+    processor,
+    text_encoder,
+    transformer_config: dict,
+    vae: AutoencoderKLQwenImage,
+    dtype: torch.dtype = torch.float32,
+) -> QwenImageEditPlusPipeline:
+    """The pipeline around ``text_encoder`` and ``vae`` with a new transformer of
+    ``transformer_config`` (random weights fixed by ``seed``) and Qwen-Image's scheduler."""
     torch.manual_seed(seed + 1)
     transformer = QwenImageTransformer2DModel(
         joint_attention_dim=text_encoder.config.text_config.hidden_size, **transformer_config
     ).to(dtype)
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKLQwenImage(**vae_config).to(dtype)
     return QwenImageEditPlusPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
         vae=vae.eval(),

@@ -29,9 +29,6 @@ import numpy as np
 import torch
 from diffusers import (
     AutoencoderKLQwenImage,
-    FlowMatchEulerDiscreteScheduler,
-    QwenImageEditPlusPipeline,
-    QwenImageTransformer2DModel,
 )
 from tqdm.auto import tqdm
 
@@ -41,7 +38,7 @@ from idglow.data.faces import YOUNG_CHILD_AGES, render_portrait, sample_style
 from idglow.data.groups import TASKS
 from idglow.data.scenes import render_scene
 from idglow.editing import ReferenceBudget
-from idglow.models.tiny_generator import QWEN_IMAGE_SCHEDULER_CONFIG, TINY_TRANSFORMER_CONFIG
+from idglow.models.tiny_generator import TINY_TRANSFORMER_CONFIG, assemble_pipeline
 from idglow.models.tiny_qwen_vl import build_model, build_processor, build_tokenizer
 from idglow.prompts import descriptive_prompt, static_prompt
 from training.data import Sample
@@ -164,18 +161,7 @@ def build_pipeline(config: WorldGeneratorConfig, vae: AutoencoderKLQwenImage, te
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     text_encoder = build_model(tokenizer, text_seed)
-    torch.manual_seed(config.seed)
-    transformer = QwenImageTransformer2DModel(
-        joint_attention_dim=text_encoder.config.text_config.hidden_size, **config.transformer_config()
-    )
-    return QwenImageEditPlusPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
-        vae=vae.eval(),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        processor=processor,
-        transformer=transformer.eval(),
-    )
+    return assemble_pipeline(config.seed, tokenizer, processor, text_encoder, config.transformer_config(), vae)
 
 
 def _learning_rate(config: WorldGeneratorConfig, step: int) -> float:
