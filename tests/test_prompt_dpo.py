@@ -1,11 +1,14 @@
 """Prompt-model alignment (section 3.2): the DPO loss on sequence log-likelihoods, and a short
 run on the tiny VLM that prefers the descriptive prompts afterwards and loads like the base."""
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from idglow.data.groups import make_training_groups, split_identities
@@ -18,6 +21,7 @@ from training.prompt_dpo import (
     model_placement,
     response_logprob,
     sequence_dpo_loss,
+    stored_dtype,
     train,
 )
 
@@ -89,3 +93,35 @@ def test_alignment_prefers_descriptive_prompts_and_loads_like_the_base(
     assert (folder / "manifest.json").exists() and (tmp_path / "aligned" / "log.jsonl").read_text().count("\n") == 6
     assert train(config) == folder  # done: not trained again
     assert isinstance(pair["portraits"][0], Image.Image)
+
+
+def test_the_aligned_model_is_saved_in_the_dtype_its_base_was_released_in(
+    tiny_models_dir, demo_dataset, demo_ingest, tmp_path
+):
+    """A bf16 base (as Qwen2.5-VL is released) trains in fp32 on the CPU, but its merged copy is
+    written in bf16, half the disk of an fp32 one."""
+    base = tmp_path / "bf16_base"
+    shutil.copytree(tiny_models_dir / "prompt_model", base)
+    config_file = base / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "dtype": "bfloat16"}))
+    assert stored_dtype(str(base)) == torch.bfloat16
+    assert stored_dtype(str(tiny_models_dir / "prompt_model")) == torch.float32
+
+    catalog = demo_ingest.catalog
+    groups = make_training_groups(catalog, split_identities(catalog, 10, 0), 1, 0, seed=0)
+    write_parquet_atomic(tmp_path / "preferences.parquet", build_prompt_preferences(groups, catalog))
+    write_parquet_atomic(tmp_path / "catalog.parquet", catalog)
+    config = PromptDPOConfig(
+        model_dir=str(base),
+        preferences=str(tmp_path / "preferences.parquet"),
+        catalog=str(tmp_path / "catalog.parquet"),
+        source_root=str(demo_dataset.root),
+        output_dir=str(tmp_path / "aligned"),
+        steps=1,
+    )
+    folder = train(config)
+    dtypes = set()
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(weights, "pt") as tensors:
+            dtypes |= {tensors.get_slice(name).get_dtype() for name in tensors.keys()}
+    assert dtypes == {"BF16"}

@@ -124,6 +124,14 @@ def load_policy(config: PromptDPOConfig):
     return model
 
 
+def stored_dtype(model_dir: str) -> torch.dtype:
+    """The dtype a checkpoint's config says its weights are stored in (fp32 when it says none)."""
+    from transformers import AutoConfig
+
+    stored = AutoConfig.from_pretrained(model_dir, local_files_only=True).dtype
+    return getattr(torch, stored) if isinstance(stored, str) else stored or torch.float32
+
+
 def load_pairs(config: PromptDPOConfig) -> list[dict]:
     preferences = pd.read_parquet(config.preferences)
     paths = pd.read_parquet(config.catalog).set_index("hq_idx")["path"]
@@ -192,7 +200,9 @@ def train(config: PromptDPOConfig, on_step=None) -> Path:
             handle.write(json.dumps(row) + "\n")
         if on_step is not None:
             on_step(row)
-    merged = model.merge_and_unload()
+    # Saved in the dtype the base was released in (bf16 for Qwen2.5-VL): an fp32 copy of a merged
+    # CPU run would be twice the base on disk for no precision a bf16 consumer keeps.
+    merged = model.merge_and_unload().to(stored_dtype(config.model_dir))
     with atomic_dir(final) as staging:
         merged.save_pretrained(staging)
         processor.save_pretrained(staging)
