@@ -17,9 +17,11 @@ from idglow.models.world_vae import (
     WorldVAEConfig,
     build_world_vae,
     draw_world_image,
+    face_mask,
     image_convolutions,
     init_world_vae,
     reconstruct,
+    reconstruction_loss,
     stamp,
     to_tensor,
 )
@@ -88,3 +90,30 @@ def test_training_convolutions_match_the_class():
         )
     for slow, fast in zip(*results, strict=True):
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_face_weighted_loss_by_hand():
+    """A 2 x 2 picture, one face pixel of weight 1 + 3 = 4 beside three of weight 1: normalised to
+    a mean of one the weights are 16/7 and 4/7; an error of 1 on the face pixel alone costs
+    16/7 / 4 = 4/7 per pixel (1/4 unweighted), an error of 1 elsewhere 4/7 / 4 = 1/7."""
+    target = torch.zeros(1, 3, 1, 2, 2)
+    faces = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    on_face, off_face = target.clone(), target.clone()
+    on_face[..., 0, 0] = 1.0
+    off_face[..., 1, 1] = 1.0
+    assert reconstruction_loss(target, on_face, 0.0).item() == pytest.approx(0.25)
+    assert reconstruction_loss(target, on_face, 0.0, faces, 3.0).item() == pytest.approx(4 / 7)
+    assert reconstruction_loss(target, off_face, 0.0, faces, 3.0).item() == pytest.approx(1 / 7)
+    assert reconstruction_loss(target, on_face, 0.0, faces, 0.0).item() == pytest.approx(0.25)
+
+
+def test_face_mask_covers_each_drawn_face_and_its_margin():
+    rng = np.random.default_rng(0)
+    _, truths, _ = draw_world_image(rng, 64, scene_fraction=1.0)
+    mask = face_mask(truths, 64)
+    assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    for truth in truths:
+        x1, y1, x2, y2 = (int(round(v)) for v in truth.bbox)
+        inside = mask[0, max(0, y1) : min(64, y2), max(0, x1) : min(64, x2)]
+        assert inside.numel() and bool(inside.all())
+    assert 0 < mask.mean().item() < 0.5
