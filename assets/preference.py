@@ -22,9 +22,10 @@ from idglow.data.group_photos import (
     write_demo_group_photos,
 )
 from idglow.editing import ReferenceBudget
-from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter
+from idglow.filtering import DEFAULT_THRESHOLDS, apply_filter, apply_people_check
 from idglow.generation import JOB_COLUMNS, GenerationSettings
 from idglow.inference.candidates import CandidateReplicaFactory, HubSpec, candidate_items, candidate_table
+from idglow.inference.people_check import PeopleCheckReplicaFactory, people_check_items, people_counts
 from idglow.inference.prompts import PromptReplicaFactory, prompt_items, raw_outputs
 from idglow.inference.scores import ScoreReplicaFactory, pair_items, scorer_fingerprints, scores_frame
 from idglow.models.registry import PROMPT_MODEL, component_fingerprint
@@ -344,16 +345,58 @@ def pair_scores(
     )
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=[pair_scores], kinds={"parquet"})
-def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
+def people_check(
+    context: dg.AssetExecutionContext,
+    settings: IdglowSettings,
+    models: ModelHubResource,
+    ray_cluster: RayResource,
+    filtered: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict]:
+    """The VLM check over the filter's table (on Ray: idglow.inference.people_check, each chosen
+    image asked once) and its metadata; the table as it was, with a note, when it is off."""
+    profile, roots, hub = settings.resolved(), settings.roots, models.hub(settings)
+    if not profile.people_check:
+        return filtered, {"vlm_check": dg.MetadataValue.text("off (people_check = false)")}
+    stage_settings = {
+        "prompt_model": f"{hub.profile}:{component_fingerprint(hub.profile, PROMPT_MODEL, hub.models_dir)[:12]}",
+        "pixels": profile.people_check_pixels,
+    }
+    result = run_on_ray(
+        context,
+        ray_cluster,
+        people_check_items(filtered, stage_settings),
+        PeopleCheckReplicaFactory(HubSpec.of(hub, models.device), roots, profile.people_check_pixels),
+        roots.storage,
+        stage="people_check",
+        batch_size=16,
+    )
+    checked, verdict = apply_people_check(filtered, people_counts(result))
+    context.log.info(f"VLM check: {verdict.reason}")
+    return checked, {
+        "vlm_check": dg.MetadataValue.text(verdict.reason),
+        "vlm_applied": dg.MetadataValue.bool(verdict.able),
+        "vlm_vetoed": dg.MetadataValue.int(int(checked["rule_vlm_vetoes"].sum())),
+        "vlm_answered": dg.MetadataValue.float(verdict.answered / verdict.asked if verdict.asked else 0.0),
+        "vlm_agreement_real_photos": dg.MetadataValue.float(verdict.agreement),
+        "vlm_real_photos": dg.MetadataValue.int(verdict.known),
+    }
+
+
+@dg.asset(group_name=GROUP, code_version="3", deps=[pair_scores], kinds={"parquet"})
+def auto_filtered_pairs(
+    context: dg.AssetExecutionContext, settings: IdglowSettings, models: ModelHubResource, ray_cluster: RayResource
+) -> dg.MaterializeResult:
     """Eq. 9, stage 1: a pair is kept when some delta reaches its threshold and no delta falls
-    below minus its tolerance (thresholds in docs/configuration.md). Every pair is listed with
-    `kept` and the reason; the histograms show each delta with its thresholds."""
+    below minus its tolerance (thresholds in docs/configuration.md); then the VLM check may veto
+    a kept pair whose chosen image does not show the N people of its prompt (``people_check``).
+    Every pair is listed with `kept` and the reason; the histograms show each delta with its
+    thresholds."""
     paths = settings.paths
     filtered = apply_filter(
         pd.read_parquet(paths.table("pair_scores")),
         pd.read_parquet(paths.asset_dir("pair_scores") / "oriented_pairs.parquet"),
     )
+    filtered, check_metadata = people_check(context, settings, models, ray_cluster, filtered)
     table_path = paths.table("auto_filtered_pairs")
     write_parquet_atomic(table_path, filtered)
     plot = delta_histograms(
@@ -369,6 +412,7 @@ def auto_filtered_pairs(settings: IdglowSettings) -> dg.MaterializeResult:
             "dropped": dg.MetadataValue.int(int((~filtered["kept"]).sum())),
             "pass_rate_by_source": dg.MetadataValue.json(by_source),
             "rule_rates": dg.MetadataValue.json(by_rule),
+            **check_metadata,
             "histograms": dg.MetadataValue.md(markdown_image(plot, "delta histograms")),
             "histograms_uri": dg.MetadataValue.path(str(plot)),
             "drop_reasons": dg.MetadataValue.md(

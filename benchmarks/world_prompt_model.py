@@ -13,7 +13,10 @@ with the demo's seed, 10) it reports:
 * the share of outputs equal to the descriptive prompt of the people's attributes;
 * per-attribute accuracy over the people of the groups, parsed back from "Picture i is a
   <man|woman> with <hair> and <extras>, standing ...": hair colour, glasses, sex (and beard,
-  smile); a person the output does not describe counts as wrong.
+  smile); a person the output does not describe counts as wrong;
+* the VLM check's people question (``idglow.people_check``) on held-out world pictures of
+  nobody, one, two or three people: the share of answers that read as a count and the share
+  that give the true count, overall and per true count.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/world_prompt_model.py
 """
@@ -35,9 +38,11 @@ from idglow.models.world_prompt_model import (
     TRAINING_FILE,
     WorldPromptConfig,
     build_world_prompt_model,
+    heldout_count_examples,
     heldout_groups,
     target_prompt,
 )
+from idglow.people_check import answer_people_question, parse_people_count
 from idglow.prompt_synthesis import write_dynamic_prompt
 from idglow.prompts import TASK_PHRASES, describe_person, validate_dynamic_prompt
 
@@ -117,6 +122,22 @@ def evaluate(model, processor, groups, counter, budget: int, max_new_tokens: int
     }
 
 
+def evaluate_counting(model, processor, examples, pixels: int) -> dict:
+    """The people question on ``examples``: answered (a count), correct, and correct per true count."""
+    answered, by_count = 0, {}
+    for example in examples:
+        count = parse_people_count(answer_people_question(model, processor, example.image, pixels))
+        answered += count is not None
+        right, total = by_count.get(example.people, (0, 0))
+        by_count[example.people] = (right + (count == example.people), total + 1)
+    correct = sum(right for right, _ in by_count.values())
+    return {
+        "answered": answered / len(examples),
+        "correct": correct / len(examples),
+        "by_count": {n: f"{right}/{total}" for n, (right, total) in sorted(by_count.items())},
+    }
+
+
 def folder_megabytes(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
 
@@ -130,6 +151,7 @@ def main() -> None:
     )
     parser.add_argument("--groups", type=int, default=40, help="held-out groups (each written for both tasks)")
     parser.add_argument("--baseline-groups", type=int, default=10)
+    parser.add_argument("--count-examples", type=int, default=120, help="held-out pictures for the people question")
     parser.add_argument("--budget", type=int, default=512, help="the profile's prompt_token_budget")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args()
@@ -163,10 +185,15 @@ def main() -> None:
     print(f"held-out groups: {len(groups)} (sizes 1/2/3: {sizes.count(1)}/{sizes.count(2)}/{sizes.count(3)})")
 
     trained = evaluate(*load(args.folder), groups, counter, args.budget, args.max_new_tokens)
+    pictures = heldout_count_examples(config, args.count_examples)
+    counting = evaluate_counting(*load(args.folder), pictures, config.count_pixels)
     with tempfile.TemporaryDirectory() as folder:
-        tiny_qwen_vl.write_tiny_vl(Path(folder), 10)  # the demo's prompt model (ensure_tiny_models: seed + 10)
+        tiny_qwen_vl.write_tiny_vl(Path(folder), 10)  # the random twin (the demo's prompt model before #14)
         baseline = evaluate(
             *load(Path(folder)), groups[: args.baseline_groups], counter, args.budget, args.max_new_tokens
+        )
+        baseline_counting = evaluate_counting(
+            *load(Path(folder)), pictures[: args.baseline_groups], config.count_pixels
         )
 
     keys = ("pass_rate", "exact", "hair", "glasses", "sex", "beard", "smile")
@@ -182,6 +209,13 @@ def main() -> None:
         )
     for name, result in (("random tiny", baseline), ("world-trained", trained)):
         print(f"{name} fallback reasons: {result['reasons']}")
+    print("\n| people question | pictures | answered with a count | true count | by true count (right/asked) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, result, asked in (
+        ("random tiny", baseline_counting, min(args.baseline_groups, len(pictures))),
+        ("world-trained", counting, len(pictures)),
+    ):
+        print(f"| {name} | {asked} | {result['answered']:.2f} | {result['correct']:.2f} | {result['by_count']} |")
     group, task = groups[0], "group_fusion"
     print("\nexample (held-out group 0, group_fusion):")
     print("  wanted:", target_prompt(task, group))

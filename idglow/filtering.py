@@ -2,7 +2,8 @@
 
 Keep a pair when some delta reaches its threshold (Delta_k >= delta_k for at least one k) and
 no delta contradicts the preference (Delta_k >= -epsilon_k for every k). Defaults are
-method.md's choices; every dropped pair keeps the reason.
+method.md's choices; every dropped pair keeps the reason. The VLM check (``apply_people_check``)
+may then veto a kept pair whose chosen image does not show the N people of its prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from idglow.people_check import PeopleCheckVerdict, people_check_reason, people_check_verdict
 from idglow.scoring import METRICS
 
 
@@ -68,3 +70,23 @@ def apply_filter(
         merged[f"rule_{k}_supports"] = merged[f"delta_{k}"] >= t.delta
         merged[f"rule_{k}_contradicts"] = merged[f"delta_{k}"] < -t.epsilon
     return merged
+
+
+def apply_people_check(filtered: pd.DataFrame, counts: pd.DataFrame) -> tuple[pd.DataFrame, PeopleCheckVerdict]:
+    """The VLM check of stage 1 over ``apply_filter``'s table: each pair gets its chosen image's
+    ``vlm_answer`` and ``vlm_people`` (from ``counts``, by ``chosen_path``), and, when the run's
+    answers let the check veto (``people_check_verdict``; the truth is known where the chosen image
+    is a real group photo of the pair's people, the real_vs_* sources), a kept pair whose chosen
+    image shows another number of people than ``n_subjects`` is dropped with that reason
+    (``rule_vlm_vetoes``). Pairs in = pairs out, in their order."""
+    checked = filtered.merge(counts[["chosen_path", "vlm_answer", "vlm_people"]], on="chosen_path", how="left")
+    answers = [None if pd.isna(c) else int(c) for c in checked["vlm_people"]]
+    real = checked["source"].str.startswith("real_vs_") & ~checked["chosen_path"].duplicated()
+    known = [(answers[i], int(checked["n_subjects"].iloc[i])) for i in range(len(checked)) if real.iloc[i]]
+    verdict = people_check_verdict([None if pd.isna(c) else int(c) for c in counts["vlm_people"]], known)
+    reasons = [people_check_reason(a, int(n)) for a, n in zip(answers, checked["n_subjects"], strict=True)]
+    checked["rule_vlm_vetoes"] = [verdict.able and reason is not None for reason in reasons]
+    vetoed = checked["kept"] & checked["rule_vlm_vetoes"]
+    checked.loc[vetoed, "reason"] = [reason for reason, veto in zip(reasons, vetoed, strict=True) if veto]
+    checked.loc[vetoed, "kept"] = False
+    return checked, verdict

@@ -93,6 +93,10 @@ class Profile:
     # (prompt_model_alignment) alike; the demo's tiny VLM takes 56^2, the real one the portrait whole
     prompt_portrait_pixels: int = 56 * 56
     prompt_max_new_tokens: int = 160  # the longest dynamic prompt the prompt model may write
+    # the VLM check of stage 1 (idglow.people_check): the prompt model is asked how many people each
+    # chosen image shows; applied where its answers read as counts. The image's pixels for it.
+    people_check: bool = True
+    people_check_pixels: int = 112 * 112
     checkpoint_every_steps: int = 250  # SFT / DPO checkpoint cadence (and always at the last step)
     checkpoint_every_minutes: float | None = 30.0  # also checkpoint after this long since the last one
     gradient_checkpoint_blocks: int | str = (
@@ -181,6 +185,7 @@ def _real(storage_root: Path) -> Profile:
         reference_pixels=1024 * 1024,  # diffusers QwenImageEditPlus: VAE_IMAGE_SIZE, CONDITION_IMAGE_SIZE (tested)
         condition_pixels=384 * 384,
         prompt_portrait_pixels=1024 * 1024,
+        people_check_pixels=448 * 448,
         gradient_checkpoint_blocks="auto",
     )
 

@@ -231,6 +231,15 @@ def test_preference_pairs_the_automatic_filter_and_the_review_queue(everything):
     filtered = materialized["auto_filtered_pairs"].metadata
     assert filtered["kept"].value + filtered["dropped"].value == pairs["dagster/row_count"].value
     assert Path(filtered["histograms_uri"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the VLM check asked the demo's prompt model about every chosen image, and either vetoed by
+    # its counts or, where they did not hold up on the real photos, vetoed nothing
+    table = pd.read_parquet(filtered["filtered_uri"].value)
+    assert table["vlm_answer"].notna().all() and filtered["vlm_real_photos"].value == 6
+    assert filtered["vlm_vetoed"].value == int((table["rule_vlm_vetoes"]).sum())
+    if not filtered["vlm_applied"].value:
+        assert filtered["vlm_vetoed"].value == 0 and "not applied" in filtered["vlm_check"].value
+    vetoed = table[table["reason"].str.startswith("VLM check")]
+    assert (vetoed["vlm_people"] != vetoed["n_subjects"]).all() and not vetoed["kept"].any()
     queue = materialized["review_queue"].metadata
     assert queue["items"].value == filtered["kept"].value == queue["automatic_decisions"].value
 

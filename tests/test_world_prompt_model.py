@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -13,9 +14,14 @@ from idglow.editing import reference_dimensions
 from idglow.models.tiny import STAMP_FILE
 from idglow.models.world_prompt_model import (
     RECIPE_VERSION,
+    CountExample,
     WorldPromptConfig,
+    batch_inputs,
     build_untrained,
     build_world_prompt_model,
+    draw_count_picture,
+    face_token_marks,
+    heldout_count_examples,
     heldout_groups,
     heldout_identities,
     response_loss,
@@ -80,3 +86,27 @@ def test_same_seed_same_weights_and_training_lowers_heldout_loss(built):
     before = response_loss(untrained.eval(), processor, examples)
     after = response_loss(model, processor, examples)
     assert after < 0.6 * before, (before, after)
+
+
+def test_people_question_pictures_and_labels():
+    """The world's pictures for the people question hold the count they are labelled with, and
+    a people-question example is labelled on its one-word answer (and the end token) only."""
+    rng = np.random.default_rng(5)
+    counts = []
+    for _ in range(40):
+        image, truths = draw_count_picture(rng, 64)
+        assert image.size == (64, 64) and len(truths) in (0, 1, 2, 3)
+        counts.append(len(truths))
+    assert set(counts) == {0, 1, 2, 3}
+    examples = heldout_count_examples(TINY, 3)
+    # every picture is square, so each side (64, 96, 128) comes to the same 112² budget
+    assert {e.image.size for e in examples} == {reference_dimensions(64, 64, TINY.count_pixels)}
+    _, processor = build_untrained(TINY)
+    example = CountExample(examples[0].image, 3, ((0.1, 0.5), (0.5, 0.5), (0.9, 0.2)))
+    inputs = batch_inputs(processor, [example])
+    labelled = inputs["labels"][0][inputs["labels"][0] != -100]
+    assert processor.tokenizer.decode(labelled) == "three" + processor.tokenizer.eos_token
+    # a 112² picture is 8 x 8 patches, 4 x 4 merged tokens in raster order
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]
+    marks = face_token_marks(example, inputs["image_grid_thw"][0], 2).reshape(4, 4)
+    assert marks.nonzero().tolist() == [[0, 3], [2, 0], [2, 2]]

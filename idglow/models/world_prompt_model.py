@@ -33,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +45,17 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwe
 
 from idglow.data import celebahq as layout
 from idglow.data.demo_celebahq import _attributes, identity_style
-from idglow.data.faces import render_portrait
+from idglow.data.faces import background, render_group, render_portrait, sample_style
 from idglow.data.groups import TASKS
+from idglow.data.scenes import render_scene
 from idglow.models import tiny_qwen_vl
 from idglow.models.tiny import build_atomically
+from idglow.people_check import COUNT_WORDS, PEOPLE_QUESTION, check_image, people_question_chat
+from idglow.profiles import Profile
 from idglow.prompt_synthesis import prompt_portrait
 from idglow.prompts import describe_person, descriptive_prompt, dynamic_instruction
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the people question of the VLM check
 ROLE = "world_prompt_model"
 TRAINING_FILE = "training.json"
 IDENTITY_NUMBERS = range(1, 10178)  # CelebA's identity numbers, as demo_celebahq draws them
@@ -60,12 +63,15 @@ PORTRAIT_SIZE = 256  # the demo dataset's image side (DemoDatasetSpec.size)
 ATTRIBUTE_NAMES = tuple(layout.CELEBA_ATTRIBUTES)
 
 
+_DEMO_DEFAULTS = {f.name: f for f in fields(Profile)}  # the demo profile keeps these fields' defaults
+
+
 @dataclass(frozen=True)
 class WorldPromptConfig:
     """Everything that decides the trained weights."""
 
     seed: int = 0
-    steps: int = 360
+    steps: int = 480
     batch_size: int = 8
     learning_rate: float = 3e-3
     warmup_steps: int = 20
@@ -79,15 +85,22 @@ class WorldPromptConfig:
     vision_intermediate_size: int = 128
     vision_depth: int = 1
     vocab_size: int = 1024
-    portrait_pixels: int = 56 * 56  # the demo profile's prompt_portrait_pixels
+    portrait_pixels: int = _DEMO_DEFAULTS["prompt_portrait_pixels"].default  # what the demo's prompts stage gives
     world_seed: int = 0  # the demo dataset's seed: identity_style(identity, world_seed)
     heldout: int = 400  # identity numbers training never draws
     group_sizes: tuple[int, ...] = (1, 2, 3)
     group_weights: tuple[float, ...] = (0.1, 0.45, 0.45)
     vision_lr_scale: float = 1.0  # the vision tower's learning rate, relative to learning_rate
-    # an auxiliary linear probe (discarded after training) on each portrait's merged vision tokens,
-    # predicting the drawn attributes (hair phrase, glasses, beard, smile); 0 turns it off
+    # an auxiliary linear probe (discarded after training) on each picture's merged vision tokens,
+    # predicting a portrait's drawn attributes (hair phrase, glasses, beard, smile) and how many
+    # people a people-question picture shows; 0 turns it off
     probe_weight: float = 1.0
+    # the VLM check of stage 1 (idglow.people_check): the share of examples that ask how many people
+    # a world picture shows (nobody, a portrait, a scene or row of two or three), and the pixels the
+    # picture is given at (the demo profile's people_check_pixels)
+    count_fraction: float = 0.5
+    count_pixels: int = _DEMO_DEFAULTS["people_check_pixels"].default
+    count_sides: tuple[int, ...] = (64, 96, 128)
 
 
 def heldout_identities(config: WorldPromptConfig) -> np.ndarray:
@@ -132,6 +145,52 @@ def draw_group(rng: np.random.Generator, identities: np.ndarray, config: WorldPr
     ]
 
 
+@dataclass
+class CountExample:
+    """A picture of the world and how many people it shows, for the people question."""
+
+    image: Image.Image  # at the config's count_pixels, as check_image gives it
+    people: int
+    face_centers: tuple[tuple[float, float], ...] = ()  # each face's box centre, as fractions of the sides
+
+
+def _child_or_own_age(rng: np.random.Generator) -> int | None:
+    return int(rng.integers(3, 18)) if rng.random() < 0.3 else None
+
+
+def draw_count_picture(rng: np.random.Generator, side: int) -> tuple[Image.Image, list]:
+    """A picture of new people of the world and their face truths: nobody (a backdrop, or noise as
+    an untrained generator draws), one (a portrait), or two or three (a scene, or a row of tiles as
+    the demo's group photos), children among them."""
+    kind = rng.choice(("nobody", "portrait", "scene", "row"), p=(0.15, 0.1, 0.5, 0.25))
+    if kind == "nobody":
+        if rng.random() < 0.5:
+            return background(side, rng), []
+        return Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8), "RGB"), []
+    if kind == "portrait":
+        image, truth = render_portrait(sample_style(rng), side, rng, age=_child_or_own_age(rng))
+        return image, [truth]
+    n = int(rng.integers(2, 4))
+    styles = [sample_style(rng) for _ in range(n)]
+    if kind == "scene":
+        image, truths, _ = render_scene(styles, side, rng, ages=[_child_or_own_age(rng) for _ in range(n)])
+        return image, truths
+    return render_group(styles, side, rng)
+
+
+def draw_count_example(rng: np.random.Generator, config: WorldPromptConfig) -> CountExample:
+    side = int(rng.choice(config.count_sides))
+    image, truths = draw_count_picture(rng, side)
+    centers = tuple(((t.bbox[0] + t.bbox[2]) / (2 * side), (t.bbox[1] + t.bbox[3]) / (2 * side)) for t in truths)
+    return CountExample(check_image(image, config.count_pixels), len(truths), centers)
+
+
+def heldout_count_examples(config: WorldPromptConfig, count: int, seed: int = 2025) -> list[CountExample]:
+    """``count`` people-question examples of new people, the same for every training seed."""
+    rng = np.random.default_rng([config.world_seed, seed])
+    return [draw_count_example(rng, config) for _ in range(count)]
+
+
 def heldout_groups(config: WorldPromptConfig, count: int, seed: int = 2024) -> list[list[WorldPerson]]:
     """``count`` groups of held-out identities, the same for every training seed."""
     rng = np.random.default_rng([config.world_seed, seed])
@@ -145,6 +204,7 @@ def _corpus() -> list[str]:
     """The tiny twin's corpus, every instruction, and descriptive prompts over attribute combinations."""
     texts = list(tiny_qwen_vl._CORPUS)
     texts += [dynamic_instruction(task, n) for task in TASKS for n in range(1, 6)]
+    texts += [PEOPLE_QUESTION, *COUNT_WORDS]
     hair = ("Bald", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", None)
     extras = ("Eyeglasses", "Goatee", "Mustache", "Wearing_Hat", "Wearing_Earrings", "Wearing_Necktie", "Smiling")
     people = []
@@ -206,16 +266,26 @@ def target_prompt(task: str, group: list[WorldPerson]) -> str:
     return descriptive_prompt(task, [p.attributes for p in group])
 
 
-def batch_inputs(processor, examples: list[tuple[list[WorldPerson], str]]) -> dict[str, torch.Tensor]:
+Example = tuple[list[WorldPerson], str] | CountExample
+
+
+def _chat(processor, example: Example) -> tuple[str, list[Image.Image], str]:
+    """(prompt, images, target) of a description (a group and its task) or a people question."""
+    if isinstance(example, CountExample):
+        return people_question_chat(processor), [example.image], COUNT_WORDS[example.people]
+    group, task = example
+    return chat_prompt(processor, len(group), task), [p.portrait for p in group], target_prompt(task, group)
+
+
+def batch_inputs(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded inputs with labels on the response tokens (and the closing ``<|im_end|>``) only."""
     end = processor.tokenizer.eos_token
     texts, images, prompt_lengths = [], [], []
-    for group, task in examples:
-        prompt = chat_prompt(processor, len(group), task)
-        portraits = [p.portrait for p in group]
-        prompt_lengths.append(processor(text=[prompt], images=portraits, return_tensors="pt")["input_ids"].shape[1])
-        texts.append(prompt + target_prompt(task, group) + end)
-        images.extend(portraits)
+    for example in examples:
+        prompt, pictures, target = _chat(processor, example)
+        prompt_lengths.append(processor(text=[prompt], images=pictures, return_tensors="pt")["input_ids"].shape[1])
+        texts.append(prompt + target + end)
+        images.extend(pictures)
     processor.tokenizer.padding_side = "right"
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
     labels = inputs["input_ids"].clone()
@@ -226,7 +296,7 @@ def batch_inputs(processor, examples: list[tuple[list[WorldPerson], str]]) -> di
     return dict(inputs)
 
 
-def response_loss(model, processor, examples: list[tuple[list[WorldPerson], str]], batch_size: int = 8) -> float:
+def response_loss(model, processor, examples: list[Example], batch_size: int = 8) -> float:
     """Mean cross-entropy per response token of ``examples`` (teacher forcing)."""
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -247,6 +317,27 @@ def probe_targets(people: list[WorldPerson]) -> tuple[torch.Tensor, torch.Tensor
     hair = [next(i for i, h in enumerate(HAIR_PHRASES) if h in describe_person(p.attributes)) for p in people]
     flags = [[float(p.attributes.get(k, False)) for k in _PROBE_FLAGS] for p in people]
     return torch.tensor(hair), torch.tensor(flags)
+
+
+COUNT_CLASSES = 4  # the people question's answers the world draws: nobody, one, two, three
+
+
+def face_token_marks(example: CountExample, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """1 for each merged vision token (raster order, as the vision tower returns them) whose cell
+    holds a face's centre, else 0."""
+    rows, cols = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+    marks = torch.zeros(rows, cols)
+    for x, y in example.face_centers:
+        marks[min(rows - 1, int(y * rows)), min(cols - 1, int(x * cols))] = 1.0
+    return marks.flatten()
+
+
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's mean next-token cross-entropy over its labelled tokens."""
+    shifted = labels[:, 1:]
+    tokens = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), shifted, ignore_index=-100, reduction="none")
+    mask = (shifted != -100).float()
+    return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class _VisionCapture:
@@ -279,10 +370,12 @@ def train_world_prompt_model(
         torch.manual_seed(config.seed)
         visual = model.model.visual
         vision_ids = {id(p) for p in visual.parameters()}
-        probe = torch.nn.Linear(config.hidden_size, len(HAIR_PHRASES) + len(_PROBE_FLAGS))
+        probe = torch.nn.Linear(config.hidden_size, len(HAIR_PHRASES) + len(_PROBE_FLAGS) + COUNT_CLASSES)
+        face_probe = torch.nn.Linear(config.hidden_size, 1)
+        probes = list(probe.parameters()) + list(face_probe.parameters())
         groups = [
             {"params": [p for p in model.parameters() if id(p) not in vision_ids], "scale": 1.0},
-            {"params": list(visual.parameters()) + list(probe.parameters()), "scale": config.vision_lr_scale},
+            {"params": list(visual.parameters()) + probes, "scale": config.vision_lr_scale},
         ]
         optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         capture = _VisionCapture(visual) if config.probe_weight > 0 else None
@@ -290,22 +383,47 @@ def train_world_prompt_model(
         identities = training_identities(config)
         log = []
         for step in range(config.steps):
-            examples = []
+            examples: list[Example] = []
             for _ in range(config.batch_size):
+                if config.count_fraction and rng.random() < config.count_fraction:
+                    examples.append(draw_count_example(rng, config))
+                    continue
                 group = draw_group(rng, identities, config)
                 examples.append((group, TASKS[int(rng.integers(len(TASKS)))]))
             inputs = batch_inputs(processor, examples)
             for group_ in optimizer.param_groups:
                 group_["lr"] = _learning_rate(config, step) * group_["scale"]
-            loss = response = model(**inputs).loss
+            labels = inputs.pop("labels")
+            row_losses = _row_losses(model(**inputs).logits, labels)
+            counting = torch.tensor([isinstance(e, CountExample) for e in examples])
+            # each kind's own mean: a one-word answer would weigh nothing beside 80-token descriptions
+            response = row_losses[~counting].mean() if (~counting).any() else row_losses.new_zeros(())
+            loss = response + (row_losses[counting].mean() if counting.any() else 0.0)
             if capture is not None:
                 per_image = (inputs["image_grid_thw"].prod(-1) // visual.spatial_merge_size**2).tolist()
                 pooled = torch.stack([t.mean(0) for t in torch.split(capture.output, per_image)])
-                hair, flags = probe_targets([p for group, _ in examples for p in group])
-                logits = probe(pooled)
-                probe_loss = F.cross_entropy(logits[:, : len(HAIR_PHRASES)], hair)
-                probe_loss = probe_loss + F.binary_cross_entropy_with_logits(logits[:, len(HAIR_PHRASES) :], flags)
-                loss = loss + config.probe_weight * probe_loss
+                is_count = torch.tensor([isinstance(e, CountExample) for e in examples for _ in _chat(processor, e)[1]])
+                if (~is_count).any():
+                    hair, flags = probe_targets([p for e in examples if not isinstance(e, CountExample) for p in e[0]])
+                    logits = probe(pooled[~is_count])
+                    probe_loss = F.cross_entropy(logits[:, : len(HAIR_PHRASES)], hair)
+                    flag_logits = logits[:, len(HAIR_PHRASES) : len(HAIR_PHRASES) + len(_PROBE_FLAGS)]
+                    probe_loss = probe_loss + F.binary_cross_entropy_with_logits(flag_logits, flags)
+                    loss = loss + config.probe_weight * probe_loss
+                if is_count.any():
+                    counted = [e for e in examples if isinstance(e, CountExample)]
+                    people = torch.tensor([e.people for e in counted])
+                    logits = probe(pooled[is_count])[:, len(HAIR_PHRASES) + len(_PROBE_FLAGS) :]
+                    loss = loss + config.probe_weight * F.cross_entropy(logits, people)
+                    # where the faces are: each merged token of a people-question picture, whether
+                    # a face's centre falls in it, so the tokens the answer reads mark faces
+                    tokens = [t for t, c in zip(torch.split(capture.output, per_image), is_count, strict=True) if c]
+                    grids = inputs["image_grid_thw"][is_count]
+                    marks = torch.cat(
+                        [face_token_marks(e, g, visual.spatial_merge_size) for e, g in zip(counted, grids)]
+                    )
+                    face_logits = face_probe(torch.cat(tokens)).squeeze(-1)
+                    loss = loss + config.probe_weight * F.binary_cross_entropy_with_logits(face_logits, marks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
