@@ -33,12 +33,15 @@ _CHUNK = 1 << 20
 def _locked_partial(create: Callable[[], str]) -> tuple[int, Path]:
     """Create a partial file or folder with ``create`` and hold an exclusive flock on it.
 
-    A sweeper in another process may remove the new entry between its creation and the lock;
-    the lock is taken blocking and the entry checked to still be the one locked, else it is
-    created again."""
+    A sweeper in another process may remove the new entry between its creation and the lock
+    (before it is opened, or before the lock is taken); the lock is taken blocking and the entry
+    checked to still be the one locked, else it is created again."""
     while True:
         path = Path(create())
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # swept before it could be opened
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:

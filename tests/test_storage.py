@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from idglow.storage import (
+    _locked_partial,
     atomic_path,
     remove_stale_partials,
     sha256_bytes,
@@ -103,6 +104,28 @@ def test_a_killed_writes_partials_are_removed_and_live_ones_kept(tmp_path):
             live.wait()
     assert partials(folder) == [] and sorted(p.name for p in folder.iterdir()) == ["w.png", "x.png", "y.png"]
     assert (folder / "y.png").read_bytes() == b"half of y.png"
+
+
+def test_a_partial_swept_before_it_is_opened_is_made_again(tmp_path):
+    """Another writer's sweep (remove_stale_partials) may remove a new partial file between its
+    creation and its lock, before it is even opened (seen in CI: two Ray actors writing one
+    folder); the writer makes another instead of failing with FileNotFoundError."""
+    made = []
+
+    def create() -> str:
+        path = tmp_path / f".out.png.{len(made)}.partial"
+        path.write_bytes(b"")
+        made.append(path)
+        if len(made) == 1:
+            assert remove_stale_partials(tmp_path) == [path]  # unlocked yet: swept as stale
+        return str(path)
+
+    fd, path = _locked_partial(create)
+    try:
+        assert path == made[1] and path.exists() and not made[0].exists()
+        assert remove_stale_partials(tmp_path) == []  # held now: a sweep keeps it
+    finally:
+        os.close(fd)
 
 
 SAVER = textwrap.dedent("""
