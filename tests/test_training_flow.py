@@ -59,6 +59,15 @@ def test_teacher_forced_velocity_recovers_x0():
     assert torch.allclose(flow_matching_loss(noise - x0, x0, noise), torch.zeros(3))
 
 
+def test_token_weights_scale_each_tokens_squared_error():
+    x0, noise = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
+    velocity = torch.tensor([[[1.0, 1.0], [3.0, 3.0]]])  # squared errors 1 and 9 per channel
+    assert flow_matching_loss(velocity, x0, noise).tolist() == [5.0]
+    # weights 1.5 and 0.5 (mean one): (1.5 * 1 + 0.5 * 9) / 2
+    weighted = flow_matching_loss(velocity, x0, noise, torch.tensor([[1.5, 0.5]]))
+    assert weighted.tolist() == [3.0]
+
+
 def test_velocity_covers_only_the_target_tokens(pipeline):
     transformer = pipeline.transformer
     x_t = torch.randn(2, 16, 64)  # a 64x64 target: 4x4 tokens

@@ -3,6 +3,8 @@ flow-matching loss, and the trained pipeline saves and loads as the demo generat
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline
 
 from idglow.data.faces import ADULT_AGE
 from idglow.editing import edit
-from idglow.models.world_generator import WorldGeneratorConfig, draw_pair, write_world_generator
+from idglow.models.world_generator import WorldGeneratorConfig, draw_pair, face_token_weights, write_world_generator
 from idglow.models.world_vae import WorldVAEConfig
 
 TINY = WorldGeneratorConfig(
@@ -30,6 +32,18 @@ def test_a_pair_holds_each_persons_portrait_and_their_scene(task):
         assert all(a < ADULT_AGE for a in ages) if task == "age_transformed" else all(a >= ADULT_AGE for a in ages)
         assert f"Picture {len(pair.portraits)}" in pair.prompt
         assert ("children" in pair.prompt) == (task == "age_transformed")
+
+
+def test_face_tokens_weigh_by_their_share_of_face_pixels():
+    # a 4 px face at (10, 10) of a 32 px scene, grown by a quarter of its side (1 px): pixels 9..14,
+    # 36 of token (1, 1)'s 64 pixels (tokens of 8 px on a 4 x 4 grid)
+    face = SimpleNamespace(bbox=(10, 10, 14, 14))
+    weights = face_token_weights([face], 32, 4, face_weight=4.0)
+    raw = torch.ones(16)
+    raw[1 * 4 + 1] = 1 + 4.0 * 36 / 64
+    assert torch.allclose(weights, raw / raw.mean())
+    assert torch.allclose(weights.mean(), torch.tensor(1.0))
+    assert torch.equal(face_token_weights([face], 32, 4, face_weight=0.0), torch.ones(16))
 
 
 def test_a_short_training_lowers_the_loss_and_the_pipeline_loads_back(tmp_path):

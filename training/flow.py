@@ -128,6 +128,13 @@ def clean_estimate(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tenso
     return x_t - sigma.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) * velocity
 
 
-def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean of (v - u_t)^2 over the target tokens (Eq. 1's L_FM), shape (B,)."""
-    return ((velocity.float() - (noise - x0).float()) ** 2).flatten(1).mean(dim=1)
+def flow_matching_loss(
+    velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, token_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample mean of (v - u_t)^2 over the target tokens (Eq. 1's L_FM), shape (B,).
+    ``token_weights`` (B, T), if given, weighs each token's squared error (mean one per sample
+    leaves the scale of the loss unchanged)."""
+    error = (velocity.float() - (noise - x0).float()) ** 2
+    if token_weights is not None:
+        error = error * token_weights.to(error).unsqueeze(-1)
+    return error.flatten(1).mean(dim=1)

@@ -40,6 +40,7 @@ from idglow.data.scenes import render_scene
 from idglow.editing import ReferenceBudget
 from idglow.models.tiny_generator import TINY_TRANSFORMER_CONFIG, assemble_pipeline
 from idglow.models.tiny_qwen_vl import build_model, build_processor, build_tokenizer
+from idglow.models.world_vae import face_mask
 from idglow.prompts import descriptive_prompt, static_prompt
 from training.data import Sample
 from training.encodings import SampleEncoding, encode_sample, stack
@@ -69,6 +70,7 @@ class WorldGeneratorConfig:
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
     age_transformed_fraction: float = 0.5  # of the pairs, Task 2 (the scene's people drawn as children)
     descriptive_fraction: float = 0.5  # of the pairs, a descriptive prompt (the rest: the task's static one)
+    face_weight: float = 0.0  # extra loss weight of the scene tokens over drawn faces (0: every token alike)
     # the pipeline's fixed structure (as TINY_TRANSFORMER_CONFIG): patches of 2x2 latents of 16 channels
     patch_size: int = field(default=2, init=False)
 
@@ -129,6 +131,17 @@ def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str 
     return WorldPair(portraits, scene, prompt, task, truths)
 
 
+def face_token_weights(truths: list, resolution: int, grid: int, face_weight: float) -> torch.Tensor:
+    """(grid * grid,) loss weights of a scene's tokens in the pipeline's packed (row-major) order:
+    ``1 + face_weight * f``, f the share of the token's pixels in or around a drawn face
+    (``world_vae.face_mask``), normalised to a mean of one, so that a 10 px face of a 64 px scene is
+    not outvoted by its wall while the loss keeps its scale."""
+    mask = face_mask(truths, resolution)
+    share = torch.nn.functional.adaptive_avg_pool2d(mask, grid).flatten()
+    weights = 1 + face_weight * share
+    return weights / weights.mean()
+
+
 @dataclass(frozen=True)
 class _EncodingSettings:
     """What ``encode_sample`` reads of a run config."""
@@ -141,6 +154,7 @@ class _EncodingSettings:
 def encode_pairs(pipeline, pairs: list[WorldPair], config: WorldGeneratorConfig, progress: bool = True):
     settings = _EncodingSettings(config.resolution, config.reference_budget)
     encoded: dict[int, list[SampleEncoding]] = {}
+    weights: dict[int, list[torch.Tensor]] = {}
     for i, pair in enumerate(tqdm(pairs, desc="encoding world pairs", disable=not progress)):
         sample = Sample(
             f"pair-{i}",
@@ -148,8 +162,13 @@ def encode_pairs(pipeline, pairs: list[WorldPair], config: WorldGeneratorConfig,
             {"target": pair.scene},
             pair.portraits,
         )
-        encoded.setdefault(len(pair.portraits), []).append(encode_sample(pipeline, sample, settings))
-    return encoded, settings
+        encoding = encode_sample(pipeline, sample, settings)
+        grid = math.isqrt(encoding.latents["target"].shape[0])
+        encoded.setdefault(len(pair.portraits), []).append(encoding)
+        weights.setdefault(len(pair.portraits), []).append(
+            face_token_weights(pair.truths, config.resolution, grid, config.face_weight)
+        )
+    return encoded, weights, settings
 
 
 # ---------------------------------------------------------------------------- model
@@ -180,7 +199,7 @@ def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = T
         rng = np.random.default_rng([config.seed, 91])
         pairs = [draw_pair(rng, config) for _ in range(config.pairs)]
         pipeline.text_encoder.eval()
-        encoded, settings = encode_pairs(pipeline, pairs, config, progress)
+        encoded, token_weights, settings = encode_pairs(pipeline, pairs, config, progress)
         transformer = pipeline.transformer.train()
         optimizer = torch.optim.AdamW(
             transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -199,7 +218,8 @@ def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = T
             noise = randn(tuple(batch.x0.shape), generator)
             x_t = noisy(batch.x0, noise, sigma)
             velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
-            loss = flow_matching_loss(velocity, batch.x0, noise).mean()
+            face_weights = torch.stack([token_weights[n][int(i)] for i in chosen])
+            loss = flow_matching_loss(velocity, batch.x0, noise, face_weights).mean()
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, step)
             optimizer.zero_grad(set_to_none=True)
