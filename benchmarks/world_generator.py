@@ -12,7 +12,9 @@ the missing-face rate, and for Task 2 the share of found faces the age model put
 Rows: the drawn scenes themselves (a model that copies identities perfectly, at the world's own
 rendering), the drawn scenes through the VAE (the best this VAE lets a generator do), the drawn
 scenes of *other* people (what a model that ignores the references scores), the trained world
-generator, and the demo's random tiny generator (today's).
+generator, and the demo's random tiny generator (today's). Then, per task, where along t the
+identity goes: the held-out drawn scenes noised to each t of ``T_BINS``, the flow-matching loss on
+the tokens over faces and on the rest, and the one-step clean estimate scored like a generation.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/world_generator.py
 """
@@ -35,8 +37,16 @@ from idglow.data.groups import TASKS
 from idglow.editing import edit
 from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.hub import load_face_analysis
-from idglow.models.world_generator import WorldGeneratorConfig, draw_pair, recipe_stamp, write_world_generator
-from idglow.models.world_vae import reconstruct, to_images, to_tensor
+from idglow.models.world_generator import (
+    WorldGeneratorConfig,
+    draw_pair,
+    encode_pairs,
+    recipe_stamp,
+    write_world_generator,
+)
+from idglow.models.world_vae import face_mask, reconstruct, to_images, to_tensor
+from training.encodings import stack
+from training.flow import clean_estimate, decode, noisy, predict_velocity, randn, unpack, vae_scale_factor
 
 REPO = Path(__file__).resolve().parents[1]
 STAMP = "world_generator_stamp.json"
@@ -85,6 +95,46 @@ def summarise(rows: list[dict]) -> str:
     children = [r["child"] for r in rows if not np.isnan(r["child"])]
     child = f", child rate {np.mean(children):.2f}" if children else ""
     return f"FaceSim {face_sim[0]:.3f} [{face_sim[1]:.3f}, {face_sim[2]:.3f}], missing-face rate {missing:.2f}{child}"
+
+
+T_BINS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@torch.no_grad()
+def per_t_bin(pipeline, pairs, references, config: WorldGeneratorConfig, app, task: str) -> list[str]:
+    """At each t of ``T_BINS``, the held-out scenes noised to t: the flow-matching loss on the
+    tokens over faces (any share of a drawn face) and on the rest, and the one-step clean estimate
+    x0_hat = x_t - t v decoded and scored like a generation (where along t the identity is lost)."""
+    encoded, _, settings = encode_pairs(pipeline, pairs, config, progress=False)
+    order = {n: [i for i, pair in enumerate(pairs) if len(pair.portraits) == n] for n in encoded}
+    lines = ["  t    FM loss face tokens  other tokens   x0_hat: FaceSim, missing-face rate"]
+    for t in T_BINS:
+        face_losses, other_losses, scored = [], [], []
+        for n, encodings in encoded.items():
+            batch = stack(encodings, "target", settings)
+            sigma = torch.full((len(encodings),), t)
+            noise = randn(tuple(batch.x0.shape), torch.Generator().manual_seed(int(t * 1000) + n))
+            x_t = noisy(batch.x0, noise, sigma)
+            velocity = predict_velocity(
+                pipeline.transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes
+            )
+            error = ((velocity - (noise - batch.x0)) ** 2).mean(dim=-1)
+            grid = batch.shapes[0][1]
+            for row, i in enumerate(order[n]):
+                share = torch.nn.functional.adaptive_avg_pool2d(face_mask(pairs[i].truths, config.resolution), grid)
+                on_face = share.flatten() > 0
+                face_losses.append(error[row][on_face].mean().item())
+                other_losses.append(error[row][~on_face].mean().item())
+            latents = unpack(
+                clean_estimate(x_t, velocity, sigma),
+                config.resolution,
+                config.resolution,
+                vae_scale_factor(pipeline.vae),
+            )
+            images = to_images(decode(pipeline.vae, latents).unsqueeze(2))
+            scored += [score(app, references[i], image, task) for i, image in zip(order[n], images, strict=True)]
+        lines.append(f"  {t:.1f}  {np.mean(face_losses):19.3f}  {np.mean(other_losses):12.3f}   {summarise(scored)}")
+    return lines
 
 
 def main() -> None:
@@ -149,6 +199,8 @@ def main() -> None:
                     _contact_sheet(pairs[:8], images[:8], rounds[:8], sheet)
         for name, scored in rows.items():
             print(f"  {name:<42} {summarise(scored)}")
+        print("  the world generator's one-step estimate from the drawn scene noised to t:")
+        print("\n".join(per_t_bin(pipeline, pairs, references, config, app, task)))
 
 
 def _contact_sheet(pairs, images, rounds, path: Path) -> None:
