@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import QwenImageEditPlusPipeline
 
 from evaluation.benchmark import bootstrap_ci
@@ -104,37 +105,51 @@ T_BINS = (0.1, 0.3, 0.5, 0.7, 0.9)
 def per_t_bin(pipeline, pairs, references, config: WorldGeneratorConfig, app, task: str) -> list[str]:
     """At each t of ``T_BINS``, the held-out scenes noised to t: the flow-matching loss on the
     tokens over faces (any share of a drawn face) and on the rest, and the one-step clean estimate
-    x0_hat = x_t - t v decoded and scored like a generation (where along t the identity is lost)."""
+    x0_hat = x_t - t v decoded and scored like a generation (where along t the identity is lost);
+    then the same estimate given another group's portraits and prompt (a group of the same size):
+    scored against the true people, it tells how much of the identity comes from the references
+    rather than from what the noised scene still shows."""
     encoded, _, settings = encode_pairs(pipeline, pairs, config, progress=False)
     order = {n: [i for i, pair in enumerate(pairs) if len(pair.portraits) == n] for n in encoded}
-    lines = ["  t    FM loss face tokens  other tokens   x0_hat: FaceSim, missing-face rate"]
+    lines = ["  t    FM loss face tokens  other tokens   x0_hat | x0_hat given another group's references"]
     for t in T_BINS:
-        face_losses, other_losses, scored = [], [], []
+        face_losses, other_losses, scored, swapped = [], [], [], []
         for n, encodings in encoded.items():
             batch = stack(encodings, "target", settings)
             sigma = torch.full((len(encodings),), t)
             noise = randn(tuple(batch.x0.shape), torch.Generator().manual_seed(int(t * 1000) + n))
             x_t = noisy(batch.x0, noise, sigma)
-            velocity = predict_velocity(
-                pipeline.transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes
-            )
-            error = ((velocity - (noise - batch.x0)) ** 2).mean(dim=-1)
             grid = batch.shapes[0][1]
-            for row, i in enumerate(order[n]):
-                share = torch.nn.functional.adaptive_avg_pool2d(face_mask(pairs[i].truths, config.resolution), grid)
-                on_face = share.flatten() > 0
-                face_losses.append(error[row][on_face].mean().item())
-                other_losses.append(error[row][~on_face].mean().item())
-            latents = unpack(
-                clean_estimate(x_t, velocity, sigma),
-                config.resolution,
-                config.resolution,
-                vae_scale_factor(pipeline.vae),
-            )
-            images = to_images(decode(pipeline.vae, latents).unsqueeze(2))
-            scored += [score(app, references[i], image, task) for i, image in zip(order[n], images, strict=True)]
-        lines.append(f"  {t:.1f}  {np.mean(face_losses):19.3f}  {np.mean(other_losses):12.3f}   {summarise(scored)}")
+            for given, rows in ((batch, scored), (_rolled(batch), swapped)):
+                velocity = predict_velocity(
+                    pipeline.transformer, x_t, given.refs, given.prompt, given.mask, sigma, given.shapes
+                )
+                latents = unpack(
+                    clean_estimate(x_t, velocity, sigma),
+                    config.resolution,
+                    config.resolution,
+                    vae_scale_factor(pipeline.vae),
+                )
+                images = to_images(decode(pipeline.vae, latents).unsqueeze(2))
+                rows += [score(app, references[i], image, task) for i, image in zip(order[n], images, strict=True)]
+                if given is batch:
+                    error = ((velocity - (noise - batch.x0)) ** 2).mean(dim=-1)
+                    for row, i in enumerate(order[n]):
+                        share = F.adaptive_avg_pool2d(face_mask(pairs[i].truths, config.resolution), grid)
+                        on_face = share.flatten() > 0
+                        face_losses.append(error[row][on_face].mean().item())
+                        other_losses.append(error[row][~on_face].mean().item())
+        lines.append(
+            f"  {t:.1f}  {np.mean(face_losses):19.3f}  {np.mean(other_losses):12.3f}   "
+            f"{summarise(scored)} | {summarise(swapped)}"
+        )
     return lines
+
+
+def _rolled(batch):
+    """``batch`` with each sample's references and prompt those of the next sample."""
+    mask = None if batch.mask is None else batch.mask.roll(1, dims=0)
+    return replace(batch, refs=batch.refs.roll(1, dims=0), prompt=batch.prompt.roll(1, dims=0), mask=mask)
 
 
 def main() -> None:

@@ -34,6 +34,19 @@ def test_a_pair_holds_each_persons_portrait_and_their_scene(task):
         assert ("children" in pair.prompt) == (task == "age_transformed")
 
 
+def test_a_portrait_pair_is_one_person_drawn_again_at_the_generation_size():
+    config = WorldGeneratorConfig(portrait_fraction=1.0)
+    pair = draw_pair(np.random.default_rng(3), config)
+    assert len(pair.portraits) == 1 and pair.portraits[0].size == (256, 256)
+    assert pair.scene.size == (64, 64) and "Picture 1" in pair.prompt
+    x1, y1, x2, y2 = pair.truths[0].bbox
+    assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+    assert not np.array_equal(np.asarray(pair.portraits[0].resize((64, 64))), np.asarray(pair.scene))
+    # the default recipe draws group scenes only
+    first = draw_pair(np.random.default_rng(3), WorldGeneratorConfig())
+    assert len(first.portraits) >= 2
+
+
 def test_face_tokens_weigh_by_their_share_of_face_pixels():
     # a 4 px face at (10, 10) of a 32 px scene, grown by a quarter of its side (1 px): pixels 9..14,
     # 36 of token (1, 1)'s 64 pixels (tokens of 8 px on a 4 x 4 grid)

@@ -48,6 +48,7 @@ from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sa
 
 RECIPE_VERSION = 1
 PORTRAIT_SIZE = 256  # the demo dataset's portrait side
+PORTRAIT_PROMPT = "A new portrait of the person from Picture 1, as they look in the picture, soft natural light."
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class WorldGeneratorConfig:
     age_transformed_fraction: float = 0.5  # of the pairs, Task 2 (the scene's people drawn as children)
     descriptive_fraction: float = 0.5  # of the pairs, a descriptive prompt (the rest: the task's static one)
     face_weight: float = 0.0  # extra loss weight of the scene tokens over drawn faces (0: every token alike)
+    portrait_fraction: float = 0.0  # of the pairs, one person: their portrait and a new portrait of them
     # the pipeline's fixed structure (as TINY_TRANSFORMER_CONFIG): patches of 2x2 latents of 16 channels
     patch_size: int = field(default=2, init=False)
 
@@ -107,6 +109,8 @@ class WorldPair:
 
 def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str | None = None) -> WorldPair:
     """Two or three new people: their portraits and their scene (as children for Task 2)."""
+    if task is None and config.portrait_fraction and rng.random() < config.portrait_fraction:
+        return draw_portrait_pair(rng, config)
     if task is None:
         task = TASKS[1] if rng.random() < config.age_transformed_fraction else TASKS[0]
     styles = [sample_style(rng) for _ in range(int(rng.integers(2, 4)))]
@@ -140,6 +144,16 @@ def face_token_weights(truths: list, resolution: int, grid: int, face_weight: fl
     share = torch.nn.functional.adaptive_avg_pool2d(mask, grid).flatten()
     weights = 1 + face_weight * share
     return weights / weights.mean()
+
+
+def draw_portrait_pair(rng: np.random.Generator, config: WorldGeneratorConfig) -> WorldPair:
+    """One new person: their portrait (the reference) and another portrait of them at the
+    generation size (new pose, light and expression): an edit that keeps the identity and has
+    one person to take it from, so a short training learns to look at the reference at all."""
+    style = sample_style(rng)
+    portrait = render_portrait(style, PORTRAIT_SIZE, rng)[0]
+    target, truth = render_portrait(style, config.resolution, rng)
+    return WorldPair([portrait], target, PORTRAIT_PROMPT, TASKS[0], [truth])
 
 
 @dataclass(frozen=True)
