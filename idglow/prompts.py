@@ -23,9 +23,11 @@ def picture_list(n: int) -> str:
 
 
 def static_prompt(task: str, n_subjects: int) -> str:
-    """One fixed template per task and subject count."""
+    """One fixed template per task and subject count (a group: two or more people)."""
     if task not in TASK_PHRASES:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_PHRASES)}")
+    if n_subjects < 2:
+        raise ValueError(f"a group photo holds two or more people, got n_subjects={n_subjects}")
     count = _COUNT_WORDS.get(n_subjects, str(n_subjects))
     return (
         f"A natural group photo of the {count} people from {picture_list(n_subjects)}, "

@@ -1,5 +1,7 @@
 """Prompt templates, the dynamic-prompt validator and its fallback."""
 
+import pytest
+
 from idglow.prompts import BADCASES, badcase_for, descriptive_prompt, static_prompt, validate_dynamic_prompt
 
 
@@ -7,6 +9,11 @@ def test_static_templates_name_every_picture():
     assert "Picture 1, Picture 2 and Picture 3" in static_prompt("group_fusion", 3)
     assert "young children" in static_prompt("age_transformed", 2)
     assert static_prompt("group_fusion", 2) != static_prompt("group_fusion", 3)
+
+
+def test_a_static_template_needs_a_group():
+    with pytest.raises(ValueError, match="two or more people"):
+        static_prompt("group_fusion", 1)
 
 
 GOOD = (
