@@ -3,6 +3,8 @@ flow-matching loss, and the trained pipeline saves and loads as the demo generat
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,6 +34,25 @@ def test_a_pair_holds_each_persons_portrait_and_their_scene(task):
         assert all(a < ADULT_AGE for a in ages) if task == "age_transformed" else all(a >= ADULT_AGE for a in ages)
         assert f"Picture {len(pair.portraits)}" in pair.prompt
         assert ("children" in pair.prompt) == (task == "age_transformed")
+
+
+def test_the_pictures_stand_left_to_right_as_the_prompt_places_them():
+    config = WorldGeneratorConfig(descriptive_fraction=1.0)
+    shuffled = 0
+    for seed in range(12):
+        pair = draw_pair(np.random.default_rng(seed), config, "group_fusion")
+        centres = [(t.bbox[0] + t.bbox[2]) / 2 for t in pair.truths]
+        assert centres == sorted(centres)
+        # Picture i's description is of the person drawn at the i-th place
+        described = re.findall(r"Picture \d is an? (man|woman)", pair.prompt)
+        assert described == ["man" if t.male else "woman" for t in pair.truths]
+        drawn_order = draw_pair(
+            np.random.default_rng(seed), replace(config, pictures_left_to_right=False), "group_fusion"
+        )
+        shuffled += [(t.bbox[0] + t.bbox[2]) for t in drawn_order.truths] != sorted(
+            t.bbox[0] + t.bbox[2] for t in drawn_order.truths
+        )
+    assert shuffled > 0  # without it, the layout puts Picture 1 anywhere
 
 
 def test_a_portrait_pair_is_one_person_drawn_again_at_the_generation_size():

@@ -46,7 +46,8 @@ from training.data import Sample
 from training.encodings import SampleEncoding, encode_sample, stack
 from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
 
-RECIPE_VERSION = 1
+# 2: the portraits (Picture 1..N) are listed in the scene's left-to-right order (pictures_left_to_right)
+RECIPE_VERSION = 2
 PORTRAIT_SIZE = 256  # the demo dataset's portrait side
 PORTRAIT_PROMPT = "A new portrait of the person from Picture 1, as they look in the picture, soft natural light."
 
@@ -73,6 +74,9 @@ class WorldGeneratorConfig:
     descriptive_fraction: float = 0.5  # of the pairs, a descriptive prompt (the rest: the task's static one)
     face_weight: float = 0.0  # extra loss weight of the scene tokens over drawn faces (0: every token alike)
     portrait_fraction: float = 0.0  # of the pairs, one person: their portrait and a new portrait of them
+    # Picture 1..N from left to right in the scene, as both prompts place them ("Picture 1 ... on
+    # the left"); False: in the order render_scene's layout drew them, which shuffles the places
+    pictures_left_to_right: bool = True
     # the pipeline's fixed structure (as TINY_TRANSFORMER_CONFIG): patches of 2x2 latents of 16 channels
     patch_size: int = field(default=2, init=False)
 
@@ -108,7 +112,8 @@ class WorldPair:
 
 
 def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str | None = None) -> WorldPair:
-    """Two or three new people: their portraits and their scene (as children for Task 2)."""
+    """Two or three new people: their portraits and their scene (as children for Task 2); the
+    portraits (the prompt's Picture 1..N) listed left to right as the people stand in the scene."""
     if task is None and config.portrait_fraction and rng.random() < config.portrait_fraction:
         return draw_portrait_pair(rng, config)
     if task is None:
@@ -118,7 +123,18 @@ def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str 
     portraits = [
         render_portrait(style, PORTRAIT_SIZE, rng, smile)[0] for style, smile in zip(styles, smiles, strict=True)
     ]
-    if rng.random() < config.descriptive_fraction:
+    descriptive = rng.random() < config.descriptive_fraction
+    ages = (
+        [int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) for _ in styles]
+        if task == "age_transformed"
+        else None
+    )
+    scene, truths, _ = render_scene(styles, config.resolution, rng, ages=ages)
+    order = list(range(len(styles)))
+    if config.pictures_left_to_right:
+        order.sort(key=lambda i: truths[i].bbox[0] + truths[i].bbox[2])
+    styles, smiles, portraits, truths = ([items[i] for i in order] for items in (styles, smiles, portraits, truths))
+    if descriptive:
         people = [
             dict(zip(CELEBA_ATTRIBUTES, _attributes(style, False, smile, rng), strict=True))
             for style, smile in zip(styles, smiles, strict=True)
@@ -126,12 +142,6 @@ def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str 
         prompt = descriptive_prompt(task, people)
     else:
         prompt = static_prompt(task, len(styles))
-    ages = (
-        [int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) for _ in styles]
-        if task == "age_transformed"
-        else None
-    )
-    scene, truths, _ = render_scene(styles, config.resolution, rng, ages=ages)
     return WorldPair(portraits, scene, prompt, task, truths)
 
 

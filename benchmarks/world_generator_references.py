@@ -1,0 +1,204 @@
+"""Study: does the world generator learn to take what it draws from its references? (issue #14)
+
+Trains a fresh world generator (``idglow.models.world_generator``: the demo pipeline, the world
+VAE of ``--vae-folder``, flow matching as ``train_transformer`` does it) on one kind of pair and,
+every few steps, measures on held-out pairs of the same kind the flow-matching loss at fixed t
+twice: with each pair's own references and prompt, and with another pair's (the batch rolled by
+one). Where the second loss is higher, the velocity depends on who is in the references; where
+both are equal, the model ignores them. For group scenes the loss over the tokens on drawn faces
+(each token weighted by its share of ``world_vae.face_mask``) is reported too.
+
+Kinds of pair (``--task``):
+
+- ``copy``: one portrait as the reference, the same portrait at the generation size as the target
+  (the answer is in the reference: a test of the wiring, references to attention);
+- ``repose``: one portrait as the reference, a new portrait of that person (``render_portrait``:
+  new pose, light, expression, background and clothes) as the target;
+- ``shifted``: as ``repose``, but the new portrait is drawn at a third to two thirds of the
+  generation size and placed anywhere on a new background (a pasted tile, not a world scene): the
+  person is no longer where the reference has them, so the model has to find them by content;
+- ``group``: ``draw_pair``'s portraits -> group scene pairs of both tasks, as the world generator
+  is pre-trained on them.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task repose \\
+        --vae-folder var/models/world_vae_4x_fw4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLQwenImage
+
+from idglow.data.faces import FaceTruth, background, render_portrait, sample_style
+from idglow.models.world_generator import (
+    PORTRAIT_PROMPT,
+    PORTRAIT_SIZE,
+    WorldGeneratorConfig,
+    WorldPair,
+    _learning_rate,
+    build_pipeline,
+    draw_pair,
+    encode_pairs,
+)
+from training.encodings import stack
+from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
+
+TIMES = (0.3, 0.5, 0.6, 0.8, 0.9, 1.0)
+FACE_ONLY = 1e6  # face_token_weights' face weight that leaves only the face tokens' share
+SETTINGS = {
+    "copy": (400, 32, 1, 2),
+    "repose": (400, 32, 1, 2),
+    "shifted": (400, 32, 1, 2),
+    "group": (1000, 48, (0, 91), 7),
+}  # pairs, held out, rngs
+
+
+def _field(item: str) -> tuple[str, object]:
+    name, _, text = item.partition("=")
+    if text.lower() in ("true", "false"):
+        return name, text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(text)
+        except ValueError:
+            pass
+    return name, text
+
+
+def _portrait_pair(rng: np.random.Generator, task: str, resolution: int) -> WorldPair:
+    style = sample_style(rng)
+    portrait, _ = render_portrait(style, PORTRAIT_SIZE, rng)
+    if task == "copy":
+        return WorldPair([portrait], portrait.resize((resolution, resolution)), PORTRAIT_PROMPT, "group_fusion", [])
+    if task == "repose":
+        target, truth = render_portrait(style, resolution, rng)
+        return WorldPair([portrait], target, PORTRAIT_PROMPT, "group_fusion", [truth])
+    side = int(rng.integers(resolution // 3, 2 * resolution // 3 + 1))
+    tile, truth = render_portrait(style, side, rng)
+    x, y = (int(v) for v in rng.integers(0, resolution - side + 1, size=2))
+    target = background(resolution, rng)
+    target.paste(tile, (x, y))
+    return WorldPair([portrait], target, PORTRAIT_PROMPT, "group_fusion", [_moved(truth, x, y)])
+
+
+def _moved(truth: FaceTruth, x: int, y: int) -> FaceTruth:
+    x1, y1, x2, y2 = truth.bbox
+    landmarks = tuple((u + x, v + y) for u, v in truth.landmarks)
+    return replace(truth, bbox=(x1 + x, y1 + y, x2 + x, y2 + y), landmarks=landmarks)
+
+
+def draw_pairs(task: str, config: WorldGeneratorConfig) -> tuple[list[WorldPair], list[WorldPair]]:
+    _, held_out, train_seed, held_seed = SETTINGS[task]
+    if task == "group":
+        rng = np.random.default_rng(list(train_seed))
+        train = [draw_pair(rng, config) for _ in range(config.pairs)]
+        held = [draw_pair(np.random.default_rng([held_seed, i]), config) for i in range(held_out)]
+    else:
+        rng = np.random.default_rng(train_seed)
+        train = [_portrait_pair(rng, task, config.resolution) for _ in range(config.pairs)]
+        held = [_portrait_pair(np.random.default_rng([held_seed, i]), task, config.resolution) for i in range(held_out)]
+    return train, held
+
+
+@torch.no_grad()
+def reference_dependence(transformer, encoded, weights, settings) -> dict[float, dict[str, float]]:
+    """Per t: the held-out loss with own / another pair's references, over all tokens and face tokens."""
+    transformer.eval()
+    result = {}
+    for t in TIMES:
+        totals, count = np.zeros(4), 0
+        for n in sorted(encoded):
+            batch = stack(encoded[n], "target", settings)
+            face = torch.stack(weights[n])
+            noise = randn(tuple(batch.x0.shape), torch.Generator().manual_seed(5))
+            sigma = torch.full((batch.x0.shape[0],), t)
+            x_t = noisy(batch.x0, noise, sigma)
+            own = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
+            rolled = predict_velocity(
+                transformer, x_t, batch.refs.roll(1, 0), batch.prompt.roll(1, 0), batch.mask, sigma, batch.shapes
+            )
+            losses = [
+                flow_matching_loss(v, batch.x0, noise, w).mean().item() for w in (None, face) for v in (own, rolled)
+            ]
+            totals += len(encoded[n]) * np.array(losses)
+            count += len(encoded[n])
+        own_all, rolled_all, own_face, rolled_face = (totals / count).tolist()
+        result[t] = {"own": own_all, "another": rolled_all, "own_face": own_face, "another_face": rolled_face}
+    transformer.train()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=sorted(SETTINGS), default="repose")
+    parser.add_argument("--vae-folder", type=Path, default=Path("var/models/world_vae_4x_fw4"))
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pairs", type=int, help="training pairs (default: 400 portrait pairs, 1000 group pairs)")
+    parser.add_argument("--evaluations", type=int, default=5, help="how many times along the training to measure")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="WorldGeneratorConfig fields")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    pairs = args.pairs or SETTINGS[args.task][0]
+    overrides = dict(_field(item) for item in args.set)
+    config = WorldGeneratorConfig(steps=args.steps, pairs=pairs, resolution=args.resolution, **overrides)
+    pipeline = build_pipeline(config, AutoencoderKLQwenImage.from_pretrained(args.vae_folder))
+    pipeline.text_encoder.eval()
+    train, held = draw_pairs(args.task, config)
+    encoded, _, settings = encode_pairs(pipeline, train, config, progress=False)
+    held_encoded, held_weights, _ = encode_pairs(pipeline, held, replace(config, face_weight=FACE_ONLY), progress=False)
+
+    transformer = pipeline.transformer.train()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    batch_rng = np.random.default_rng(3)
+    sizes = sorted(encoded)
+    share = np.array([len(encoded[n]) for n in sizes], dtype=float)
+    share /= share.sum()
+    every = max(1, args.steps // args.evaluations)
+    started, losses, rows = time.time(), [], []
+    for step in range(args.steps):
+        n = sizes[int(batch_rng.choice(len(sizes), p=share))] if len(sizes) > 1 else sizes[0]
+        chosen = batch_rng.choice(len(encoded[n]), config.batch_size, replace=False)
+        batch = stack([encoded[n][int(i)] for i in chosen], "target", settings)
+        generator = torch.Generator().manual_seed(step)
+        sigma = sample_sigmas(config.batch_size, batch.x0.shape[1], pipeline.scheduler, generator)
+        noise = randn(tuple(batch.x0.shape), generator)
+        velocity = predict_velocity(
+            transformer, noisy(batch.x0, noise, sigma), batch.refs, batch.prompt, batch.mask, sigma, batch.shapes
+        )
+        loss = flow_matching_loss(velocity, batch.x0, noise).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % every == 0:
+            measured = reference_dependence(transformer, held_encoded, held_weights, settings)
+            rows.append({"step": step + 1, "train_loss": float(np.mean(losses[-30:])), "by_t": measured})
+            cells = "  ".join(
+                f"t {t}: {m['own']:.3f}/{m['another']:.3f}"
+                + (f" (faces {m['own_face']:.3f}/{m['another_face']:.3f})" if args.task != "copy" else "")
+                for t, m in measured.items()
+            )
+            print(
+                f"step {step + 1:5d}  train loss {rows[-1]['train_loss']:.4f}  own/another references: {cells}"
+                f"  [{time.time() - started:.0f} s]",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"task": args.task, "config": asdict(config), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
