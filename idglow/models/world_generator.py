@@ -123,25 +123,25 @@ def draw_pair(rng: np.random.Generator, config: WorldGeneratorConfig, task: str 
     portraits = [
         render_portrait(style, PORTRAIT_SIZE, rng, smile)[0] for style, smile in zip(styles, smiles, strict=True)
     ]
-    descriptive = rng.random() < config.descriptive_fraction
+    people = (
+        [
+            dict(zip(CELEBA_ATTRIBUTES, _attributes(style, False, smile, rng), strict=True))
+            for style, smile in zip(styles, smiles, strict=True)
+        ]
+        if rng.random() < config.descriptive_fraction
+        else None
+    )
     ages = (
         [int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop)) for _ in styles]
         if task == "age_transformed"
         else None
     )
     scene, truths, _ = render_scene(styles, config.resolution, rng, ages=ages)
-    order = list(range(len(styles)))
-    if config.pictures_left_to_right:
-        order.sort(key=lambda i: truths[i].bbox[0] + truths[i].bbox[2])
-    styles, smiles, portraits, truths = ([items[i] for i in order] for items in (styles, smiles, portraits, truths))
-    if descriptive:
-        people = [
-            dict(zip(CELEBA_ATTRIBUTES, _attributes(style, False, smile, rng), strict=True))
-            for style, smile in zip(styles, smiles, strict=True)
-        ]
-        prompt = descriptive_prompt(task, people)
-    else:
-        prompt = static_prompt(task, len(styles))
+    if config.pictures_left_to_right:  # the same draws as recipe 1, listed in another order
+        order = sorted(range(len(styles)), key=lambda i: truths[i].bbox[0] + truths[i].bbox[2])
+        portraits, truths = [portraits[i] for i in order], [truths[i] for i in order]
+        people = None if people is None else [people[i] for i in order]
+    prompt = static_prompt(task, len(styles)) if people is None else descriptive_prompt(task, people)
     return WorldPair(portraits, scene, prompt, task, truths)
 
 
