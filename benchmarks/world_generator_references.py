@@ -42,13 +42,13 @@ from idglow.models.world_generator import (
     PORTRAIT_SIZE,
     WorldGeneratorConfig,
     WorldPair,
-    _learning_rate,
     build_pipeline,
     draw_pair,
     encode_pairs,
+    training_step,
 )
 from training.encodings import stack
-from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
+from training.flow import flow_matching_loss, noisy, predict_velocity, randn
 
 TIMES = (0.3, 0.5, 0.6, 0.8, 0.9, 1.0)
 FACE_ONLY = 1e6  # face_token_weights' face weight that leaves only the face tokens' share
@@ -169,19 +169,7 @@ def main() -> None:
         n = sizes[int(batch_rng.choice(len(sizes), p=share))] if len(sizes) > 1 else sizes[0]
         chosen = batch_rng.choice(len(encoded[n]), config.batch_size, replace=False)
         batch = stack([encoded[n][int(i)] for i in chosen], "target", settings)
-        generator = torch.Generator().manual_seed(step)
-        sigma = sample_sigmas(config.batch_size, batch.x0.shape[1], pipeline.scheduler, generator)
-        noise = randn(tuple(batch.x0.shape), generator)
-        velocity = predict_velocity(
-            transformer, noisy(batch.x0, noise, sigma), batch.refs, batch.prompt, batch.mask, sigma, batch.shapes
-        )
-        loss = flow_matching_loss(velocity, batch.x0, noise).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
+        loss = training_step(pipeline, optimizer, config, step, batch, torch.Generator().manual_seed(step))
         losses.append(loss.item())
         if (step + 1) % every == 0:
             measured = reference_dependence(transformer, held_encoded, held_weights, settings)

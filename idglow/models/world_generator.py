@@ -214,6 +214,24 @@ def _learning_rate(config: WorldGeneratorConfig, step: int) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def training_step(pipeline, optimizer, config: WorldGeneratorConfig, step: int, batch, generator, token_weights=None):
+    """One flow-matching step of ``pipeline.transformer`` on ``batch`` (an ``EncodedBatch``):
+    times and noise from ``generator``, the learning rate of ``step``; returns the loss."""
+    transformer = pipeline.transformer
+    sigma = sample_sigmas(batch.x0.shape[0], batch.x0.shape[1], pipeline.scheduler, generator)
+    noise = randn(tuple(batch.x0.shape), generator)
+    x_t = noisy(batch.x0, noise, sigma)
+    velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
+    loss = flow_matching_loss(velocity, batch.x0, noise, token_weights).mean()
+    for group in optimizer.param_groups:
+        group["lr"] = _learning_rate(config, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+    optimizer.step()
+    return loss
+
+
 def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = True) -> list[dict]:
     """Draw and encode ``config.pairs`` pairs, then train ``pipeline.transformer`` with flow
     matching for ``config.steps`` steps; returns the per-step log."""
@@ -238,18 +256,8 @@ def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = T
             chosen = batch_rng.choice(len(encoded[n]), size=min(config.batch_size, len(encoded[n])), replace=False)
             batch = stack([encoded[n][int(i)] for i in chosen], "target", settings)
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            sigma = sample_sigmas(len(chosen), batch.x0.shape[1], pipeline.scheduler, generator)
-            noise = randn(tuple(batch.x0.shape), generator)
-            x_t = noisy(batch.x0, noise, sigma)
-            velocity = predict_velocity(transformer, x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes)
             face_weights = torch.stack([token_weights[n][int(i)] for i in chosen])
-            loss = flow_matching_loss(velocity, batch.x0, noise, face_weights).mean()
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(config, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-            optimizer.step()
+            loss = training_step(pipeline, optimizer, config, step, batch, generator, face_weights)
             log.append({"step": step + 1, "loss": loss.item(), "n": n, "time": time.time()})
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-50:]]):.4f}", refresh=False)
