@@ -316,3 +316,29 @@ def test_the_face_pack_stamp_reads_back_equal():
     # recipe would read back as a list and rebuild the pack on every call.
     stamp = FaceTrainingConfig().recorded()
     assert json.loads(json.dumps(stamp)) == stamp and stamp["world_age"]["scene_sides"] == [64, 96, 128, 256]
+
+
+def test_a_second_build_of_the_same_folder_waits_and_reuses_the_first(tmp_path):
+    # make demo and make test start beside each other in CI: the second asker must not train the
+    # component again, nor replace the folder the first is about to read.
+    import threading
+
+    from idglow.models.tiny import STAMP_FILE, build_atomically
+
+    folder, stamp, builds = tmp_path / "component", {"recipe": 1}, []
+    first_started, second_returned = threading.Event(), threading.Event()
+
+    def build(staging: Path) -> None:
+        builds.append(staging)
+        first_started.set()
+        second_returned.wait(timeout=2)  # without the lock the second build runs meanwhile
+        (staging / "weights.bin").write_bytes(b"w")
+
+    first = threading.Thread(target=lambda: build_atomically(folder, stamp, build))
+    first.start()
+    first_started.wait()
+    second = build_atomically(folder, stamp, build)
+    second_returned.set()
+    first.join()
+    assert second is False and len(builds) == 1
+    assert sorted(p.name for p in folder.iterdir()) == [STAMP_FILE, "weights.bin"]

@@ -17,7 +17,7 @@ from idglow.models.face_training import RECIPE_VERSION as FACE_RECIPE_VERSION
 from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS, Component
 from idglow.models.tiny_generator import write_tiny_generator
-from idglow.storage import atomic_dir
+from idglow.storage import atomic_dir, exclusive_lock
 
 RECIPE_VERSION = 1
 STAMP_FILE = ".idglow-stamp.json"
@@ -33,14 +33,24 @@ def component_folder(models_dir: Path, role: str, components: dict[str, Componen
 
 
 def build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
-    """Run ``build`` into a staging folder and rename it to ``folder``; skip if already stamped."""
-    stamp_path = folder / STAMP_FILE
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+    """Run ``build`` into a staging folder and rename it to ``folder``; skip if already stamped.
+    One process builds a folder at a time: another asking for it meanwhile (``make demo`` beside
+    ``make test``) waits and then finds it built, instead of training it a second time and
+    replacing the folder while the first process reads from it. Returns whether it built."""
+    if _stamped(folder, stamp):
         return False
-    with atomic_dir(folder) as staging:
-        build(staging)
-        (staging / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True))
+    with exclusive_lock(folder.parent / f".{folder.name}.build-lock", f"the build of {folder}"):
+        if _stamped(folder, stamp):
+            return False
+        with atomic_dir(folder) as staging:
+            build(staging)
+            (staging / STAMP_FILE).write_text(json.dumps(stamp, sort_keys=True))
     return True
+
+
+def _stamped(folder: Path, stamp: dict) -> bool:
+    stamp_path = folder / STAMP_FILE
+    return stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
 
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -> list[str]:
