@@ -20,8 +20,15 @@ Kinds of pair (``--task``):
 - ``group``: ``draw_pair``'s portraits -> group scene pairs of both tasks, as the world generator
   is pre-trained on them.
 
+``--train`` trains on other kinds first or beside it (a curriculum): phases of ``KIND:STEPS``, a
+``+`` mixing kinds step by step with equal odds, e.g. ``--task group --train shifted:500
+group+shifted:1000``; the measurements stay on held-out pairs of ``--task``, and the learning
+rate's warm-up and cosine run over all phases' steps.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task repose \\
         --vae-folder var/models/world_vae_4x_fw4
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task group \\
+        --train shifted:500 group+shifted:1000 --evaluations 6
 """
 
 from __future__ import annotations
@@ -94,6 +101,18 @@ def _moved(truth: FaceTruth, x: int, y: int) -> FaceTruth:
     return replace(truth, bbox=(x1 + x, y1 + y, x2 + x, y2 + y), landmarks=landmarks)
 
 
+def parse_phases(phases: list[str]) -> list[tuple[tuple[str, ...], int]]:
+    """``["shifted:500", "group+shifted:1000"]`` -> ``[(("shifted",), 500), (("group", "shifted"), 1000)]``."""
+    parsed = []
+    for phase in phases:
+        kinds, _, steps = phase.partition(":")
+        unknown = [kind for kind in kinds.split("+") if kind not in SETTINGS]
+        if unknown or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"--train {phase!r}: want KIND[+KIND...]:STEPS, KIND one of {sorted(SETTINGS)}")
+        parsed.append((tuple(kinds.split("+")), int(steps)))
+    return parsed
+
+
 def draw_pairs(task: str, config: WorldGeneratorConfig) -> tuple[list[WorldPair], list[WorldPair]]:
     _, held_out, train_seed, held_seed = SETTINGS[task]
     if task == "group":
@@ -137,38 +156,48 @@ def reference_dependence(transformer, encoded, weights, settings) -> dict[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=sorted(SETTINGS), default="repose")
+    parser.add_argument("--task", choices=sorted(SETTINGS), default="repose", help="the kind measured")
+    parser.add_argument("--train", nargs="*", metavar="KIND[+KIND]:STEPS", help="phases (default: --task for --steps)")
     parser.add_argument("--vae-folder", type=Path, default=Path("var/models/world_vae_4x_fw4"))
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--pairs", type=int, help="training pairs (default: 400 portrait pairs, 1000 group pairs)")
+    parser.add_argument("--pairs", type=int, help="training pairs per kind (default: portraits 400, groups 1000)")
     parser.add_argument("--evaluations", type=int, default=5, help="how many times along the training to measure")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="WorldGeneratorConfig fields")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    pairs = args.pairs or SETTINGS[args.task][0]
+    phases = parse_phases(args.train) if args.train else [((args.task,), args.steps)]
+    steps = sum(length for _, length in phases)
     overrides = dict(_field(item) for item in args.set)
-    config = WorldGeneratorConfig(steps=args.steps, pairs=pairs, resolution=args.resolution, **overrides)
+    config = WorldGeneratorConfig(steps=steps, resolution=args.resolution, **overrides)
     pipeline = build_pipeline(config, AutoencoderKLQwenImage.from_pretrained(args.vae_folder))
     pipeline.text_encoder.eval()
-    train, held = draw_pairs(args.task, config)
-    encoded, _, settings = encode_pairs(pipeline, train, config, progress=False)
-    held_encoded, held_weights, _ = encode_pairs(pipeline, held, replace(config, face_weight=FACE_ONLY), progress=False)
+    encoded, settings, held_encoded, held_weights = {}, None, None, None
+    for kind in sorted({kind for kinds, _ in phases for kind in kinds} | {args.task}):
+        kind_config = replace(config, pairs=args.pairs or SETTINGS[kind][0])
+        train, held = draw_pairs(kind, kind_config)
+        encoded[kind], _, settings = encode_pairs(pipeline, train, kind_config, progress=False)
+        if kind == args.task:
+            held_encoded, held_weights, _ = encode_pairs(
+                pipeline, held, replace(kind_config, face_weight=FACE_ONLY), progress=False
+            )
 
     transformer = pipeline.transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     batch_rng = np.random.default_rng(3)
-    sizes = sorted(encoded)
-    share = np.array([len(encoded[n]) for n in sizes], dtype=float)
-    share /= share.sum()
-    every = max(1, args.steps // args.evaluations)
+    schedule = [kinds for kinds, length in phases for _ in range(length)]
+    every = max(1, steps // args.evaluations)
     started, losses, rows = time.time(), [], []
-    for step in range(args.steps):
-        n = sizes[int(batch_rng.choice(len(sizes), p=share))] if len(sizes) > 1 else sizes[0]
-        chosen = batch_rng.choice(len(encoded[n]), config.batch_size, replace=False)
-        batch = stack([encoded[n][int(i)] for i in chosen], "target", settings)
+    for step, kinds in enumerate(schedule):
+        kind = kinds[int(batch_rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+        by_size = encoded[kind]
+        sizes = sorted(by_size)
+        share = np.array([len(by_size[n]) for n in sizes], dtype=float)
+        n = sizes[int(batch_rng.choice(len(sizes), p=share / share.sum()))] if len(sizes) > 1 else sizes[0]
+        chosen = batch_rng.choice(len(by_size[n]), config.batch_size, replace=False)
+        batch = stack([by_size[n][int(i)] for i in chosen], "target", settings)
         loss = training_step(pipeline, optimizer, config, step, batch, torch.Generator().manual_seed(step))
         losses.append(loss.item())
         if (step + 1) % every == 0:
@@ -180,12 +209,13 @@ def main() -> None:
                 for t, m in measured.items()
             )
             print(
-                f"step {step + 1:5d}  train loss {rows[-1]['train_loss']:.4f}  own/another references: {cells}"
-                f"  [{time.time() - started:.0f} s]",
+                f"step {step + 1:5d} ({'+'.join(kinds)})  train loss {rows[-1]['train_loss']:.4f}  "
+                f"own/another references: {cells}  [{time.time() - started:.0f} s]",
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"task": args.task, "config": asdict(config), "rows": rows}))
+        record = {"task": args.task, "phases": phases, "config": asdict(config), "rows": rows}
+        args.json.write_text(json.dumps(record))
 
 
 if __name__ == "__main__":
