@@ -45,7 +45,7 @@ from idglow.models.world_generator import (
     recipe_stamp,
     write_world_generator,
 )
-from idglow.models.world_vae import face_mask, reconstruct, to_images, to_tensor
+from idglow.models.world_vae import COMMITTED_FOLDER, face_mask, reconstruct, to_images, to_tensor
 from training.encodings import stack
 from training.flow import clean_estimate, decode, noisy, predict_velocity, randn, unpack, vae_scale_factor
 
@@ -154,7 +154,7 @@ def _rolled(batch):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vae-folder", type=Path, default=REPO / "var" / "models" / "world_vae_long")
+    parser.add_argument("--vae-folder", type=Path, default=COMMITTED_FOLDER, help="default: the committed world VAE")
     parser.add_argument("--folder", type=Path, default=REPO / "var" / "studies" / "world_generator")
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models" / "demo")
     parser.add_argument("--groups", type=int, default=40, help="held-out groups per task")

@@ -1,7 +1,8 @@
 """Study: does the world generator learn to take what it draws from its references? (issue #14)
 
 Trains a fresh world generator (``idglow.models.world_generator``: the demo pipeline, the world
-VAE of ``--vae-folder``, flow matching as ``train_transformer`` does it) on one kind of pair and,
+VAE of ``--vae-folder``, by default the committed one, flow matching as ``train_transformer`` does
+it) on one kind of pair and,
 every few steps, measures on held-out pairs of the same kind the flow-matching loss at fixed t
 twice: with each pair's own references and prompt, and with another pair's (the batch rolled by
 one). Where the second loss is higher, the velocity depends on who is in the references; where
@@ -25,8 +26,7 @@ Kinds of pair (``--task``):
 group+shifted:1000``; the measurements stay on held-out pairs of ``--task``, and the learning
 rate's warm-up and cosine run over all phases' steps.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task repose \\
-        --vae-folder var/models/world_vae_4x_fw4
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task repose
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/world_generator_references.py --task group \\
         --train shifted:500 group+shifted:1000 --evaluations 6
 """
@@ -54,6 +54,7 @@ from idglow.models.world_generator import (
     encode_pairs,
     training_step,
 )
+from idglow.models.world_vae import COMMITTED_FOLDER
 from training.encodings import stack
 from training.flow import flow_matching_loss, noisy, predict_velocity, randn
 
@@ -158,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(SETTINGS), default="repose", help="the kind measured")
     parser.add_argument("--train", nargs="*", metavar="KIND[+KIND]:STEPS", help="phases (default: --task for --steps)")
-    parser.add_argument("--vae-folder", type=Path, default=Path("var/models/world_vae_4x_fw4"))
+    parser.add_argument("--vae-folder", type=Path, default=COMMITTED_FOLDER, help="default: the committed world VAE")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, help="training pairs per kind (default: portraits 400, groups 1000)")

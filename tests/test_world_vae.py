@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from idglow.models.tiny import STAMP_FILE
 from idglow.models.world_vae import (
+    COMMITTED_FOLDER,
+    COMMITTED_RECIPE,
     RECIPE_VERSION,
     WorldVAEConfig,
     build_world_vae,
@@ -117,3 +119,20 @@ def test_face_mask_covers_each_drawn_face_and_its_margin():
         inside = mask[0, max(0, y1) : min(64, y2), max(0, x1) : min(64, x2)]
         assert inside.numel() and bool(inside.all())
     assert 0 < mask.mean().item() < 0.5
+
+
+def test_committed_weights_are_the_committed_recipe_and_reconstruct_the_world():
+    # The recipe in the code and the weights in the repository must not drift apart: retraining
+    # COMMITTED_RECIPE (python -m idglow.models.world_vae DIR) is what reproduces these weights.
+    recorded = json.loads((COMMITTED_FOLDER / STAMP_FILE).read_text())
+    assert recorded == stamp(COMMITTED_RECIPE)
+    report = json.loads((COMMITTED_FOLDER / "training.json").read_text())
+    assert {k: report[k] for k in recorded} == recorded and report["last_loss"] < report["first_loss"]
+    vae = AutoencoderKLQwenImage.from_pretrained(COMMITTED_FOLDER).eval()
+    assert vae.config.base_dim == COMMITTED_RECIPE.base_dim and len(vae.config.latents_std) == 16
+    rng = np.random.default_rng(7)
+    with torch.no_grad():
+        batch = to_tensor([draw_world_image(rng, COMMITTED_RECIPE.size)[0] for _ in range(8)])
+        error = (reconstruct(vae, batch) - batch).abs().mean().item()
+        untrained = (reconstruct(init_world_vae(COMMITTED_RECIPE).eval(), batch) - batch).abs().mean().item()
+    assert error < 0.25 * untrained
