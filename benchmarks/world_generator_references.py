@@ -160,6 +160,12 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(SETTINGS), default="repose", help="the kind measured")
     parser.add_argument("--train", nargs="*", metavar="KIND[+KIND]:STEPS", help="phases (default: --task for --steps)")
     parser.add_argument("--vae-folder", type=Path, default=COMMITTED_FOLDER, help="default: the committed world VAE")
+    parser.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="a Qwen2.5-VL folder (e.g. var/models/demo/prompt_model) as the generator's text encoder "
+        "(default: the demo generator's random tiny one)",
+    )
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, help="training pairs per kind (default: portraits 400, groups 1000)")
@@ -173,7 +179,8 @@ def main() -> None:
     steps = sum(length for _, length in phases)
     overrides = dict(_field(item) for item in args.set)
     config = WorldGeneratorConfig(steps=steps, resolution=args.resolution, **overrides)
-    pipeline = build_pipeline(config, AutoencoderKLQwenImage.from_pretrained(args.vae_folder))
+    vae = AutoencoderKLQwenImage.from_pretrained(args.vae_folder)
+    pipeline = build_pipeline(config, vae, text_encoder_folder=args.text_encoder)
     pipeline.text_encoder.eval()
     encoded, settings, held_encoded, held_weights = {}, None, None, None
     for kind in sorted({kind for kinds, _ in phases for kind in kinds} | {args.task}):

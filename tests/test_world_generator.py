@@ -104,3 +104,22 @@ def test_a_short_training_lowers_the_loss_and_the_pipeline_loads_back(tmp_path):
         num_inference_steps=2,
     )
     assert image.size == (64, 64)
+
+
+def test_the_text_encoder_can_come_from_a_saved_qwen_vl_folder(tmp_path):
+    # The real 2511 pipeline's text encoder is a trained Qwen2.5-VL; the world generator can be
+    # built around a saved one (the world prompt model's folder) instead of the random twin.
+    from idglow.models.tiny_qwen_vl import build_model, build_processor, build_tokenizer
+    from idglow.models.world_generator import build_pipeline
+    from idglow.models.world_vae import init_world_vae
+
+    tokenizer = build_tokenizer()
+    saved = build_model(tokenizer, seed=11)
+    saved.save_pretrained(tmp_path / "vl")
+    build_processor(tokenizer).save_pretrained(tmp_path / "vl")
+    vae = init_world_vae(WorldVAEConfig(dim_mult=(1, 2, 4)))
+    pipeline = build_pipeline(TINY, vae, text_encoder_folder=tmp_path / "vl")
+    loaded = pipeline.text_encoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    assert pipeline.transformer.config.joint_attention_dim == saved.config.text_config.hidden_size
+    assert pipeline.tokenizer("Picture 1")["input_ids"] == tokenizer("Picture 1")["input_ids"]

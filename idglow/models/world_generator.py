@@ -31,6 +31,7 @@ from diffusers import (
     AutoencoderKLQwenImage,
 )
 from tqdm.auto import tqdm
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from idglow.data.celebahq import CELEBA_ATTRIBUTES
 from idglow.data.demo_celebahq import _attributes
@@ -198,12 +199,23 @@ def encode_pairs(pipeline, pairs: list[WorldPair], config: WorldGeneratorConfig,
 # ---------------------------------------------------------------------------- model
 
 
-def build_pipeline(config: WorldGeneratorConfig, vae: AutoencoderKLQwenImage, text_seed: int = 0):
-    """The demo generator's pipeline (its tokenizer, processor and tiny text encoder of
-    ``text_seed``, its scheduler) with ``vae`` and a fresh transformer of ``config``'s size."""
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
-    text_encoder = build_model(tokenizer, text_seed)
+def build_pipeline(
+    config: WorldGeneratorConfig,
+    vae: AutoencoderKLQwenImage,
+    text_seed: int = 0,
+    text_encoder_folder: Path | None = None,
+):
+    """The demo generator's pipeline (its scheduler; its tokenizer, processor and tiny text encoder
+    of ``text_seed``, or those saved in ``text_encoder_folder``, a Qwen2.5-VL folder such as the
+    world prompt model's) with ``vae`` and a fresh transformer of ``config``'s size."""
+    if text_encoder_folder is not None:
+        processor = AutoProcessor.from_pretrained(text_encoder_folder)
+        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(text_encoder_folder).eval()
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = build_tokenizer()
+        processor = build_processor(tokenizer)
+        text_encoder = build_model(tokenizer, text_seed)
     return assemble_pipeline(config.seed, tokenizer, processor, text_encoder, config.transformer_config(), vae)
 
 
