@@ -35,7 +35,14 @@ from assets.training import (
 )
 from evaluation.benchmark import aggregate, bootstrap_ci
 from evaluation.protocol import BENCHMARK_ROUND, benchmark_jobs, protocol_frame
-from evaluation.report import ablation_results, ablation_table, pareto_plot, results_table, sample_grid
+from evaluation.report import (
+    ablation_grid_rows,
+    ablation_results,
+    ablation_table,
+    pareto_plot,
+    results_table,
+    sample_grid,
+)
 from idglow import code_version
 from idglow.acceleration import Acceleration
 from idglow.editing import ReferenceBudget
@@ -49,6 +56,7 @@ from idglow.storage import (
     resolve_under,
     sha256_file,
     tensors_sha256,
+    write_bytes_atomic,
     write_json_atomic,
     write_parquet_atomic,
     write_text_atomic,
@@ -347,10 +355,31 @@ def current_model(context: dg.AssetExecutionContext, settings: IdglowSettings) -
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=[benchmark_results, model_registry], kinds={"markdown"})
+ABLATION_SUMMARY, ABLATION_GRID = "summary.parquet", "samples.png"
+
+
+def ablation_section(settings: IdglowSettings, folder) -> list[str]:
+    """The report's part for ``sft_ablation``: its Table 3 and its sample grid, or nothing when it
+    has not run under this storage root."""
+    ablation = settings.paths.asset_dir("sft_ablation")
+    if not (ablation / ABLATION_SUMMARY).exists():
+        return []
+    write_bytes_atomic(folder / "ablation_samples.png", (ablation / ABLATION_GRID).read_bytes())
+    return [
+        "## SFT ablation (`sft_ablation`: Table 3 on static prompts, one row per configuration)",
+        ablation_table(pd.read_parquet(ablation / ABLATION_SUMMARY)),
+        "The same group under each configuration, per task: ![Ablation samples](ablation_samples.png)",
+    ]
+
+
+@dg.asset(
+    group_name=GROUP, code_version="2", deps=[benchmark_results, model_registry, "sft_ablation"], kinds={"markdown"}
+)
 def benchmark_report(context: dg.AssetExecutionContext, settings: IdglowSettings) -> dg.MaterializeResult:
     """Tables in the layout of the paper's Tables 1-3 (published numbers beside ours, marked), a
-    FaceSim-against-Aesthetic plot per method, and a grid of sample outputs per task."""
+    FaceSim-against-Aesthetic plot per method, and a grid of sample outputs per task; and, once
+    ``sft_ablation`` has run, its Table 3 and its grid of the same group under each configuration
+    (copied in, so the report never points at a newer ablation than it tabulates)."""
     profile, folder = settings.resolved(), settings.paths.asset_dir("benchmark_report")
     files = sorted(settings.paths.asset_dir("benchmark_results").glob("*.parquet"))
     if not files:
@@ -387,6 +416,7 @@ def benchmark_report(context: dg.AssetExecutionContext, settings: IdglowSettings
                 f"Missing-face rate: {samples.groupby('method')['missing_face_rate'].mean().round(3).to_dict()}",
                 "![Pareto](pareto.png)",
                 "![Samples](samples.png)",
+                *ablation_section(settings, folder),
             ],
         )
     )
@@ -596,9 +626,14 @@ def run_ablation(
     labels = {("task-adaptive", "group_fusion"): "annealing", ("task-adaptive", "age_transformed"): "gating"}
     summary["method"] = [labels.get((m, t), m) for m, t in zip(summary["method"], summary["task"], strict=True)]
     table = ablation_table(summary)
-    write_parquet_atomic(folder / "samples.parquet", settings.roots.store_frame(samples))
+    stored = settings.roots.store_frame(samples)
+    write_parquet_atomic(folder / "samples.parquet", stored)
+    write_parquet_atomic(folder / ABLATION_SUMMARY, summary)
     results = ablation_results(summary)
     write_parquet_atomic(folder / "ablation.parquet", results)
+    method = [labels.get((m, t), m) for m, t in zip(stored["model_version"], stored["task"], strict=True)]
+    grid_rows = ablation_grid_rows(stored.assign(method=method))
+    grid = sample_grid(settings.roots.resolve_frame(grid_rows), folder / ABLATION_GRID)
     report = write_text_atomic(
         folder / "ablation.md",
         "\n\n".join(
@@ -608,6 +643,7 @@ def run_ablation(
                     "# SFT ablation (static prompts, layout of Table 3)",
                     DEMO_NOTICE if profile.name == "demo" else "",
                     table,
+                    f"The same group under each configuration, per task: ![Samples]({ABLATION_GRID})",
                 ],
             )
         )
@@ -616,6 +652,7 @@ def run_ablation(
     return dg.MaterializeResult(
         metadata={
             **file_metadata("ablation", report),
+            **file_metadata("samples", grid),
             "ablation_uri": dg.MetadataValue.path(str(folder / "ablation.parquet")),
             "configurations": dg.MetadataValue.int(len(results)),
             "table": dg.MetadataValue.md(table),

@@ -134,6 +134,22 @@ def ablation_table(aggregates: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def ablation_grid_rows(samples: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the ablation's sample grid: per task, the first benchmark group that every
+    configuration generated, once per configuration (in the samples' order), captioned by task, so
+    a row of the grid is the same group under each configuration."""
+    rows = []
+    for task, per_task in samples.groupby("task", sort=False):
+        methods = per_task["method"].unique()
+        shared = per_task.groupby("group_id")["method"].nunique()
+        complete = [g for g in per_task["group_id"].unique() if shared[g] == len(methods)]
+        if not complete:
+            continue
+        chosen = per_task[per_task["group_id"] == complete[0]].drop_duplicates("method")
+        rows.append(chosen.assign(caption=task.replace("_", " ")))
+    return pd.concat(rows, ignore_index=True) if rows else samples.iloc[:0].assign(caption=[])
+
+
 def pareto_plot(aggregates: pd.DataFrame, path: Path, title: str = "FaceSim against Aesthetic") -> Path:
     """One point per method and column (with its confidence bars when present); PNG."""
     figure, axes = plt.subplots(figsize=(6, 4.5), dpi=120)

@@ -85,9 +85,12 @@ def run_demo() -> DemoRun:
         job = defs.resolve_job_def("materialize_everything")
         result = job.execute_in_process(instance=instance, partition_key=DEMO_ROUND)
         # What the daemon does for a finished review batch (auto mode finishes it at once), then
-        # registration, the benchmark of every version, promotion and the report.
+        # registration, Table 3's ablation (its task-adaptive and + DPO runs are the pipeline's
+        # own, reused), the benchmark of every version, promotion and the report, which
+        # tabulates the ablation too.
         reviewed = run_sensor(defs, instance, "review_batches_finished")
         reviewed.append(defs.resolve_job_def("register_models").execute_in_process(instance=instance))
+        reviewed.append(defs.resolve_job_def("sft_ablation_job").execute_in_process(instance=instance))
         reviewed += run_sensor(defs, instance, "benchmark_new_versions", rounds=3)
     seconds = time.perf_counter() - started
 
@@ -99,7 +102,7 @@ def run_demo() -> DemoRun:
         "plumbing works, not model quality.",
         "",
         f"- run ids: `{result.run_id}` (everything up to the review queue), "
-        + ", ".join(f"`{r.run_id}` (train_on_reviewed_pairs)" for r in reviewed)
+        + ", ".join(f"`{r.run_id}` ({r.job_def.name})" for r in reviewed)
         + f" ({seconds:.1f} s)",
         f"- storage root: `{storage_root}`",
         "",

@@ -7,6 +7,7 @@ from PIL import Image
 from evaluation.report import (
     ABLATION_COLUMNS,
     COLUMNS,
+    ablation_grid_rows,
     ablation_results,
     ablation_table,
     pareto_plot,
@@ -113,3 +114,24 @@ def test_plots_are_valid_pngs(tmp_path):
     grid = sample_grid(samples, tmp_path / "grid.png", tile=64, per_row=2)
     assert grid.read_bytes()[:8] == PNG and Image.open(grid).size == (128, 2 * (64 + 18))
     assert Image.open(grid).getpixel((70, 10)) == (0, 0, 255)  # the second tile is the blue image
+
+
+def test_the_ablation_grid_shows_one_group_under_every_configuration():
+    samples = pd.DataFrame(
+        {
+            "task": ["group_fusion"] * 5 + ["age_transformed"] * 4,
+            "method": ["no ID loss", "no ID loss", "annealing", "annealing", "no ID loss"]
+            + ["no ID loss", "gating", "no ID loss", "gating"],
+            # g1 lacks an annealing image, so g2 is Task 1's first group every configuration drew
+            "group_id": ["g1", "g2", "g2", "g3", "g3", "g4", "g4", "g5", "g5"],
+            "image": [f"{i}.png" for i in range(9)],
+        }
+    )
+    rows = ablation_grid_rows(samples)
+    assert rows[["task", "group_id", "method"]].values.tolist() == [
+        ["group_fusion", "g2", "no ID loss"],
+        ["group_fusion", "g2", "annealing"],
+        ["age_transformed", "g4", "no ID loss"],
+        ["age_transformed", "g4", "gating"],
+    ]
+    assert rows["caption"].tolist() == ["group fusion"] * 2 + ["age transformed"] * 2

@@ -368,6 +368,15 @@ def test_the_ablation_trains_evaluates_and_tabulates_table_3(everything):
         everything.materialized["sft_checkpoint"].metadata,
         everything.materialized["dpo_checkpoint"].metadata,
     )
+    assert Path(ablation["sft_ablation"].metadata["samples_uri"].value).read_bytes()[:4] == b"\x89PNG"
+    # The report, written again after the ablation (as `make demo` orders them), tabulates it.
+    again = dg.materialize(
+        [benchmark_report_asset], instance=everything.instance, resources=resources_for(load_profile())
+    )
+    report = Path(_materializations(again)["benchmark_report"].metadata["report_uri"].value)
+    ablation_part = report.read_text().split("## SFT ablation")[1]
+    assert "| group_fusion | no ID loss |" in ablation_part and "*0.64 / 6.09*" in ablation_part
+    assert (report.parent / "ablation_samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_aligned_prompt_model_is_a_version_the_prompts_asset_can_name(everything):
