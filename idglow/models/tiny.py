@@ -21,6 +21,7 @@ from idglow.storage import atomic_dir, exclusive_lock
 
 RECIPE_VERSION = 1
 STAMP_FILE = ".idglow-stamp.json"
+BUILD_LOCK_SUFFIX = ".build-lock"  # an empty file beside each built folder (never deleted: exclusive_lock)
 
 
 def component_folder(models_dir: Path, role: str, components: dict[str, Component] = TINY_COMPONENTS) -> Path:
@@ -39,7 +40,7 @@ def build_atomically(folder: Path, stamp: dict, build: Callable[[Path], object])
     replacing the folder while the first process reads from it. Returns whether it built."""
     if _stamped(folder, stamp):
         return False
-    with exclusive_lock(folder.parent / f".{folder.name}.build-lock", f"the build of {folder}"):
+    with exclusive_lock(folder.parent / f".{folder.name}{BUILD_LOCK_SUFFIX}", f"the build of {folder}"):
         if _stamped(folder, stamp):
             return False
         with atomic_dir(folder) as staging:
