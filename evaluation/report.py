@@ -102,7 +102,7 @@ ABLATION_COLUMNS = (
 def ablation_results(aggregates: pd.DataFrame) -> pd.DataFrame:
     """Table 3's results (static prompts) as a table: one row per task and configuration
     (``ABLATION_CONFIGURATIONS``), with FaceSim's 95% interval; ``child_rate`` only for Task 2."""
-    static = aggregates[aggregates["prompt_kind"] == "static"]
+    static = in_table_3_order(aggregates[aggregates["prompt_kind"] == "static"])
     frame = pd.DataFrame(
         {
             "task": static["task"].to_numpy(),
@@ -118,11 +118,23 @@ def _rate(value: float) -> str:
     return "-" if np.isnan(value) else f"{value:.2f}"
 
 
+def in_table_3_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (task and method columns) ordered as Table 3: Task 1 then Task 2, and within a task
+    no ID loss, constant, annealing / gating, + DPO; anything else after, in its own order."""
+    tasks, methods = ["group_fusion", "age_transformed"], list(ABLATION_CONFIGURATIONS)
+
+    def rank(values: pd.Series, order: list[str]) -> pd.Series:
+        return values.map(lambda v: order.index(v) if v in order else len(order))
+
+    key = rank(rows["task"], tasks) * (len(methods) + 1) + rank(rows["method"], methods)
+    return rows.iloc[key.argsort(kind="stable")]
+
+
 def ablation_table(aggregates: pd.DataFrame) -> str:
-    """Table 3 (static prompts): one row per SFT configuration and task, ours then published;
-    Task 2's rows also give the share of faces judged children."""
+    """Table 3 (static prompts): one row per SFT configuration and task, ours then published, in
+    the paper's order; Task 2's rows also give the share of faces judged children."""
     lines = ["| task | configuration | ours FaceSim / Aesthetic | child rate | published |", "|---|---|---|---|---|"]
-    static = aggregates[aggregates["prompt_kind"] == "static"]
+    static = in_table_3_order(aggregates[aggregates["prompt_kind"] == "static"])
     for row in static.itertuples():
         published = PUBLISHED_ABLATION.get(row.task, {}).get(row.method)
         child = float(getattr(row, "child_rate", np.nan)) if row.task == "age_transformed" else np.nan

@@ -135,3 +135,26 @@ def test_the_ablation_grid_shows_one_group_under_every_configuration():
         ["age_transformed", "g4", "gating"],
     ]
     assert rows["caption"].tolist() == ["group fusion"] * 2 + ["age transformed"] * 2
+
+
+def test_the_ablation_rows_follow_table_3_whatever_order_they_come_in():
+    methods = {"group_fusion": ["+ DPO", "annealing", "constant", "no ID loss"]}
+    methods["age_transformed"] = ["+ DPO", "constant", "gating", "no ID loss"]
+    frame = pd.DataFrame(
+        [
+            {"method": m, "task": t, "prompt_kind": "static", "face_sim": 0.1, "aesthetic": 1.0, "child_rate": 0.5}
+            for t in ("age_transformed", "group_fusion")
+            for m in methods[t]
+        ]
+    )
+    rows = [line.split(" | ")[:2] for line in ablation_table(frame).splitlines()[2:]]
+    assert rows == [
+        ["| group_fusion", "no ID loss"],
+        ["| group_fusion", "constant"],
+        ["| group_fusion", "annealing"],
+        ["| group_fusion", "+ DPO"],
+        ["| age_transformed", "no ID loss"],
+        ["| age_transformed", "constant"],
+        ["| age_transformed", "gating"],
+        ["| age_transformed", "+ DPO"],
+    ]
