@@ -195,15 +195,16 @@ def main() -> None:
     transformer = pipeline.transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     batch_rng = np.random.default_rng(3)
+    sizes = {kind: sorted(by_size) for kind, by_size in encoded.items()}
+    counts = {kind: np.array([len(encoded[kind][n]) for n in sizes[kind]], dtype=float) for kind in encoded}
+    shares = {kind: count / count.sum() for kind, count in counts.items()}
     schedule = [kinds for kinds, length in phases for _ in range(length)]
     every = max(1, steps // args.evaluations)
     started, losses, rows = time.time(), [], []
     for step, kinds in enumerate(schedule):
         kind = kinds[int(batch_rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
-        by_size = encoded[kind]
-        sizes = sorted(by_size)
-        share = np.array([len(by_size[n]) for n in sizes], dtype=float)
-        n = sizes[int(batch_rng.choice(len(sizes), p=share / share.sum()))] if len(sizes) > 1 else sizes[0]
+        by_size, kind_sizes, share = encoded[kind], sizes[kind], shares[kind]
+        n = kind_sizes[int(batch_rng.choice(len(kind_sizes), p=share))] if len(kind_sizes) > 1 else kind_sizes[0]
         chosen = batch_rng.choice(len(by_size[n]), config.batch_size, replace=False)
         batch = stack([by_size[n][int(i)] for i in chosen], "target", settings)
         loss = training_step(pipeline, optimizer, config, step, batch, torch.Generator().manual_seed(step))

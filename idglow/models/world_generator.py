@@ -209,8 +209,10 @@ def build_pipeline(
     of ``text_seed``, or those saved in ``text_encoder_folder``, a Qwen2.5-VL folder such as the
     world prompt model's) with ``vae`` and a fresh transformer of ``config``'s size."""
     if text_encoder_folder is not None:
-        processor = AutoProcessor.from_pretrained(text_encoder_folder)
-        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(text_encoder_folder).eval()
+        processor = AutoProcessor.from_pretrained(text_encoder_folder, local_files_only=True)
+        text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            text_encoder_folder, local_files_only=True
+        ).eval()
         tokenizer = processor.tokenizer
     else:
         tokenizer = build_tokenizer()
