@@ -123,3 +123,37 @@ def test_the_text_encoder_can_come_from_a_saved_qwen_vl_folder(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
     assert pipeline.transformer.config.joint_attention_dim == saved.config.text_config.hidden_size
     assert pipeline.tokenizer("Picture 1")["input_ids"] == tokenizer("Picture 1")["input_ids"]
+
+
+def test_a_killed_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    from idglow.models.world_generator import CHECKPOINT, build_pipeline, train_transformer
+    from idglow.models.world_vae import init_world_vae
+
+    config = replace(TINY, pairs=8, steps=12)
+    vae = init_world_vae(WorldVAEConfig(base_dim=8))
+
+    def fresh():
+        return build_pipeline(config, vae)
+
+    straight = fresh()
+    straight_log = train_transformer(straight, config, progress=False)
+    killed = fresh()
+    partial = train_transformer(
+        killed, config, progress=False, checkpoint_folder=tmp_path, checkpoint_every=5, snapshot_every=4, stop_after=7
+    )
+    assert len(partial) == 7 and (tmp_path / CHECKPOINT).exists()
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_000004.pt"]
+    resumed = fresh()  # a new process: fresh weights, then the checkpoint
+    log = train_transformer(resumed, config, progress=False, checkpoint_folder=tmp_path, checkpoint_every=5)
+    assert [row["loss"] for row in log] == [row["loss"] for row in straight_log]
+    for name, value in straight.transformer.state_dict().items():
+        assert torch.equal(value, resumed.transformer.state_dict()[name]), name
+    with pytest.raises(ValueError, match="another recipe"):
+        train_transformer(fresh(), replace(config, learning_rate=1e-4), progress=False, checkpoint_folder=tmp_path)
+    with pytest.raises(ValueError, match="another VAE"):
+        train_transformer(
+            build_pipeline(config, init_world_vae(WorldVAEConfig(base_dim=8, seed=1))),
+            config,
+            progress=False,
+            checkpoint_folder=tmp_path,
+        )

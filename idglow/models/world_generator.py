@@ -43,6 +43,7 @@ from idglow.models.tiny_generator import TINY_TRANSFORMER_CONFIG, assemble_pipel
 from idglow.models.tiny_qwen_vl import build_model, build_processor, build_tokenizer
 from idglow.models.world_vae import face_mask
 from idglow.prompts import descriptive_prompt, static_prompt
+from idglow.storage import atomic_dir, atomic_path
 from training.data import Sample
 from training.encodings import SampleEncoding, encode_sample, stack
 from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sample_sigmas
@@ -246,9 +247,25 @@ def training_step(pipeline, optimizer, config: WorldGeneratorConfig, step: int, 
     return loss
 
 
-def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = True) -> list[dict]:
+def train_transformer(
+    pipeline,
+    config: WorldGeneratorConfig,
+    progress: bool = True,
+    checkpoint_folder: Path | None = None,
+    checkpoint_every: int = 250,
+    snapshot_every: int | None = None,
+    stop_after: int | None = None,
+) -> list[dict]:
     """Draw and encode ``config.pairs`` pairs, then train ``pipeline.transformer`` with flow
-    matching for ``config.steps`` steps; returns the per-step log."""
+    matching for ``config.steps`` steps; returns the per-step log.
+
+    With ``checkpoint_folder``, every ``checkpoint_every`` steps the transformer, the optimizer, the
+    batch stream and the log are saved there (atomically, ``checkpoint.pt`` keyed by the recipe), and
+    a later call with the same recipe resumes from them: a killed run of hours loses at most
+    ``checkpoint_every`` steps, and the resumed run ends with the weights of an uninterrupted one.
+    ``snapshot_every`` also keeps the transformer's weights at those steps (``step_NNNNNN.pt``) to
+    score along the training. ``stop_after`` ends the call after that many steps in all (a checkpoint
+    saved there), as a killed run would."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -261,10 +278,14 @@ def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = T
             transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         batch_rng = np.random.default_rng([config.seed, 92])
+        log = load_checkpoint(checkpoint_folder, config, pipeline, optimizer, batch_rng) or []
         sizes = sorted(encoded)
         weights = np.array([len(encoded[n]) for n in sizes], dtype=float)
-        log = []
-        bar = tqdm(range(config.steps), desc="training the world generator", disable=not progress)
+        last = config.steps if stop_after is None else min(config.steps, stop_after)
+        bar = tqdm(
+            range(len(log), last), desc="training the world generator", disable=not progress, initial=len(log),
+            total=config.steps,
+        )  # fmt: skip
         for step in bar:
             n = sizes[int(batch_rng.choice(len(sizes), p=weights / weights.sum()))]
             chosen = batch_rng.choice(len(encoded[n]), size=min(config.batch_size, len(encoded[n])), replace=False)
@@ -275,19 +296,91 @@ def train_transformer(pipeline, config: WorldGeneratorConfig, progress: bool = T
             log.append({"step": step + 1, "loss": loss.item(), "n": n, "time": time.time()})
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean([r['loss'] for r in log[-50:]]):.4f}", refresh=False)
+            if checkpoint_folder is not None:
+                if snapshot_every and (step + 1) % snapshot_every == 0:
+                    with atomic_path(checkpoint_folder / f"{SNAPSHOT_PREFIX}{step + 1:06d}.pt") as tmp:
+                        torch.save(transformer.state_dict(), tmp)
+                if (step + 1) % checkpoint_every == 0 or step + 1 == last:
+                    save_checkpoint(checkpoint_folder, config, pipeline, optimizer, batch_rng, log)
         transformer.eval()
     finally:
         torch.set_num_threads(threads)
     return log
 
 
+CHECKPOINT = "checkpoint.pt"
+SNAPSHOT_PREFIX = "step_"
+
+
+def snapshots(folder: Path) -> list[tuple[int, Path]]:
+    """The transformer snapshots ``train_transformer`` kept in ``folder``: (step, path), by step."""
+    found = [
+        (int(path.stem.removeprefix(SNAPSHOT_PREFIX)), path) for path in Path(folder).glob(f"{SNAPSHOT_PREFIX}*.pt")
+    ]
+    return sorted(found)
+
+
+def _vae_key(pipeline) -> dict:
+    """What a checkpoint records of the frozen VAE it was trained with: its config and a checksum
+    of its weights (a resumed run on another VAE would learn two latent spaces)."""
+    checksum = sum(float(value.double().sum()) for value in pipeline.vae.state_dict().values())
+    config = {k: v for k, v in pipeline.vae.config.items() if not k.startswith("_")}  # not where it was loaded from
+    return {"config": config, "checksum": round(checksum, 6)}
+
+
+def save_checkpoint(folder: Path, config, pipeline, optimizer, batch_rng: np.random.Generator, log) -> None:
+    state = {
+        "recipe": recipe_stamp(config),
+        "vae": _vae_key(pipeline),
+        "transformer": pipeline.transformer.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "batch_rng": batch_rng.bit_generator.state,
+        "log": log,
+    }
+    with atomic_path(Path(folder) / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(folder: Path | None, config, pipeline, optimizer, batch_rng) -> list[dict] | None:
+    """Restore a run of ``config`` saved in ``folder``; the log so far, or None where there is none
+    (a checkpoint of another recipe or VAE is refused: it would mix two runs' weights)."""
+    path = None if folder is None else Path(folder) / CHECKPOINT
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    if state["recipe"] != recipe_stamp(config):
+        raise ValueError(
+            f"{path} was saved by another recipe ({state['recipe']['config']}); remove it or train into another folder"
+        )
+    if "vae" in state and state["vae"] != _vae_key(pipeline):  # checkpoints before the key lack it
+        raise ValueError(f"{path} was trained with another VAE; remove it or train into another folder")
+    pipeline.transformer.load_state_dict(state["transformer"])
+    optimizer.load_state_dict(state["optimizer"])
+    batch_rng.bit_generator.state = state["batch_rng"]
+    return state["log"]
+
+
+def checkpoint_folder_for(folder: Path) -> Path:
+    """Where ``write_world_generator`` keeps a run's checkpoint and snapshots: beside ``folder``."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.training"
+
+
 def write_world_generator(
-    folder: Path, config: WorldGeneratorConfig, vae_folder: Path, progress: bool = True
+    folder: Path,
+    config: WorldGeneratorConfig,
+    vae_folder: Path,
+    progress: bool = True,
+    checkpoint_every: int = 250,
+    snapshot_every: int | None = None,
 ) -> tuple[object, list[dict]]:
     """Train a world generator with the VAE saved in ``vae_folder`` and save the whole pipeline
-    into ``folder`` (``save_pretrained``); returns the pipeline and the training log."""
+    into ``folder`` (``save_pretrained``); returns the pipeline and the training log. The run's
+    checkpoint (``train_transformer``'s ``checkpoint_every``, ``snapshot_every``) is kept in
+    ``checkpoint_folder_for(folder)``, so a killed run resumes."""
     vae = AutoencoderKLQwenImage.from_pretrained(vae_folder)
     pipeline = build_pipeline(config, vae)
-    log = train_transformer(pipeline, config, progress)
-    pipeline.save_pretrained(folder)
+    log = train_transformer(pipeline, config, progress, checkpoint_folder_for(folder), checkpoint_every, snapshot_every)
+    with atomic_dir(folder) as staging:
+        pipeline.save_pretrained(staging)
     return pipeline, log
