@@ -40,9 +40,11 @@ from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.hub import load_face_analysis
 from idglow.models.world_generator import (
     WorldGeneratorConfig,
+    checkpoint_folder_for,
     draw_pair,
     encode_pairs,
     recipe_stamp,
+    snapshots,
     write_world_generator,
 )
 from idglow.models.world_vae import COMMITTED_FOLDER, face_mask, reconstruct, to_images, to_tensor
@@ -62,13 +64,13 @@ def _coerce(text: str):
     return text
 
 
-def load_or_train(folder: Path, config: WorldGeneratorConfig, vae_folder: Path):
+def load_or_train(folder: Path, config: WorldGeneratorConfig, vae_folder: Path, snapshot_every: int | None = None):
     stamp = recipe_stamp(config, json.loads((vae_folder / "config.json").read_text()))
     if (folder / STAMP).exists() and json.loads((folder / STAMP).read_text()) == stamp:
         print(f"generator: cached in {folder}")
         return QwenImageEditPlusPipeline.from_pretrained(folder).to("cpu")
     started, cpu = time.perf_counter(), time.process_time()
-    pipeline, log = write_world_generator(folder, config, vae_folder)
+    pipeline, log = write_world_generator(folder, config, vae_folder, snapshot_every=snapshot_every)
     losses = [row["loss"] for row in log]
     print(
         f"generator: trained in {time.perf_counter() - started:.0f} s wall ({time.process_time() - cpu:.0f} s CPU), "
@@ -161,17 +163,31 @@ def main() -> None:
     parser.add_argument("--inference-steps", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--eval-seed", type=int, default=4242)
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. steps=300 pairs=500")
+    parser.add_argument(
+        "--snapshot-every", type=int, help="keep the transformer's weights every N steps (beside --folder, to score)"
+    )
+    parser.add_argument(
+        "--snapshots", action="store_true", help="only score the kept snapshots and the final weights, per task"
+    )
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     config = replace(WorldGeneratorConfig(), **{k: _coerce(v) for k, v in overrides.items()})
     print(f"recipe: {asdict(config)}")
-    pipeline = load_or_train(args.folder, config, args.vae_folder)
+    if args.snapshots and not (args.folder / STAMP).exists():
+        raise SystemExit(f"--snapshots: no trained generator in {args.folder} (run without --snapshots first)")
+    pipeline = load_or_train(args.folder, config, args.vae_folder, args.snapshot_every)
     app = load_face_analysis(args.models_dir / "insightface" / "tiny_pack")
     random_pipeline = QwenImageEditPlusPipeline.from_pretrained(args.models_dir / "generator").to("cpu")
 
     rng = np.random.default_rng([args.eval_seed, 3])
     held_out = {task: [draw_pair(rng, config, task) for _ in range(args.groups)] for task in TASKS}
-    budget = config.reference_budget
+    if args.snapshots:
+        references = {
+            task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
+            for task, pairs in held_out.items()
+        }
+        score_snapshots(pipeline, args.folder, held_out, references, config, app, args.inference_steps[0])
+        return
     for task, pairs in held_out.items():
         print(f"\n== {task}: {len(pairs)} held-out groups of 2-3 people, {config.resolution} px")
         references = [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
@@ -193,19 +209,7 @@ def main() -> None:
             for name, generator in (("world generator", pipeline), ("random tiny generator (today)", random_pipeline)):
                 if name.startswith("random") and steps != args.inference_steps[0]:
                     continue
-                images = [
-                    edit(
-                        generator,
-                        pair.portraits,
-                        pair.prompt,
-                        generator=torch.Generator().manual_seed(1000 + i),
-                        budget=budget,
-                        height=config.resolution,
-                        width=config.resolution,
-                        num_inference_steps=steps,
-                    )
-                    for i, pair in enumerate(pairs)
-                ]
+                images = generate(generator, pairs, config, steps)
                 rows[f"{name}, {steps} steps"] = [
                     score(app, refs, image, task) for refs, image in zip(references, images, strict=True)
                 ]
@@ -216,6 +220,41 @@ def main() -> None:
             print(f"  {name:<42} {summarise(scored)}")
         print("  the world generator's one-step estimate from the drawn scene noised to t:")
         print("\n".join(per_t_bin(pipeline, pairs, references, config, app, task)))
+
+
+def generate(pipeline, pairs, config: WorldGeneratorConfig, steps: int) -> list:
+    """The held-out groups generated as the pipeline does (``idglow.editing.edit``), one seed each."""
+    return [
+        edit(
+            pipeline,
+            pair.portraits,
+            pair.prompt,
+            generator=torch.Generator().manual_seed(1000 + i),
+            budget=config.reference_budget,
+            height=config.resolution,
+            width=config.resolution,
+            num_inference_steps=steps,
+        )
+        for i, pair in enumerate(pairs)
+    ]
+
+
+def score_snapshots(pipeline, folder: Path, held_out: dict, references: dict, config, app, steps: int) -> None:
+    """FaceSim and the missing-face rate per task of each snapshot ``train_transformer`` kept
+    (``step_NNNNNN.pt``) and of the final weights: how the base's identity grows along the training."""
+    final = {k: v.clone() for k, v in pipeline.transformer.state_dict().items()}
+    kept = snapshots(checkpoint_folder_for(folder))
+    print(f"\n== along the training ({steps} inference steps; {len(kept)} snapshots)")
+    for step, path in [*kept, (None, None)]:
+        pipeline.transformer.load_state_dict(final if path is None else torch.load(path, weights_only=True))
+        cells = []
+        for task, pairs in held_out.items():
+            images = generate(pipeline, pairs, config, steps)
+            scored = [score(app, refs, image, task) for refs, image in zip(references[task], images, strict=True)]
+            cells.append(f"{task}: {summarise(scored)}")
+        label = "final" if step is None else f"step {step}"
+        print(f"  {label:<11} " + " | ".join(cells), flush=True)
+    pipeline.transformer.load_state_dict(final)
 
 
 def _contact_sheet(pairs, images, rounds, path: Path) -> None:

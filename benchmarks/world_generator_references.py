@@ -52,6 +52,7 @@ from idglow.models.world_generator import (
     build_pipeline,
     draw_pair,
     encode_pairs,
+    snapshots,
     training_step,
 )
 from idglow.models.world_vae import COMMITTED_FOLDER
@@ -155,6 +156,14 @@ def reference_dependence(transformer, encoded, weights, settings) -> dict[float,
     return result
 
 
+def _cells(task: str, measured: dict) -> str:
+    return "own/another references: " + "  ".join(
+        f"t {t}: {m['own']:.3f}/{m['another']:.3f}"
+        + (f" (faces {m['own_face']:.3f}/{m['another_face']:.3f})" if task != "copy" else "")
+        for t, m in measured.items()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(SETTINGS), default="repose", help="the kind measured")
@@ -171,6 +180,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, help="training pairs per kind (default: portraits 400, groups 1000)")
     parser.add_argument("--evaluations", type=int, default=5, help="how many times along the training to measure")
     parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument(
+        "--snapshots",
+        type=Path,
+        metavar="FOLDER",
+        help="train nothing: measure each transformer snapshot (step_NNNNNN.pt) kept in FOLDER by a world "
+        "generator run (benchmarks/world_generator.py --snapshot-every; --set its recipe's sizes)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="WorldGeneratorConfig fields")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -184,7 +200,9 @@ def main() -> None:
     pipeline.text_encoder.eval()
     encoded, settings, held_encoded, held_weights = {}, None, None, None
     for kind in sorted({kind for kinds, _ in phases for kind in kinds} | {args.task}):
-        kind_config = replace(config, pairs=args.pairs or SETTINGS[kind][0])
+        # --snapshots trains nothing: one training pair for the encoding settings (the held-out
+        # pairs have rngs of their own, so they stay the same)
+        kind_config = replace(config, pairs=1 if args.snapshots else args.pairs or SETTINGS[kind][0])
         train, held = draw_pairs(kind, kind_config)
         encoded[kind], _, settings = encode_pairs(pipeline, train, kind_config, progress=False)
         if kind == args.task:
@@ -193,6 +211,12 @@ def main() -> None:
             )
 
     transformer = pipeline.transformer.train()
+    if args.snapshots:
+        for step, path in snapshots(args.snapshots):
+            transformer.load_state_dict(torch.load(path, weights_only=True))
+            measured = reference_dependence(transformer, held_encoded, held_weights, settings)
+            print(f"step {step:5d} ({path.parent.name})  {_cells(args.task, measured)}", flush=True)
+        return
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     batch_rng = np.random.default_rng(3)
     sizes = {kind: sorted(by_size) for kind, by_size in encoded.items()}
@@ -212,14 +236,9 @@ def main() -> None:
         if (step + 1) % every == 0:
             measured = reference_dependence(transformer, held_encoded, held_weights, settings)
             rows.append({"step": step + 1, "train_loss": float(np.mean(losses[-30:])), "by_t": measured})
-            cells = "  ".join(
-                f"t {t}: {m['own']:.3f}/{m['another']:.3f}"
-                + (f" (faces {m['own_face']:.3f}/{m['another_face']:.3f})" if args.task != "copy" else "")
-                for t, m in measured.items()
-            )
             print(
                 f"step {step + 1:5d} ({'+'.join(kinds)})  train loss {rows[-1]['train_loss']:.4f}  "
-                f"own/another references: {cells}  [{time.time() - started:.0f} s]",
+                f"{_cells(args.task, measured)}  [{time.time() - started:.0f} s]",
                 flush=True,
             )
     if args.json:
