@@ -57,9 +57,9 @@ def _child_age(rng: np.random.Generator) -> int:
     return int(rng.integers(YOUNG_CHILD_AGES.start, YOUNG_CHILD_AGES.stop))
 
 
-def held_out(seed: int, identities: int, scenes: int):
+def held_out(seed: int, identities: int, scenes: int, scene_side: int = CANVAS):
     """(image, [(bbox, age, male)]) pairs: each identity's portrait as an adult and as a child,
-    then scenes of new people, all adults or all children."""
+    then scenes of new people at ``scene_side`` px, all adults or all children."""
     rng = np.random.default_rng([seed, 4242])
     portraits = {"adult": [], "child": []}
     for _ in range(identities):
@@ -72,7 +72,7 @@ def held_out(seed: int, identities: int, scenes: int):
         styles = [sample_style(rng) for _ in range(int(rng.integers(2, 4)))]
         group = "child" if index % 2 else "adult"
         ages = [_child_age(rng) if group == "child" else None for _ in styles]
-        image, truths, _ = render_scene(styles, CANVAS, rng, ages=ages)
+        image, truths, _ = render_scene(styles, scene_side, rng, ages=ages)
         groups[group].append((image, [(t.bbox, t.age, t.male) for t in truths]))
     return portraits, groups
 
@@ -175,13 +175,19 @@ def main() -> None:
     parser.add_argument("--scene-fraction", type=float, default=WorldAgeConfig.scene_fraction)
     parser.add_argument("--box-jitter", type=float, default=WorldAgeConfig.box_jitter)
     parser.add_argument("--age-weight", type=float, default=WorldAgeConfig.age_weight)
+    parser.add_argument(
+        "--scene-sides", type=int, nargs="+", default=list(WorldAgeConfig.scene_sides), help="training scenes' sides"
+    )
+    parser.add_argument(
+        "--scene-side", type=int, default=CANVAS, help="the held-out scenes' side (the demo generates at 64 px)"
+    )
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models" / "demo")
     args = parser.parse_args()
 
     source = args.models_dir / PACK
     if not (source / DETECTOR_FILE).exists():
         parser.error(f"no tiny face pack in {source}: build it with `idglow models` (or run a test that uses it)")
-    portraits, scenes = held_out(args.eval_seed, args.identities, args.scenes)
+    portraits, scenes = held_out(args.eval_seed, args.identities, args.scenes, args.scene_side)
     config = FaceTrainingConfig(seed=args.seed, world_age=None)
     world_age = WorldAgeConfig(
         samples=args.samples,
@@ -189,6 +195,7 @@ def main() -> None:
         scene_fraction=args.scene_fraction,
         box_jitter=args.box_jitter,
         age_weight=args.age_weight,
+        scene_sides=tuple(args.scene_sides),
     )
     results = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -196,7 +203,10 @@ def main() -> None:
             app, seconds, size = build(name.split(" ")[0], config, recipe, source, Path(folder))
             results[name] = (seconds, size, evaluate(app, portraits, scenes))
 
-    print(f"held out: {args.identities} identities (adult + child portrait each), {args.scenes} scenes\n")
+    print(
+        f"held out: {args.identities} identities (adult + child portrait each), "
+        f"{args.scenes} scenes at {args.scene_side} px\n"
+    )
     for name, (seconds, size, rows) in results.items():
         print(f"== {name}: trained in {seconds:.1f} s (1 thread), {GENDERAGE_FILE} {size / 1024:.1f} KiB")
         for row, values in rows.items():
