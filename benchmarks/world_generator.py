@@ -177,20 +177,20 @@ def main() -> None:
         raise SystemExit(f"--snapshots: no trained generator in {args.folder} (run without --snapshots first)")
     pipeline = load_or_train(args.folder, config, args.vae_folder, args.snapshot_every)
     app = load_face_analysis(args.models_dir / "insightface" / "tiny_pack")
-    random_pipeline = QwenImageEditPlusPipeline.from_pretrained(args.models_dir / "generator").to("cpu")
 
     rng = np.random.default_rng([args.eval_seed, 3])
     held_out = {task: [draw_pair(rng, config, task) for _ in range(args.groups)] for task in TASKS}
+    references_by_task = {
+        task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
+        for task, pairs in held_out.items()
+    }
     if args.snapshots:
-        references = {
-            task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
-            for task, pairs in held_out.items()
-        }
-        score_snapshots(pipeline, args.folder, held_out, references, config, app, args.inference_steps[0])
+        score_snapshots(pipeline, args.folder, held_out, references_by_task, config, app, args.inference_steps[0])
         return
+    random_pipeline = QwenImageEditPlusPipeline.from_pretrained(args.models_dir / "generator").to("cpu")
     for task, pairs in held_out.items():
         print(f"\n== {task}: {len(pairs)} held-out groups of 2-3 people, {config.resolution} px")
-        references = [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
+        references = references_by_task[task]
         others = pairs[1:] + pairs[:1]  # each group against another group's scene
         with torch.no_grad():
             rounds = to_images(reconstruct(pipeline.vae, to_tensor([pair.scene for pair in pairs])))
