@@ -352,7 +352,7 @@ def load_checkpoint(folder: Path | None, config, pipeline, optimizer, batch_rng)
         raise ValueError(
             f"{path} was saved by another recipe ({state['recipe']['config']}); remove it or train into another folder"
         )
-    if "vae" in state and state["vae"] != _vae_key(pipeline):  # checkpoints before the key lack it
+    if state["vae"] != _vae_key(pipeline):
         raise ValueError(f"{path} was trained with another VAE; remove it or train into another folder")
     pipeline.transformer.load_state_dict(state["transformer"])
     optimizer.load_state_dict(state["optimizer"])
