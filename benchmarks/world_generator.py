@@ -38,12 +38,15 @@ from idglow.data.groups import TASKS
 from idglow.editing import edit
 from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.hub import load_face_analysis
+from idglow.models.world_generator import COMMITTED_FOLDER as WORLD_GENERATOR_FOLDER
 from idglow.models.world_generator import (
+    STAGE_STAMP,
     WorldGeneratorConfig,
     checkpoint_folder_for,
     draw_pair,
     encode_pairs,
     recipe_stamp,
+    save_stage,
     snapshots,
     write_world_generator,
 )
@@ -64,13 +67,22 @@ def _coerce(text: str):
     return text
 
 
-def load_or_train(folder: Path, config: WorldGeneratorConfig, vae_folder: Path, snapshot_every: int | None = None):
-    stamp = recipe_stamp(config, json.loads((vae_folder / "config.json").read_text()))
+def load_or_train(
+    folder: Path,
+    config: WorldGeneratorConfig,
+    vae_folder: Path,
+    snapshot_every: int | None = None,
+    start_from: Path | None = None,
+):
+    parent = None if start_from is None else json.loads((start_from / STAGE_STAMP).read_text())
+    stamp = recipe_stamp(config, json.loads((vae_folder / "config.json").read_text()), parent)
     if (folder / STAMP).exists() and json.loads((folder / STAMP).read_text()) == stamp:
         print(f"generator: cached in {folder}")
         return QwenImageEditPlusPipeline.from_pretrained(folder).to("cpu")
     started, cpu = time.perf_counter(), time.process_time()
-    pipeline, log = write_world_generator(folder, config, vae_folder, snapshot_every=snapshot_every)
+    pipeline, log = write_world_generator(
+        folder, config, vae_folder, snapshot_every=snapshot_every, start_from=start_from
+    )  # fmt: skip
     losses = [row["loss"] for row in log]
     print(
         f"generator: trained in {time.perf_counter() - started:.0f} s wall ({time.process_time() - cpu:.0f} s CPU), "
@@ -169,13 +181,27 @@ def main() -> None:
     parser.add_argument(
         "--snapshots", action="store_true", help="only score the kept snapshots and the final weights, per task"
     )
+    parser.add_argument(
+        "--start-from", type=Path, help="a stage folder (--save-stage) whose weights the training starts from"
+    )
+    parser.add_argument(
+        "--save-stage",
+        type=Path,
+        help="also save the trained transformer as a stage there (bf16, with its stamp), for a later --start-from; "
+        f"the committed one: {WORLD_GENERATOR_FOLDER.relative_to(REPO)}",
+    )
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     config = replace(WorldGeneratorConfig(), **{k: _coerce(v) for k, v in overrides.items()})
     print(f"recipe: {asdict(config)}")
     if args.snapshots and not (args.folder / STAMP).exists():
         raise SystemExit(f"--snapshots: no trained generator in {args.folder} (run without --snapshots first)")
-    pipeline = load_or_train(args.folder, config, args.vae_folder, args.snapshot_every)
+    pipeline = load_or_train(args.folder, config, args.vae_folder, args.snapshot_every, args.start_from)
+    if args.save_stage:
+        parent = None if args.start_from is None else json.loads((args.start_from / STAGE_STAMP).read_text())
+        log = json.loads((args.folder / "training_log.json").read_text())
+        save_stage(args.save_stage, pipeline, config, log, parent)
+        print(f"stage saved in {args.save_stage}")
     app = load_face_analysis(args.models_dir / "insightface" / "tiny_pack")
 
     rng = np.random.default_rng([args.eval_seed, 3])

@@ -3,6 +3,7 @@ flow-matching loss, and the trained pipeline saves and loads as the demo generat
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from types import SimpleNamespace
@@ -14,7 +15,13 @@ from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline
 
 from idglow.data.faces import ADULT_AGE
 from idglow.editing import edit
-from idglow.models.world_generator import WorldGeneratorConfig, draw_pair, face_token_weights, write_world_generator
+from idglow.models.world_generator import (
+    WorldGeneratorConfig,
+    _learning_rate,
+    draw_pair,
+    face_token_weights,
+    write_world_generator,
+)
 from idglow.models.world_vae import WorldVAEConfig
 
 TINY = WorldGeneratorConfig(
@@ -157,3 +164,69 @@ def test_a_killed_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_pa
             progress=False,
             checkpoint_folder=tmp_path,
         )
+
+
+def test_the_learning_rate_warms_up_then_decays_or_holds():
+    cosine = WorldGeneratorConfig(learning_rate=4e-3, warmup_steps=10, steps=110)
+    constant = replace(cosine, lr_schedule="constant")
+    # warmup: (step + 1) / warmup of the rate; cosine: half the rate halfway through what follows
+    assert _learning_rate(cosine, 4) == pytest.approx(2e-3)
+    assert _learning_rate(cosine, 60) == pytest.approx(2e-3)
+    assert _learning_rate(cosine, 110) == pytest.approx(0.0, abs=1e-12)
+    assert _learning_rate(constant, 4) == pytest.approx(2e-3)
+    assert _learning_rate(constant, 60) == _learning_rate(constant, 109) == 4e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        WorldGeneratorConfig(lr_schedule="linear")
+
+
+def test_a_run_starts_from_a_saved_stage_and_carries_its_stamp(tmp_path):
+    from idglow.models.world_generator import (
+        STAGE_DTYPE,
+        build_pipeline,
+        load_stage,
+        reproduce_stages,
+        save_stage,
+        stage_chain,
+        stage_stamp,
+        train_transformer,
+    )
+    from idglow.models.world_vae import init_world_vae
+
+    config = replace(TINY, pairs=8, steps=6)
+    vae = init_world_vae(WorldVAEConfig(base_dim=8))
+    first = build_pipeline(config, vae)
+    log = train_transformer(first, config, progress=False)
+    save_stage(tmp_path / "stage1", first, config, log)
+    saved = json.loads((tmp_path / "stage1" / "stamp.json").read_text())
+    assert saved == stage_stamp(config, first) and "parent" not in saved
+    report = json.loads((tmp_path / "stage1" / "training.json").read_text())
+    assert report["steps_trained"] == 6 and {k: report[k] for k in saved} == saved
+
+    second_config = replace(config, seed=config.seed, learning_rate=5e-4, lr_schedule="constant")
+    second = build_pipeline(second_config, vae)
+    train_transformer(second, second_config, progress=False, stop_after=0, start_from=tmp_path / "stage1")
+    for name, value in first.transformer.state_dict().items():  # the stage's bf16 weights, as float32
+        assert torch.equal(second.transformer.state_dict()[name], value.to(STAGE_DTYPE).float()), name
+    log2 = train_transformer(second, second_config, progress=False, start_from=tmp_path / "stage1")
+    save_stage(tmp_path / "stage2", second, second_config, log2, parent=saved)
+    chain = stage_chain(json.loads((tmp_path / "stage2" / "stamp.json").read_text()))
+    assert [c["config"]["learning_rate"] for c in chain] == [config.learning_rate, 5e-4]
+
+    # the chain's stamp alone retrains both runs to the same weights (seeded, one thread)
+    vae.save_pretrained(tmp_path / "vae")
+    again = reproduce_stages(chain[-1], tmp_path / "again", tmp_path / "vae", progress=False)
+    assert json.loads((again / "stamp.json").read_text()) == chain[-1]
+    retrained = load_stage(again, second_config, second)[0]
+    for name, value in load_stage(tmp_path / "stage2", second_config, second)[0].items():
+        assert torch.equal(retrained[name], value), name
+
+    with pytest.raises(ValueError, match="num_layers"):
+        load_stage(
+            tmp_path / "stage1", replace(config, num_layers=2), build_pipeline(replace(config, num_layers=2), vae)
+        )
+    with pytest.raises(ValueError, match="another VAE"):
+        load_stage(
+            tmp_path / "stage1", config, build_pipeline(config, init_world_vae(WorldVAEConfig(base_dim=8, seed=1)))
+        )
+    with pytest.raises(FileNotFoundError, match="no stage"):
+        load_stage(tmp_path, config, first)

@@ -20,9 +20,10 @@ the pipeline's own ``encode_prompt`` with the portraits), and the loss, times an
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from training.flow import flow_matching_loss, noisy, predict_velocity, randn, sa
 
 # 2: the portraits (Picture 1..N) are listed in the scene's left-to-right order (pictures_left_to_right)
 RECIPE_VERSION = 2
+LR_SCHEDULES = ("cosine", "constant")
 PORTRAIT_SIZE = 256  # the demo dataset's portrait side
 PORTRAIT_PROMPT = "A new portrait of the person from Picture 1, as they look in the picture, soft natural light."
 
@@ -67,6 +69,9 @@ class WorldGeneratorConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup_steps: int = 50
+    # after the warmup: "cosine" decays to 0 at the last step; "constant" holds the rate (a run that a
+    # later stage continues, or one stopped at any step, ends at full rate)
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.01
     num_layers: int = 4
     num_attention_heads: int = 4
@@ -82,6 +87,10 @@ class WorldGeneratorConfig:
     # the pipeline's fixed structure (as TINY_TRANSFORMER_CONFIG): patches of 2x2 latents of 16 channels
     patch_size: int = field(default=2, init=False)
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+
     @property
     def reference_budget(self) -> ReferenceBudget:
         return ReferenceBudget(self.reference_pixels, self.condition_pixels)
@@ -96,9 +105,15 @@ class WorldGeneratorConfig:
         }
 
 
-def recipe_stamp(config: WorldGeneratorConfig, vae_stamp: dict | None = None) -> dict:
+def recipe_stamp(config: WorldGeneratorConfig, vae_stamp: dict | None = None, parent: dict | None = None) -> dict:
+    """What decides a trained transformer: the recipe, the VAE and, for a run that starts from an
+    earlier stage's weights (``start_from``), that stage's own stamp (so a chain of runs, one per
+    session, stays reproducible from seeds: train the innermost stamp, then each one around it)."""
     recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-    return {"recipe": RECIPE_VERSION, "role": "world_generator", "config": recipe, "vae": vae_stamp}
+    stamp = {"recipe": RECIPE_VERSION, "role": "world_generator", "config": recipe, "vae": vae_stamp}
+    if parent is not None:
+        stamp["parent"] = parent
+    return stamp
 
 
 # ---------------------------------------------------------------------------- data
@@ -225,6 +240,8 @@ def build_pipeline(
 def _learning_rate(config: WorldGeneratorConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.learning_rate
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -255,6 +272,7 @@ def train_transformer(
     checkpoint_every: int = 250,
     snapshot_every: int | None = None,
     stop_after: int | None = None,
+    start_from: Path | None = None,
 ) -> list[dict]:
     """Draw and encode ``config.pairs`` pairs, then train ``pipeline.transformer`` with flow
     matching for ``config.steps`` steps; returns the per-step log.
@@ -265,7 +283,13 @@ def train_transformer(
     ``checkpoint_every`` steps, and the resumed run ends with the weights of an uninterrupted one.
     ``snapshot_every`` also keeps the transformer's weights at those steps (``step_NNNNNN.pt``) to
     score along the training. ``stop_after`` ends the call after that many steps in all (a checkpoint
-    saved there), as a killed run would."""
+    saved there), as a killed run would. ``start_from``: a stage folder (``save_stage``) whose
+    weights the transformer starts from instead of its seeded init (with a fresh optimizer)."""
+    parent = None
+    if start_from is not None:
+        weights, parent = load_stage(start_from, config, pipeline)
+        pipeline.transformer.load_state_dict(weights)
+    recipe = recipe_stamp(config, parent=parent)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -278,7 +302,7 @@ def train_transformer(
             transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         batch_rng = np.random.default_rng([config.seed, 92])
-        log = load_checkpoint(checkpoint_folder, config, pipeline, optimizer, batch_rng) or []
+        log = load_checkpoint(checkpoint_folder, recipe, pipeline, optimizer, batch_rng) or []
         sizes = sorted(encoded)
         weights = np.array([len(encoded[n]) for n in sizes], dtype=float)
         last = config.steps if stop_after is None else min(config.steps, stop_after)
@@ -301,7 +325,7 @@ def train_transformer(
                     with atomic_path(checkpoint_folder / f"{SNAPSHOT_PREFIX}{step + 1:06d}.pt") as tmp:
                         torch.save(transformer.state_dict(), tmp)
                 if (step + 1) % checkpoint_every == 0 or step + 1 == last:
-                    save_checkpoint(checkpoint_folder, config, pipeline, optimizer, batch_rng, log)
+                    save_checkpoint(checkpoint_folder, recipe, pipeline, optimizer, batch_rng, log)
         transformer.eval()
     finally:
         torch.set_num_threads(threads)
@@ -325,12 +349,12 @@ def _vae_key(pipeline) -> dict:
     of its weights (a resumed run on another VAE would learn two latent spaces)."""
     checksum = sum(float(value.double().sum()) for value in pipeline.vae.state_dict().values())
     config = {k: v for k, v in pipeline.vae.config.items() if not k.startswith("_")}  # not where it was loaded from
-    return {"config": config, "checksum": round(checksum, 6)}
+    return json.loads(json.dumps({"config": config, "checksum": round(checksum, 6)}))  # as a stamp file reads back
 
 
-def save_checkpoint(folder: Path, config, pipeline, optimizer, batch_rng: np.random.Generator, log) -> None:
+def save_checkpoint(folder: Path, recipe: dict, pipeline, optimizer, batch_rng: np.random.Generator, log) -> None:
     state = {
-        "recipe": recipe_stamp(config),
+        "recipe": recipe,
         "vae": _vae_key(pipeline),
         "transformer": pipeline.transformer.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -341,14 +365,14 @@ def save_checkpoint(folder: Path, config, pipeline, optimizer, batch_rng: np.ran
         torch.save(state, tmp)
 
 
-def load_checkpoint(folder: Path | None, config, pipeline, optimizer, batch_rng) -> list[dict] | None:
-    """Restore a run of ``config`` saved in ``folder``; the log so far, or None where there is none
-    (a checkpoint of another recipe or VAE is refused: it would mix two runs' weights)."""
+def load_checkpoint(folder: Path | None, recipe: dict, pipeline, optimizer, batch_rng) -> list[dict] | None:
+    """Restore a run of ``recipe`` (``recipe_stamp``) saved in ``folder``; the log so far, or None
+    where there is none (a checkpoint of another recipe or VAE is refused: it would mix two runs' weights)."""
     path = None if folder is None else Path(folder) / CHECKPOINT
     if path is None or not path.exists():
         return None
     state = torch.load(path, weights_only=False)
-    if state["recipe"] != recipe_stamp(config):
+    if state["recipe"] != recipe:
         raise ValueError(
             f"{path} was saved by another recipe ({state['recipe']['config']}); remove it or train into another folder"
         )
@@ -373,14 +397,127 @@ def write_world_generator(
     progress: bool = True,
     checkpoint_every: int = 250,
     snapshot_every: int | None = None,
+    start_from: Path | None = None,
 ) -> tuple[object, list[dict]]:
     """Train a world generator with the VAE saved in ``vae_folder`` and save the whole pipeline
     into ``folder`` (``save_pretrained``); returns the pipeline and the training log. The run's
     checkpoint (``train_transformer``'s ``checkpoint_every``, ``snapshot_every``) is kept in
-    ``checkpoint_folder_for(folder)``, so a killed run resumes."""
+    ``checkpoint_folder_for(folder)``, so a killed run resumes; ``start_from`` as ``train_transformer``'s."""
     vae = AutoencoderKLQwenImage.from_pretrained(vae_folder)
     pipeline = build_pipeline(config, vae)
-    log = train_transformer(pipeline, config, progress, checkpoint_folder_for(folder), checkpoint_every, snapshot_every)
+    log = train_transformer(
+        pipeline, config, progress, checkpoint_folder_for(folder), checkpoint_every, snapshot_every,
+        start_from=start_from,
+    )  # fmt: skip
     with atomic_dir(folder) as staging:
         pipeline.save_pretrained(staging)
     return pipeline, log
+
+
+# ---------------------------------------------------------------------------- stages
+
+# A stage: one run's trained transformer, kept to start the next run from. The base needs more
+# core-hours than one session has, so each session's run is saved as a stage (committed in
+# COMMITTED_FOLDER, bf16: half the bytes) and the next one continues from it.
+COMMITTED_FOLDER = Path(__file__).parent / "weights" / "world_generator"
+STAGE_STAMP = "stamp.json"  # recipe_stamp(config, the VAE's key, the parent stage's stamp)
+STAGE_REPORT = "training.json"  # the stamp, the loss curve's ends, how long it took
+STAGE_DTYPE = torch.bfloat16
+_MODEL_FIELDS = ("num_layers", "num_attention_heads", "attention_head_dim", "axes_dims_rope", "seed")
+
+
+def stage_stamp(config: WorldGeneratorConfig, pipeline, parent: dict | None = None) -> dict:
+    return recipe_stamp(config, _vae_key(pipeline), parent)
+
+
+def save_stage(folder: Path, pipeline, config: WorldGeneratorConfig, log: list[dict], parent: dict | None = None):
+    """Save ``pipeline``'s trained transformer (``save_pretrained``, in ``STAGE_DTYPE``) into
+    ``folder`` atomically, with its stamp and a training report."""
+    stamp = stage_stamp(config, pipeline, parent)
+    losses = [row["loss"] for row in log]
+    report = {
+        **stamp,
+        "steps_trained": len(log),
+        "first_loss": float(np.mean(losses[:50])),
+        "last_loss": float(np.mean(losses[-50:])),
+        "seconds": log[-1]["time"] - log[0]["time"] if log else 0.0,
+    }
+    with atomic_dir(Path(folder)) as staging:
+        transformer = type(pipeline.transformer).from_config(pipeline.transformer.config)
+        transformer.load_state_dict(pipeline.transformer.state_dict())
+        transformer.to(STAGE_DTYPE).save_pretrained(Path(staging) / "transformer")
+        (Path(staging) / STAGE_STAMP).write_text(json.dumps(stamp, indent=2))
+        (Path(staging) / STAGE_REPORT).write_text(json.dumps(report, indent=2))
+
+
+def load_stage(folder: Path, config: WorldGeneratorConfig, pipeline) -> tuple[dict, dict]:
+    """A stage's weights (as float32) and its stamp, checked against the run that starts from it:
+    the same transformer size and seed, and the same VAE (another VAE is another latent space)."""
+    folder = Path(folder)
+    if not (folder / STAGE_STAMP).exists():
+        raise FileNotFoundError(f"{folder} holds no stage ({STAGE_STAMP} is missing); save one with save_stage")
+    stamp = json.loads((folder / STAGE_STAMP).read_text())
+    ours = recipe_stamp(config)["config"]
+    differing = [name for name in _MODEL_FIELDS if stamp["config"][name] != ours[name]]
+    if differing:
+        raise ValueError(f"the stage in {folder} is another model: {', '.join(differing)} differ")
+    if stamp["vae"] != _vae_key(pipeline):
+        raise ValueError(f"the stage in {folder} was trained with another VAE")
+    transformer = type(pipeline.transformer).from_pretrained(folder / "transformer")
+    weights = {name: value.float() for name, value in transformer.state_dict().items()}
+    return weights, stamp
+
+
+def stage_chain(stamp: dict) -> list[dict]:
+    """The runs that made a stage, first to last (each stamp's ``parent`` is the one before)."""
+    chain = [stamp]
+    while "parent" in chain[0]:
+        chain.insert(0, chain[0]["parent"])
+    return chain
+
+
+def config_of(stamp: dict) -> WorldGeneratorConfig:
+    """The ``WorldGeneratorConfig`` a stamp records (refused where the recipe has changed since)."""
+    if stamp["recipe"] != RECIPE_VERSION:
+        raise ValueError(f"the stamp is of recipe {stamp['recipe']}, this code trains recipe {RECIPE_VERSION}")
+    settable = {f.name for f in fields(WorldGeneratorConfig) if f.init}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in stamp["config"].items() if k in settable}
+    return WorldGeneratorConfig(**values)
+
+
+def reproduce_stages(stamp: dict, folder: Path, vae_folder: Path, progress: bool = True) -> Path:
+    """Train every run of ``stamp``'s chain in order into ``folder`` (``stage_1`` ... ``stage_K``,
+    each started from the one before, each resumable): the last one is the stage ``stamp`` describes."""
+    vae = AutoencoderKLQwenImage.from_pretrained(vae_folder)
+    previous = None
+    for index, run in enumerate(stage_chain(stamp), start=1):
+        config = config_of(run)
+        target = Path(folder) / f"stage_{index}"
+        if (target / STAGE_STAMP).exists() and json.loads((target / STAGE_STAMP).read_text()) == run:
+            previous = target
+            continue
+        pipeline = build_pipeline(config, vae)
+        if run["vae"] != _vae_key(pipeline):
+            raise ValueError(f"stage {index} was trained with another VAE than {vae_folder}")
+        log = train_transformer(
+            pipeline, config, progress, checkpoint_folder_for(target), start_from=previous
+        )  # fmt: skip
+        save_stage(target, pipeline, config, log, run.get("parent"))
+        previous = target
+    return previous
+
+
+def main() -> None:
+    import argparse
+
+    from idglow.models.world_vae import COMMITTED_FOLDER as VAE_FOLDER
+
+    parser = argparse.ArgumentParser(description="Retrain the committed world generator's stages into a folder.")
+    parser.add_argument("folder", type=Path, help="where the stages go (stage_1 ... stage_K; a rerun resumes)")
+    folder = parser.parse_args().folder
+    stamp = json.loads((COMMITTED_FOLDER / STAGE_STAMP).read_text())
+    print(f"reproduced: {reproduce_stages(stamp, folder, VAE_FOLDER)}")
+
+
+if __name__ == "__main__":
+    main()
