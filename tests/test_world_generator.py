@@ -228,5 +228,7 @@ def test_a_run_starts_from_a_saved_stage_and_carries_its_stamp(tmp_path):
         load_stage(
             tmp_path / "stage1", config, build_pipeline(config, init_world_vae(WorldVAEConfig(base_dim=8, seed=1)))
         )
+    with pytest.raises(ValueError, match="another text encoder"):
+        load_stage(tmp_path / "stage1", config, build_pipeline(config, vae, text_seed=3))
     with pytest.raises(FileNotFoundError, match="no stage"):
         load_stage(tmp_path, config, first)

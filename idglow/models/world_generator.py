@@ -426,8 +426,15 @@ STAGE_DTYPE = torch.bfloat16
 _MODEL_FIELDS = ("num_layers", "num_attention_heads", "attention_head_dim", "axes_dims_rope", "seed")
 
 
+def _text_encoder_key(pipeline) -> dict:
+    """The frozen text encoder's class and a checksum of its weights (the prompt embeddings a stage
+    learnt to read: the seeded tiny twin of ``build_pipeline`` or a saved Qwen2.5-VL)."""
+    checksum = sum(float(value.double().sum()) for value in pipeline.text_encoder.state_dict().values())
+    return {"class": type(pipeline.text_encoder).__name__, "checksum": round(checksum, 6)}
+
+
 def stage_stamp(config: WorldGeneratorConfig, pipeline, parent: dict | None = None) -> dict:
-    return recipe_stamp(config, _vae_key(pipeline), parent)
+    return {**recipe_stamp(config, _vae_key(pipeline), parent), "text_encoder": _text_encoder_key(pipeline)}
 
 
 def save_stage(folder: Path, pipeline, config: WorldGeneratorConfig, log: list[dict], parent: dict | None = None):
@@ -463,6 +470,8 @@ def load_stage(folder: Path, config: WorldGeneratorConfig, pipeline) -> tuple[di
         raise ValueError(f"the stage in {folder} is another model: {', '.join(differing)} differ")
     if stamp["vae"] != _vae_key(pipeline):
         raise ValueError(f"the stage in {folder} was trained with another VAE")
+    if stamp["text_encoder"] != _text_encoder_key(pipeline):
+        raise ValueError(f"the stage in {folder} was trained with another text encoder")
     transformer = type(pipeline.transformer).from_pretrained(folder / "transformer")
     weights = {name: value.float() for name, value in transformer.state_dict().items()}
     return weights, stamp
@@ -499,6 +508,8 @@ def reproduce_stages(stamp: dict, folder: Path, vae_folder: Path, progress: bool
         pipeline = build_pipeline(config, vae)
         if run["vae"] != _vae_key(pipeline):
             raise ValueError(f"stage {index} was trained with another VAE than {vae_folder}")
+        if run["text_encoder"] != _text_encoder_key(pipeline):
+            raise ValueError(f"stage {index} was trained with another text encoder than build_pipeline's")
         log = train_transformer(
             pipeline, config, progress, checkpoint_folder_for(target), start_from=previous
         )  # fmt: skip
