@@ -232,3 +232,47 @@ def test_a_run_starts_from_a_saved_stage_and_carries_its_stamp(tmp_path):
         load_stage(tmp_path / "stage1", config, build_pipeline(config, vae, text_seed=3))
     with pytest.raises(FileNotFoundError, match="no stage"):
         load_stage(tmp_path, config, first)
+
+
+def test_the_committed_stage_is_its_stamp_and_predicts_better_than_its_init():
+    # The committed weights and their recipe must not drift apart (python -m
+    # idglow.models.world_generator DIR retrains the chain in the stamp), and they are trained:
+    # on pairs the world draws afresh, their flow-matching loss is well below a fresh init's.
+    from idglow.models.world_generator import (
+        COMMITTED_FOLDER,
+        STAGE_REPORT,
+        STAGE_STAMP,
+        build_pipeline,
+        config_of,
+        encode_pairs,
+        load_stage,
+        stage_chain,
+    )
+    from idglow.models.world_vae import COMMITTED_FOLDER as VAE_FOLDER
+    from training.encodings import stack
+    from training.flow import flow_matching_loss, noisy, predict_velocity
+
+    stamp = json.loads((COMMITTED_FOLDER / STAGE_STAMP).read_text())
+    report = json.loads((COMMITTED_FOLDER / STAGE_REPORT).read_text())
+    assert {k: report[k] for k in stamp} == stamp and report["last_loss"] < report["first_loss"]
+    assert all(run["recipe"] == stamp["recipe"] for run in stage_chain(stamp))
+    config = config_of(stamp)
+    vae = AutoencoderKLQwenImage.from_pretrained(VAE_FOLDER)
+    fresh, trained = build_pipeline(config, vae), build_pipeline(config, vae)
+    trained.transformer.load_state_dict(load_stage(COMMITTED_FOLDER, config, trained)[0])  # checks VAE, sizes
+
+    rng = np.random.default_rng([2026, 12])
+    pairs = [pair for pair in (draw_pair(rng, config, "group_fusion") for _ in range(16)) if len(pair.portraits) == 2]
+    encoded, token_weights, settings = encode_pairs(fresh, pairs[:6], config, progress=False)
+    batch = stack(encoded[2], "target", settings)
+    sigma = torch.full((batch.x0.shape[0],), 0.5)
+    noise = torch.randn(tuple(batch.x0.shape), generator=torch.Generator().manual_seed(0))
+    x_t = noisy(batch.x0, noise, sigma)
+    losses = {}
+    with torch.no_grad():
+        for name, pipeline in (("fresh", fresh), ("trained", trained)):
+            velocity = predict_velocity(
+                pipeline.transformer.eval(), x_t, batch.refs, batch.prompt, batch.mask, sigma, batch.shapes
+            )
+            losses[name] = flow_matching_loss(velocity, batch.x0, noise).mean().item()
+    assert losses["trained"] < 0.6 * losses["fresh"], losses
