@@ -423,7 +423,8 @@ COMMITTED_FOLDER = Path(__file__).parent / "weights" / "world_generator"
 STAGE_STAMP = "stamp.json"  # recipe_stamp(config, the VAE's key, the parent stage's stamp)
 STAGE_REPORT = "training.json"  # the stamp, the loss curve's ends, how long it took
 STAGE_DTYPE = torch.bfloat16
-_MODEL_FIELDS = ("num_layers", "num_attention_heads", "attention_head_dim", "axes_dims_rope", "seed")
+# what must match for a stage's weights to fit; the seed may differ (a later stage's new pairs and noise)
+_MODEL_FIELDS = ("num_layers", "num_attention_heads", "attention_head_dim", "axes_dims_rope")
 
 
 def _text_encoder_key(pipeline) -> dict:
@@ -459,7 +460,7 @@ def save_stage(folder: Path, pipeline, config: WorldGeneratorConfig, log: list[d
 
 def load_stage(folder: Path, config: WorldGeneratorConfig, pipeline) -> tuple[dict, dict]:
     """A stage's weights (as float32) and its stamp, checked against the run that starts from it:
-    the same transformer size and seed, and the same VAE (another VAE is another latent space)."""
+    the same transformer size, VAE (another VAE is another latent space) and text encoder."""
     folder = Path(folder)
     if not (folder / STAGE_STAMP).exists():
         raise FileNotFoundError(f"{folder} holds no stage ({STAGE_STAMP} is missing); save one with save_stage")
