@@ -344,12 +344,16 @@ def snapshots(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _weight_checksum(module: torch.nn.Module) -> float:
+    return round(sum(float(value.double().sum()) for value in module.state_dict().values()), 6)
+
+
 def _vae_key(pipeline) -> dict:
     """What a checkpoint records of the frozen VAE it was trained with: its config and a checksum
     of its weights (a resumed run on another VAE would learn two latent spaces)."""
-    checksum = sum(float(value.double().sum()) for value in pipeline.vae.state_dict().values())
     config = {k: v for k, v in pipeline.vae.config.items() if not k.startswith("_")}  # not where it was loaded from
-    return json.loads(json.dumps({"config": config, "checksum": round(checksum, 6)}))  # as a stamp file reads back
+    key = {"config": config, "checksum": _weight_checksum(pipeline.vae)}
+    return json.loads(json.dumps(key))  # as a stamp file reads back
 
 
 def save_checkpoint(folder: Path, recipe: dict, pipeline, optimizer, batch_rng: np.random.Generator, log) -> None:
@@ -430,8 +434,7 @@ _MODEL_FIELDS = ("num_layers", "num_attention_heads", "attention_head_dim", "axe
 def _text_encoder_key(pipeline) -> dict:
     """The frozen text encoder's class and a checksum of its weights (the prompt embeddings a stage
     learnt to read: the seeded tiny twin of ``build_pipeline`` or a saved Qwen2.5-VL)."""
-    checksum = sum(float(value.double().sum()) for value in pipeline.text_encoder.state_dict().values())
-    return {"class": type(pipeline.text_encoder).__name__, "checksum": round(checksum, 6)}
+    return {"class": type(pipeline.text_encoder).__name__, "checksum": _weight_checksum(pipeline.text_encoder)}
 
 
 def stage_stamp(config: WorldGeneratorConfig, pipeline, parent: dict | None = None) -> dict:
@@ -458,6 +461,14 @@ def save_stage(folder: Path, pipeline, config: WorldGeneratorConfig, log: list[d
         (Path(staging) / STAGE_REPORT).write_text(json.dumps(report, indent=2))
 
 
+def _check_frozen_parts(stamp: dict, pipeline, what: str) -> None:
+    """Refuse a stamp whose VAE (another latent space) or text encoder is not ``pipeline``'s."""
+    if stamp["vae"] != _vae_key(pipeline):
+        raise ValueError(f"{what} was trained with another VAE")
+    if stamp["text_encoder"] != _text_encoder_key(pipeline):
+        raise ValueError(f"{what} was trained with another text encoder")
+
+
 def load_stage(folder: Path, config: WorldGeneratorConfig, pipeline) -> tuple[dict, dict]:
     """A stage's weights (as float32) and its stamp, checked against the run that starts from it:
     the same transformer size, VAE (another VAE is another latent space) and text encoder."""
@@ -469,10 +480,7 @@ def load_stage(folder: Path, config: WorldGeneratorConfig, pipeline) -> tuple[di
     differing = [name for name in _MODEL_FIELDS if stamp["config"][name] != ours[name]]
     if differing:
         raise ValueError(f"the stage in {folder} is another model: {', '.join(differing)} differ")
-    if stamp["vae"] != _vae_key(pipeline):
-        raise ValueError(f"the stage in {folder} was trained with another VAE")
-    if stamp["text_encoder"] != _text_encoder_key(pipeline):
-        raise ValueError(f"the stage in {folder} was trained with another text encoder")
+    _check_frozen_parts(stamp, pipeline, f"the stage in {folder}")
     transformer = type(pipeline.transformer).from_pretrained(folder / "transformer")
     weights = {name: value.float() for name, value in transformer.state_dict().items()}
     return weights, stamp
@@ -507,10 +515,7 @@ def reproduce_stages(stamp: dict, folder: Path, vae_folder: Path, progress: bool
             previous = target
             continue
         pipeline = build_pipeline(config, vae)
-        if run["vae"] != _vae_key(pipeline):
-            raise ValueError(f"stage {index} was trained with another VAE than {vae_folder}")
-        if run["text_encoder"] != _text_encoder_key(pipeline):
-            raise ValueError(f"stage {index} was trained with another text encoder than build_pipeline's")
+        _check_frozen_parts(run, pipeline, f"stage {index} of the chain")
         log = train_transformer(
             pipeline, config, progress, checkpoint_folder_for(target), start_from=previous
         )  # fmt: skip
