@@ -69,8 +69,10 @@ GROUP = "benchmark"
 model_versions = dg.DynamicPartitionsDefinition(name="model_versions")
 REGISTRY_COLUMNS = ["version", "kind", "lora_dir", "checkpoint_sha256", "shard_manifest_sha256", "registered_at"]
 DEMO_NOTICE = (
-    "Demo numbers come from tiny random-weight models and a generated dataset: they show that the "
-    "pipeline works end to end, not how good any model is."
+    "Demo numbers come from tiny models on a generated world: a base generator pre-trained on the "
+    "world's group scenes (it keeps who the people are only partly), face and prompt models trained "
+    "on the world, CLIP and the aesthetic head with random weights (so Aesthetic and CLIP score mean "
+    "nothing). They show what the method does on that world, not how good any real model is."
 )
 
 

@@ -98,8 +98,9 @@ def run_demo() -> DemoRun:
     lines = [
         "# idglow demo run",
         "",
-        "Demo numbers come from tiny random-weight models and a generated dataset: they show the",
-        "plumbing works, not model quality.",
+        "Demo numbers come from tiny models on a generated world (a generator pre-trained on its group",
+        "scenes, face and prompt models trained on it, CLIP and the aesthetic head random): they show",
+        "what the method does on that world, not the quality of any real model.",
         "",
         f"- run ids: `{result.run_id}` (everything up to the review queue), "
         + ", ".join(f"`{r.run_id}` ({r.job_def.name})" for r in reviewed)

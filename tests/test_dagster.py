@@ -293,7 +293,7 @@ def test_registration_benchmark_promotion_and_report(everything):
         "inference",
     } <= set(results.columns)
     report = everything.report
-    assert "tiny random-weight models" in report and "*IdGlow (published)*" in report and "| base |" in report
+    assert "tiny models on a generated world" in report and "*IdGlow (published)*" in report and "| base |" in report
     assert Path(materialized["benchmark_report"].metadata["pareto_uri"].value).read_bytes()[:4] == b"\x89PNG"
     assert "current_model" in materialized  # the tiny DPO model is not worse than the tiny base
 

@@ -17,7 +17,7 @@ from scipy.stats import mannwhitneyu
 
 from idglow.data.faces import render_portrait, sample_style
 from idglow.editing import ReferenceBudget, edit
-from idglow.faces import pil_to_bgr
+from idglow.faces import count_faces, pil_to_bgr
 from idglow.models.face_torch import align_faces, detect_landmarks, embed_faces
 from idglow.models.face_training import (
     FaceTrainingConfig,
@@ -29,6 +29,13 @@ from idglow.models.face_training import (
 from idglow.models.hub import ModelHub
 from idglow.models.registry import CLIP, REAL_COMPONENTS, FileStatus, MissingModelFile, check_models
 from idglow.models.tiny_generator import write_tiny_generator
+from idglow.models.world_generator import (
+    COMMITTED_FOLDER,
+    committed_stamp,
+    config_of,
+    draw_pair,
+    write_committed_world_generator,
+)
 from idglow.profiles import load_profile
 from idglow.storage import sha256_file
 
@@ -64,6 +71,41 @@ def test_generator_is_the_real_pipeline_with_tiny_parts(hub, demo_dataset):
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
     assert hub.generator() is pipeline  # loaded once per process
+
+
+def test_the_demo_generator_is_the_committed_world_generator_and_draws_people(hub, tmp_path):
+    """The demo's generator carries the committed stage's transformer, and its group photos of
+    people it never saw hold faces the demo face pack finds, where a random transformer's hold none."""
+    pipeline = hub.generator()
+    stage = type(pipeline.transformer).from_pretrained(COMMITTED_FOLDER / "transformer")
+    for name, value in stage.state_dict().items():
+        assert torch.equal(pipeline.transformer.state_dict()[name], value.float()), name
+
+    config = config_of(committed_stamp())
+    rng = np.random.default_rng([77, 1])  # not the seeds the stages drew their training pairs from
+    pairs = [draw_pair(rng, config, "group_fusion") for _ in range(6)]
+    app = hub.face_analysis()
+    write_tiny_generator(tmp_path / "random", seed=0)
+    random_pipeline = QwenImageEditPlusPipeline.from_pretrained(tmp_path / "random")
+    found = {}
+    for name, generator in (("trained", pipeline), ("random", random_pipeline)):
+        images = [
+            edit(
+                generator,
+                pair.portraits,
+                pair.prompt,
+                budget=ReferenceBudget.of_profile(load_profile("demo", env={})),
+                height=64,
+                width=64,
+                num_inference_steps=4,
+                generator=torch.Generator().manual_seed(i),
+            )
+            for i, pair in enumerate(pairs)
+        ]
+        found[name] = sum(min(count_faces(app, image), len(pair.portraits)) for image, pair in zip(images, pairs))
+    people = sum(len(pair.portraits) for pair in pairs)
+    assert found["random"] == 0, found
+    assert found["trained"] >= 0.5 * people, (found, people)
 
 
 def test_prompt_model_writes_text_from_pictures(hub, demo_dataset):
@@ -280,8 +322,8 @@ def test_models_check_command_passes_on_a_complete_real_directory(tmp_path):
 
 
 def test_tiny_builds_are_deterministic(tmp_path):
-    write_tiny_generator(tmp_path / "a", seed=3)
-    write_tiny_generator(tmp_path / "b", seed=3)
+    write_committed_world_generator(tmp_path / "a")
+    write_committed_world_generator(tmp_path / "b")
     for name in ("transformer", "vae", "text_encoder"):
         (a,) = (tmp_path / "a" / name).glob("*.safetensors")
         assert sha256_file(a) == sha256_file(tmp_path / "b" / name / a.name)

@@ -115,7 +115,7 @@ TINY_COMPONENTS: dict[str, Component] = {
             RequiredFile(p)
             for p in ("model_index.json", "transformer/config.json", "vae/config.json", "text_encoder/config.json")
         ),
-        source="built by idglow (tiny random-weight twin)",
+        source="built by idglow (pre-trained on the demo world, committed weights: idglow.models.world_generator)",
         license="Apache-2.0",
         loader_name="QwenImageEditPlusPipeline",
     ),

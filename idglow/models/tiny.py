@@ -16,7 +16,6 @@ from idglow.models.clip import TINY_CLIP_CONFIG, write_tiny_clip
 from idglow.models.face_training import RECIPE_VERSION as FACE_RECIPE_VERSION
 from idglow.models.face_training import FaceTrainingConfig, write_tiny_face_pack
 from idglow.models.registry import AESTHETIC, CLIP, FACE_PACK, GENERATOR, PROMPT_MODEL, TINY_COMPONENTS, Component
-from idglow.models.tiny_generator import write_tiny_generator
 from idglow.storage import atomic_dir, exclusive_lock
 
 RECIPE_VERSION = 1
@@ -56,14 +55,18 @@ def _stamped(folder: Path, stamp: dict) -> bool:
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -> list[str]:
     """Make sure every tiny component exists for ``seed``; returns the roles that were built.
-    The face pack and the prompt model are trained on the demo world (a few minutes, once)."""
+    The face pack and the prompt model are trained on the demo world (a few minutes, once); the
+    generator is the committed world generator (``idglow.models.world_generator``), the same for
+    every seed."""
     # imported here: the world prompt model's module builds its own folders with build_atomically
+    from idglow.models.world_generator import committed_stamp, write_committed_world_generator
     from idglow.models.world_prompt_model import WorldPromptConfig, recipe_stamp, write_world_prompt_model
 
     face_config = FaceTrainingConfig(seed=seed)
     prompt_config = WorldPromptConfig(seed=seed)
     builders: dict[str, Callable[[Path], object]] = {
-        GENERATOR: lambda d: write_tiny_generator(d, seed),
+        # the committed world generator stage (trained over several sessions, not from ``seed``)
+        GENERATOR: write_committed_world_generator,
         PROMPT_MODEL: lambda d: write_world_prompt_model(d, prompt_config, progress),
         CLIP: lambda d: write_tiny_clip(d, seed + 20),
         AESTHETIC: lambda d: write_tiny_aesthetic(
@@ -76,6 +79,8 @@ def ensure_tiny_models(models_dir: Path, seed: int = 0, progress: bool = True) -
         stamp = {"recipe": RECIPE_VERSION, "seed": seed, "role": role}
         if role == FACE_PACK:
             stamp["face_training"] = {**face_config.recorded(), "recipe": FACE_RECIPE_VERSION}
+        if role == GENERATOR:
+            stamp["world_generator"] = committed_stamp()
         if role == PROMPT_MODEL:
             stamp["world_prompt_model"] = recipe_stamp(prompt_config)
         if build_atomically(component_folder(models_dir, role), stamp, build):

@@ -1,21 +1,22 @@
-"""A tiny base generator pre-trained to draw the demo world (a study for issue #14; not wired in).
+"""A tiny base generator pre-trained to draw the demo world: the demo profile's generator.
 
-The demo generator's transformer has random weights, so its images are noise and no face is
-ever found in them. This module pre-trains a ``QwenImageTransformer2DModel`` (``zero_cond_t``, as
-2511) inside the demo's ``QwenImageEditPlusPipeline`` with rectified flow matching on pairs the
-world draws afresh: two or three new people, each as one adult portrait (the references, as
-the demo dataset draws them: ``render_portrait`` at 256 px), and the group scene
-(``idglow.data.scenes.render_scene``) of the same people as adults (Task 1) or as young
-children (Task 2), with the task's static prompt or a descriptive one of the drawn attributes.
-Like a real base model it should learn to draw the right number of people in a coherent scene,
-keeping who they are only partly.
+A transformer of random weights draws noise, in which no face is ever found. This module
+pre-trains a ``QwenImageTransformer2DModel`` (``zero_cond_t``, as 2511) inside the demo's
+``QwenImageEditPlusPipeline`` with rectified flow matching on pairs the world draws afresh: two
+or three new people, each as one adult portrait (the references, as the demo dataset draws them:
+``render_portrait`` at 256 px), and the group scene (``idglow.data.scenes.render_scene``) of the
+same people as adults (Task 1) or as young children (Task 2), with the task's static prompt or a
+descriptive one of the drawn attributes. Like a real base model it should learn to draw the
+right number of people in a coherent scene, keeping who they are only partly.
 
 Training sees what inference sees: every pair is encoded by ``training.encodings.encode_sample``
 (the references resized to the profile's budgets and encoded by ``idglow.editing``, the prompt by
 the pipeline's own ``encode_prompt`` with the portraits), and the loss, times and packing are
 ``training.flow``'s. The VAE and the text encoder stay frozen; the pairs are encoded once.
 
-``benchmarks/world_generator.py`` measures it.
+``benchmarks/world_generator.py`` measures it. The committed stage (``COMMITTED_FOLDER``), with
+the committed world VAE and the text encoder it was trained with, is the demo's generator
+(``write_committed_world_generator``, built by ``idglow.models.tiny.ensure_tiny_models``).
 """
 
 from __future__ import annotations
@@ -522,6 +523,32 @@ def reproduce_stages(stamp: dict, folder: Path, vae_folder: Path, progress: bool
         save_stage(target, pipeline, config, log, run.get("parent"))
         previous = target
     return previous
+
+
+def committed_stamp(folder: Path = COMMITTED_FOLDER) -> dict:
+    """The stamp of the stage in ``folder`` (its recipe, VAE, text encoder and parents)."""
+    return json.loads((Path(folder) / STAGE_STAMP).read_text())
+
+
+def committed_pipeline(stage_folder: Path = COMMITTED_FOLDER, vae_folder: Path | None = None):
+    """The pipeline a stage was trained in, with its weights: the VAE of ``vae_folder`` (default
+    the committed world VAE), ``build_pipeline``'s text encoder and the stage's transformer (in
+    float32). ``load_stage`` refuses a stage whose VAE or text encoder is not these."""
+    from idglow.models.world_vae import COMMITTED_FOLDER as VAE_FOLDER
+
+    config = config_of(committed_stamp(stage_folder))
+    pipeline = build_pipeline(config, AutoencoderKLQwenImage.from_pretrained(vae_folder or VAE_FOLDER))
+    weights, _ = load_stage(stage_folder, config, pipeline)
+    pipeline.transformer.load_state_dict(weights)
+    pipeline.transformer.eval()
+    return pipeline
+
+
+def write_committed_world_generator(folder: Path, stage_folder: Path = COMMITTED_FOLDER) -> Path:
+    """Save ``committed_pipeline(stage_folder)`` into ``folder`` with ``save_pretrained`` (the
+    folder ``QwenImageEditPlusPipeline.from_pretrained`` loads, as the real generator's)."""
+    committed_pipeline(stage_folder).save_pretrained(folder)
+    return Path(folder)
 
 
 def main() -> None:
