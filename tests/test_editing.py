@@ -19,6 +19,7 @@ from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 from PIL import Image
 
 from idglow.editing import ReferenceBudget, encode_job, prepare_references, reference_dimensions
+from training.flow import vae_scale_factor
 
 DIFFUSERS_DEFAULTS = ReferenceBudget(1024 * 1024, 384 * 384)
 PROMPT = "Two friends smiling in a park."
@@ -78,8 +79,10 @@ def test_a_small_budget_gives_small_references(pipeline):
     assert [tuple(t.shape) for t in prepared.vae_images] == [(1, 3, 1, 64, 64), (1, 3, 1, 32, 96)]
     assert prepared.vae_sizes == [(64, 64), (96, 32)]
     conditioning = encode_job(pipeline, [square, wide], PROMPT, budget=budget)
-    assert conditioning.reference_shapes == [(1, 4, 4), (1, 2, 6)]
-    assert conditioning.reference_latents.shape == (1, 4 * 4 + 2 * 6, 64)
+    patch = 2 * vae_scale_factor(pipeline.vae)  # one token per 2 x 2 latents
+    shapes = [(1, 64 // patch, 64 // patch), (1, 32 // patch, 96 // patch)]
+    assert conditioning.reference_shapes == shapes
+    assert conditioning.reference_latents.shape == (1, sum(h * w for _, h, w in shapes), 64)
     assert conditioning.negative_embeds is None  # no true CFG asked
 
 

@@ -53,8 +53,11 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tiny_models_dir, 
     assert ddp.keys() == one.keys()
     moved = [k for k in ddp if k.endswith("lora_B.weight") and ddp[k].abs().max() > 0]
     assert moved  # the steps changed the weights
+    # gloo's all-reduce sums the two ranks' gradients in another order than one batch's mean, and
+    # AdamW divides by sqrt(v), so a near-zero gradient rounded apart moves its weight by another
+    # fraction of the rate (1e-3 a step): 1e-5 is a hundredth of one step.
     for key in ddp:
-        torch.testing.assert_close(ddp[key], one[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=1e-5)
 
 
 def test_torchrun_sft_loop_writes_from_rank_zero_only(tiny_models_dir, sft_shards, tmp_path):

@@ -15,6 +15,7 @@ from training.flow import (
     predict_velocity,
     sample_sigmas,
     unpack,
+    vae_scale_factor,
 )
 
 
@@ -35,7 +36,8 @@ def test_encode_decode_shapes_and_normalisation(pipeline):
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         latents = encode(pipeline.vae, images)
-        assert latents.shape == (2, 16, 1, 8, 8)
+        side = 64 // vae_scale_factor(pipeline.vae)  # the demo's world VAE compresses by 4, Qwen-Image's by 8
+        assert latents.shape == (2, 16, 1, side, side)
         assert decode(pipeline.vae, latents).shape == (2, 3, 64, 64)
 
 

@@ -23,7 +23,7 @@ from idglow.models.face_torch import detect_landmarks, to_bgr_uint8
 from idglow.models.hub import FACE_ANALYSIS, ModelHub
 from idglow.models.registry import FACE_PACK
 from idglow.storage import atomic_dir
-from training.flow import decode, noisy, pack, predict_velocity
+from training.flow import decode, noisy, pack, predict_velocity, vae_scale_factor
 from training.identity import IdentityLoss, identity_losses, modulated_identity_term, source_embeddings
 from training.sft import SFTConfig
 
@@ -69,7 +69,8 @@ def test_no_decoder_and_no_face_model_when_every_lambda_is_zero(hub, monkeypatch
 
     monkeypatch.setattr(pipeline.vae, "decode", counting_decode)
     monkeypatch.setattr(app.det_model, "detect", counting_detect)
-    x_t, velocity = torch.randn(2, 16, 64), torch.randn(2, 16, 64)
+    tokens = (64 // (2 * vae_scale_factor(pipeline.vae))) ** 2  # a 64 px image's latent, packed 2 x 2
+    x_t, velocity = torch.randn(2, tokens, 64), torch.randn(2, tokens, 64)
     sources = [torch.randn(2, 64), torch.randn(3, 64)]
     args = (x_t, velocity, torch.tensor([0.1, 0.9]))
     off = modulated_identity_term(
