@@ -93,6 +93,18 @@ def load_or_train(
     return pipeline
 
 
+def held_out_groups(app, config: WorldGeneratorConfig, groups: int, eval_seed: int) -> tuple[dict, dict]:
+    """``groups`` held-out pairs per task (their own rng stream, apart from any training pairs) and
+    each pair's portrait embeddings, the references its generations are scored against."""
+    rng = np.random.default_rng([eval_seed, 3])
+    held_out = {task: [draw_pair(rng, config, task) for _ in range(groups)] for task in TASKS}
+    references = {
+        task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
+        for task, pairs in held_out.items()
+    }
+    return held_out, references
+
+
 def score(app, portraits_faces, image, task) -> dict:
     faces = detect_faces(app, image)
     n = len(portraits_faces)
@@ -204,12 +216,7 @@ def main() -> None:
         print(f"stage saved in {args.save_stage}")
     app = load_face_analysis(args.models_dir / "insightface" / "tiny_pack")
 
-    rng = np.random.default_rng([args.eval_seed, 3])
-    held_out = {task: [draw_pair(rng, config, task) for _ in range(args.groups)] for task in TASKS}
-    references_by_task = {
-        task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
-        for task, pairs in held_out.items()
-    }
+    held_out, references_by_task = held_out_groups(app, config, args.groups, args.eval_seed)
     if args.snapshots:
         score_snapshots(pipeline, args.folder, held_out, references_by_task, config, app, args.inference_steps[0])
         return

@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from world_generator import generate, score, summarise  # benchmarks/ is this script's folder, first on sys.path
+from world_generator import _coerce, generate, held_out_groups, score, summarise  # benchmarks/ is first on sys.path
 
-from idglow.data.groups import TASKS
-from idglow.faces import detect_faces, portrait_embedding
 from idglow.models.hub import load_face_analysis
 from idglow.models.world_generator import (
     _EncodingSettings,
@@ -149,7 +147,7 @@ def main() -> None:
     base = {"learning_rate": 5e-4, "lora_rank": 16, "batch_size": 8}
     for item in args.set:
         name, value = item.split("=", 1)
-        base[name] = type(getattr(SFTConfig, name, 0.0))(value) if hasattr(SFTConfig, name) else value
+        base[name] = _coerce(value)
     config = SFTConfig(
         generator_dir="committed world generator", shards="world pairs", output_dir="-", steps=args.steps,
         resolution=world_config.resolution, **base,
@@ -164,12 +162,7 @@ def main() -> None:
     by_count, settings = training_samples(pipeline, world_config, args.pairs, config.seed)
     print(f"{args.pairs} training pairs encoded in {time.perf_counter() - started:.0f} s", flush=True)
 
-    rng = np.random.default_rng([args.eval_seed, 3])  # benchmarks/world_generator.py's held-out groups
-    held_out = {task: [draw_pair(rng, world_config, task) for _ in range(args.groups)] for task in TASKS}
-    references = {
-        task: [[portrait_embedding(detect_faces(app, p)) for p in pair.portraits] for pair in pairs]
-        for task, pairs in held_out.items()
-    }
+    held_out, references = held_out_groups(app, world_config, args.groups, args.eval_seed)
 
     def evaluate(label: str) -> dict:
         cells = {}
@@ -180,7 +173,7 @@ def main() -> None:
             print(f"  {label:<10} {task:<16} {cells[task]['summary']}", flush=True)
         return cells
 
-    results = {"sft": {k: v for k, v in vars(config).items()}, "runs": {}}
+    results = {"sft": asdict(config), "runs": {}}
     print(f"\n== base (no LoRA), {args.groups} held-out groups per task, {args.inference_steps} steps")
     results["runs"]["base"] = {"eval": evaluate("base")}
     for modulation in args.configurations:
